@@ -1,0 +1,42 @@
+# gamestream: the two commands of the README, and a few helpers.
+#
+#   make run    bring up Postgres, Redis and the broker, migrate, create topics, run the daemon
+#   make test   bring up the stack if needed and run the whole test suite
+#
+# Both install what is missing (apt-get for Postgres and Redis, cargo install for the
+# broker) through deploy/local/stack.sh, idempotently.
+
+SHELL := /usr/bin/env bash
+STACK := deploy/local/stack.sh
+# One target dir for every build of this checkout (tests, benches, the daemon).
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+
+.PHONY: run test stack-up stack-down stack-status build lint bench
+
+run:
+	STACK_KAFKA_STORAGE=$${STACK_KAFKA_STORAGE:-sqlite} $(STACK) up
+	cargo build --release --bin gamestream
+	eval "$$($(STACK) env)" && \
+	  $(CARGO_TARGET_DIR)/release/gamestream migrate && \
+	  $(CARGO_TARGET_DIR)/release/gamestream topics create && \
+	  exec $(CARGO_TARGET_DIR)/release/gamestream serve
+
+test:
+	$(STACK) up
+	eval "$$($(STACK) env)" && \
+	  if cargo nextest --version >/dev/null 2>&1; then \
+	    cargo nextest run --all-targets --no-fail-fast && cargo test --doc; \
+	  else \
+	    cargo test --all-targets --no-fail-fast; \
+	  fi
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+stack-up:
+	$(STACK) up
+stack-down:
+	$(STACK) down
+stack-status:
+	$(STACK) status

@@ -1,0 +1,159 @@
+//! The `gamestream` command line. Each subcommand is a thin shell over the library.
+//!
+//! Exit codes: 0 success; 1 a command failed (a service is down, a write failed);
+//! 2 bad configuration or usage; 70 the supervisor gave up after repeated crashes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config, Mode};
+
+/// Exit code for a configuration or usage error.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code when a command ran and failed.
+pub const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gamestream",
+    version,
+    about = "Real-time game analytics: HTTP ingest → Kafka → exactly-once Postgres and Redis sinks",
+    long_about = "gamestream accepts game events over HTTP, publishes them to Kafka, and consumes them \
+                  with a supervised actor pipeline into Postgres and Redis, exactly once.\n\n\
+                  Configuration is layered: compiled-in defaults (config/default.toml) < --config FILE \
+                  < environment (DB_HOST, PORT, ... and GAMESTREAM_SECTION__KEY) < flags."
+)]
+pub struct Cli {
+    /// A TOML file layered over the defaults (same shape as config/default.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one setting, highest precedence; repeatable. Example: --set logger.batch_size=2000
+    #[arg(long = "set", short = 's', global = true, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: the HTTP server and, unless --mode ingest, the consumer pipeline.
+    /// Stops gracefully on SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+    /// Apply the database migrations (idempotent; safe from several pods at once).
+    Migrate,
+    /// Create or list the Kafka topics of the contract.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Try Kafka, Postgres and Redis; print one line per service; exit 1 if any failed.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Apply pending migrations at start instead of refusing to run.
+    #[arg(long)]
+    pub migrate: bool,
+    /// Which halves to run (sets `mode`): all, ingest (HTTP only) or consume (pipeline only).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// HTTP port (sets `http.port`; env PORT).
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsAction {
+    /// Create the five contract topics with the configured partition counts; existing topics are reported, not an error.
+    Create,
+    /// List every topic on the cluster with its partition count.
+    List,
+}
+
+fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "expected KEY=VALUE (e.g. http.port=8081), got `{raw}`"
+        )),
+    }
+}
+
+impl Cli {
+    /// Flags that set configuration, as dotted overrides (after `--set`, so they win).
+    fn overrides(&self) -> Vec<(String, String)> {
+        let mut overrides = self.set.clone();
+        if let Command::Serve(args) = &self.command {
+            if let Some(port) = args.port {
+                overrides.push(("http.port".to_owned(), port.to_string()));
+            }
+            if let Some(mode) = args.mode {
+                let name = match mode {
+                    Mode::All => "all",
+                    Mode::Ingest => "ingest",
+                    Mode::Consume => "consume",
+                };
+                overrides.push(("mode".to_owned(), format!("\"{name}\"")));
+            }
+        }
+        overrides
+    }
+
+    /// Loads the configuration these arguments and the process environment describe.
+    pub fn load_config(&self) -> Result<Config, config::ConfigError> {
+        config::load(&config::Sources::from_process_env(
+            self.config.clone(),
+            self.overrides(),
+        ))
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.load_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("gamestream: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init_logs(&config.telemetry);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gamestream: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(run(cli.command, config))
+}
+
+async fn run(command: Command, config: Config) -> ExitCode {
+    let result = match command {
+        Command::Serve(args) => crate::daemon::serve(config, args.migrate).await,
+        Command::Migrate => crate::commands::migrate(&config).await,
+        Command::Topics {
+            action: TopicsAction::Create,
+        } => crate::commands::topics_create(&config).await,
+        Command::Topics {
+            action: TopicsAction::List,
+        } => crate::commands::topics_list(&config).await,
+        Command::Check => crate::commands::check(&config).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gamestream: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

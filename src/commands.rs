@@ -1,0 +1,170 @@
+//! The administrative subcommands: `migrate`, `topics`, `check`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::daemon::DaemonError;
+use crate::sinks::{kafka, postgres, redis};
+
+/// `gamestream migrate`.
+pub async fn migrate(config: &Config) -> Result<ExitCode, DaemonError> {
+    let pool = postgres::connect(&config.postgres).await?;
+    let before = postgres::schema_status(&pool).await?;
+    postgres::migrate(&pool).await?;
+    match before {
+        postgres::SchemaStatus::UpToDate => {
+            println!("database `{}` is up to date", config.postgres.database)
+        }
+        postgres::SchemaStatus::Pending(versions) => {
+            println!(
+                "database `{}`: applied {} migration(s)",
+                config.postgres.database,
+                versions.len()
+            )
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gamestream topics create`.
+pub async fn topics_create(config: &Config) -> Result<ExitCode, DaemonError> {
+    let client = kafka::connect(&config.kafka).await?;
+    for report in kafka::create_topics(&client, &config.topics).await? {
+        println!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gamestream topics list`.
+pub async fn topics_list(config: &Config) -> Result<ExitCode, DaemonError> {
+    let client = kafka::connect(&config.kafka).await?;
+    for (name, partitions) in kafka::list_topics(&client).await? {
+        println!("{name}\t{partitions}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One service's answer to `check`.
+#[derive(Debug)]
+pub struct CheckLine {
+    pub service: &'static str,
+    pub address: String,
+    pub result: Result<String, String>,
+}
+
+impl std::fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.result {
+            Ok(detail) => write!(f, "{:<9} ok      {}  {detail}", self.service, self.address),
+            Err(error) => write!(f, "{:<9} FAILED  {}  {error}", self.service, self.address),
+        }
+    }
+}
+
+/// Tries each service once (concurrently, each bounded in time).
+pub async fn check_services(config: &Config) -> Vec<CheckLine> {
+    let limit = Duration::from_secs(10);
+    let kafka_check = async {
+        let client = kafka::connect(&config.kafka)
+            .await
+            .map_err(|e| e.to_string())?;
+        let topics = kafka::list_topics(&client)
+            .await
+            .map_err(|e| e.to_string())?;
+        let raw = &config.topics.player_events;
+        Ok(match topics.iter().find(|(name, _)| name == raw) {
+            Some((_, partitions)) => {
+                format!("{} topics; {raw} has {partitions} partitions", topics.len())
+            }
+            None => format!(
+                "{} topics; {raw} missing (run `gamestream topics create`)",
+                topics.len()
+            ),
+        })
+    };
+    let pg_check = async {
+        let pool = postgres::connect(&config.postgres)
+            .await
+            .map_err(|e| e.to_string())?;
+        let version: String = sqlx::query_scalar("SHOW server_version")
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        let schema = match postgres::schema_status(&pool)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            postgres::SchemaStatus::UpToDate => "schema up to date".to_owned(),
+            postgres::SchemaStatus::Pending(v) => format!(
+                "{} migration(s) pending (run `gamestream migrate`)",
+                v.len()
+            ),
+        };
+        Ok(format!("PostgreSQL {version}; {schema}"))
+    };
+    let redis_check = async {
+        let pool = redis::connect(&config.redis)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut conn = pool
+            .get()
+            .await
+            .map_err(|e| redis::RedisError::from(e).to_string())?;
+        let info: String = ::redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_owned();
+        Ok(format!("Redis {version}"))
+    };
+    let bounded = |service: &'static str| {
+        move |r: Result<Result<String, String>, _>| {
+            r.unwrap_or_else(|_| Err(format!("{service}: no answer within {limit:?}")))
+        }
+    };
+    let (k, p, r) = tokio::join!(
+        tokio::time::timeout(limit, kafka_check),
+        tokio::time::timeout(limit, pg_check),
+        tokio::time::timeout(limit, redis_check),
+    );
+    vec![
+        CheckLine {
+            service: "kafka",
+            address: config.kafka.bootstrap_servers.join(","),
+            result: bounded("kafka")(k),
+        },
+        CheckLine {
+            service: "postgres",
+            address: format!(
+                "{}:{}/{}",
+                config.postgres.host, config.postgres.port, config.postgres.database
+            ),
+            result: bounded("postgres")(p),
+        },
+        CheckLine {
+            service: "redis",
+            address: format!("{}:{}", config.redis.host, config.redis.port),
+            result: bounded("redis")(r),
+        },
+    ]
+}
+
+/// `gamestream check`: one line per service; exit 1 if any failed.
+pub async fn check(config: &Config) -> Result<ExitCode, DaemonError> {
+    let lines = check_services(config).await;
+    for line in &lines {
+        println!("{line}");
+    }
+    Ok(if lines.iter().all(|l| l.result.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::cli::EXIT_FAILURE)
+    })
+}

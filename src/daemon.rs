@@ -1,0 +1,118 @@
+//! `gamestream serve`: connects to the services, starts the HTTP server and the
+//! consumer pipeline, and runs until SIGTERM.
+//!
+//! ```text
+//! load config ─► connect Kafka (+ Postgres, Redis in consume mode) ─► check schema
+//!             ─► HTTP server ─► pipeline ─► wait for shutdown ─► drain ─► exit 0
+//! ```
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::http::{self, HttpState};
+use crate::shutdown::Shutdown;
+use crate::sinks::kafka::KafkaError;
+use crate::sinks::postgres::{self, PgError};
+use crate::sinks::redis::{self, RedisError};
+
+/// Why the daemon or a command could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+impl From<sqlx::Error> for DaemonError {
+    fn from(e: sqlx::Error) -> Self {
+        DaemonError::Postgres(PgError::Sqlx(e))
+    }
+}
+
+/// Runs the daemon until shutdown.
+pub async fn serve(config: Config, migrate: bool) -> Result<ExitCode, DaemonError> {
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let running = start(config, migrate, shutdown.clone()).await?;
+    shutdown.wait().await;
+    running.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A started daemon: what `stop` has to wait for.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    http_task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the HTTP server has drained (the shutdown must have been triggered).
+    pub async fn stop(self) {
+        if let Err(e) = self.http_task.await {
+            tracing::error!(error = %e, "http server task failed");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Connects and starts everything; returns once the daemon is serving.
+pub async fn start(
+    config: Config,
+    migrate: bool,
+    shutdown: Shutdown,
+) -> Result<Running, DaemonError> {
+    let config = Arc::new(config);
+    tracing::info!(mode = ?config.mode, brokers = %config.kafka.bootstrap_servers.join(","), "starting");
+    let metrics = crate::telemetry::metrics_handle();
+    let kafka = Arc::new(crate::sinks::kafka::connect(&config.kafka).await?);
+
+    let (pg, redis_pool) = if config.mode.consumes() {
+        let pg = postgres::connect(&config.postgres).await?;
+        if migrate {
+            postgres::migrate(&pg).await?;
+        } else {
+            postgres::require_migrated(&pg, &config.postgres.database).await?;
+        }
+        let redis_pool = redis::connect(&config.redis).await?;
+        (Some(pg), Some(redis_pool))
+    } else {
+        (None, None)
+    };
+
+    let state = HttpState {
+        config: Arc::clone(&config),
+        kafka,
+        postgres: pg,
+        redis: redis_pool,
+        metrics,
+    };
+    let addr_text = format!("{}:{}", config.http.bind, config.http.port);
+    let addr: SocketAddr = tokio::net::lookup_host(&addr_text)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| DaemonError::Bind {
+            addr: addr_text.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a bindable address"),
+        })?;
+    let server = http::serve(state, addr, shutdown)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: addr_text,
+            source,
+        })?;
+    Ok(Running {
+        http_addr: server.local_addr,
+        http_task: server.task,
+    })
+}

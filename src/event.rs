@@ -1,0 +1,521 @@
+//! The event: its shape, its validation rules, and its two parsers.
+//!
+//! ```text
+//! client JSON ──parse_submission──► Submission ──Event::accept──► Event ──to_record_value──► Kafka
+//! Kafka value ─────────────────────parse_record──────────────────► Event ──► sinks
+//! ```
+//!
+//! Both parsers use simd-json and the same field rules (CONTRACT.md), so nothing that
+//! ingestion would refuse can pass a partition reader, whoever produced it. Errors say
+//! which field is wrong and why, in words an API client can act on.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use simd_json::BorrowedValue;
+use simd_json::prelude::*;
+use uuid::Uuid;
+
+/// Longest `event_type`, `player_id` and `game_id`, in characters (the columns are VARCHAR(100)).
+pub const MAX_ID_CHARS: usize = 100;
+
+/// The event types the platform knows; any other non-empty type is a valid custom type.
+pub const KNOWN_EVENT_TYPES: [&str; 5] = [
+    "player_level_up",
+    "player_score",
+    "quest_completed",
+    "achievement_unlocked",
+    "boss_defeated",
+];
+
+/// The event type whose `data.score` feeds the leaderboards.
+pub const SCORE_EVENT_TYPE: &str = "player_score";
+
+/// An event as it travels on `player.events.raw` and lands in the sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub player_id: String,
+    pub game_id: String,
+    /// The event time, as the client stated it.
+    pub timestamp: DateTime<Utc>,
+    /// When gamestream accepted it (server clock, UTC).
+    pub ingested_at: DateTime<Utc>,
+    /// The `data` object as compact JSON text: written as-is to JSONB and to the record,
+    /// so it is encoded once.
+    pub data: String,
+    /// `data.score`, read while the value tree was at hand.
+    pub score: Score,
+}
+
+/// What `data.score` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Score {
+    Absent,
+    Integer(i64),
+    /// Present but not an integer (a string, a fraction, out of i64 range, ...).
+    NotAnInteger,
+}
+
+/// A client's submission, validated, before the server assigns id and ingest time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub event_type: String,
+    pub player_id: String,
+    pub game_id: String,
+    pub timestamp: DateTime<Utc>,
+    pub data: String,
+    pub score: Score,
+}
+
+/// Why an event was refused. The `Display` text is what clients and dead letters see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("the body is not valid UTF-8 (invalid byte at offset {0})")]
+    NotUtf8(usize),
+    #[error("the event must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    #[error("`{0}` is required")]
+    Missing(&'static str),
+    #[error("`{field}` must be {expected}, got {got}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("`{0}` must not be empty")]
+    Empty(&'static str),
+    #[error("`{field}` must be at most {MAX_ID_CHARS} characters, got {chars}")]
+    TooLong { field: &'static str, chars: usize },
+    #[error("`{0}` must not contain control characters")]
+    ControlCharacter(&'static str),
+    #[error("`data` must not contain NUL characters (\\u0000): PostgreSQL cannot store them")]
+    NulInData,
+    #[error("`{field}` must be an RFC 3339 time such as 2024-01-15T10:30:00Z, got {value:?}")]
+    BadTime { field: &'static str, value: String },
+    #[error("`event_id` must be a UUID, got {0:?}")]
+    BadEventId(String),
+}
+
+impl EventError {
+    /// A short stable reason code, for metrics labels and the dead-letter `error_kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventError::MalformedJson(_) => "malformed_json",
+            EventError::NotUtf8(_) => "not_utf8",
+            EventError::NotAnObject(_) => "not_an_object",
+            EventError::Missing(_) => "missing_field",
+            EventError::WrongType { .. } => "wrong_type",
+            EventError::Empty(_) => "empty_field",
+            EventError::TooLong { .. } => "field_too_long",
+            EventError::ControlCharacter(_) => "control_character",
+            EventError::NulInData => "nul_in_data",
+            EventError::BadTime { .. } => "bad_timestamp",
+            EventError::BadEventId(_) => "bad_event_id",
+        }
+    }
+}
+
+pub type Result<T, E = EventError> = std::result::Result<T, E>;
+
+/// Parses and validates one client submission (the body of `POST /api/v1/events`).
+/// simd-json parses in place, so the buffer is scratch space afterwards.
+pub fn parse_submission(bytes: &mut [u8]) -> Result<Submission> {
+    let value = parse_json(bytes)?;
+    submission_from_value(&value)
+}
+
+/// Validates one already-parsed item (an element of a batch body).
+pub fn submission_from_value(value: &BorrowedValue<'_>) -> Result<Submission> {
+    let fields = Fields::of(value)?;
+    let (data, score) = fields.data()?;
+    Ok(Submission {
+        event_type: fields.id("event_type")?,
+        player_id: fields.id("player_id")?,
+        game_id: fields.id("game_id")?,
+        timestamp: fields.time("timestamp")?,
+        data,
+        score,
+    })
+}
+
+/// Parses and validates a record value read from `player.events.raw`: the client's
+/// fields plus `event_id` and `ingested_at`.
+pub fn parse_record(bytes: &mut [u8]) -> Result<Event> {
+    let value = parse_json(bytes)?;
+    let fields = Fields::of(&value)?;
+    let (data, score) = fields.data()?;
+    let raw_id = fields.string("event_id")?;
+    let event_id =
+        Uuid::parse_str(raw_id).map_err(|_| EventError::BadEventId(raw_id.to_owned()))?;
+    Ok(Event {
+        event_id,
+        event_type: fields.id("event_type")?,
+        player_id: fields.id("player_id")?,
+        game_id: fields.id("game_id")?,
+        timestamp: fields.time("timestamp")?,
+        ingested_at: fields.time("ingested_at")?,
+        data,
+        score,
+    })
+}
+
+/// Parses a JSON document with simd-json, turning its errors into client words.
+pub fn parse_json(bytes: &mut [u8]) -> Result<BorrowedValue<'_>> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(EventError::NotUtf8(e.valid_up_to()));
+    }
+    simd_json::to_borrowed_value(bytes)
+        .map_err(|e| EventError::MalformedJson(describe_json_error(&e)))
+}
+
+fn describe_json_error(e: &simd_json::Error) -> String {
+    use simd_json::ErrorType as T;
+    let what = match e.error() {
+        T::Eof => "unexpected end of input".to_owned(),
+        T::TrailingData => "unexpected data after the JSON value".to_owned(),
+        T::InvalidNumber | T::InvalidExponent => "invalid number".to_owned(),
+        T::InvalidEscape | T::InvalidUnicodeEscape | T::InvalidUnicodeCodepoint => {
+            "invalid escape in a string".to_owned()
+        }
+        T::ExpectedObjectColon => "expected ':' after an object key".to_owned(),
+        T::ExpectedMapComma | T::ExpectedArrayComma => "expected ','".to_owned(),
+        T::KeyMustBeAString | T::BadKeyType => "object keys must be strings".to_owned(),
+        other => format!("{other:?}"),
+    };
+    match e.character() {
+        Some(c) => format!("{what} at byte {} ({c:?})", e.index()),
+        None => format!("{what} at byte {}", e.index()),
+    }
+}
+
+/// Field access on a JSON object with the contract's rules and messages.
+struct Fields<'v, 'a> {
+    object: &'v simd_json::borrowed::Object<'a>,
+}
+
+impl<'v, 'a> Fields<'v, 'a> {
+    fn of(value: &'v BorrowedValue<'a>) -> Result<Self> {
+        match value {
+            BorrowedValue::Object(object) => Ok(Self { object }),
+            other => Err(EventError::NotAnObject(type_name(other))),
+        }
+    }
+
+    fn present(&self, field: &'static str) -> Option<&'v BorrowedValue<'a>> {
+        self.object.get(field).filter(|v| !v.is_null())
+    }
+
+    fn string(&self, field: &'static str) -> Result<&'v str> {
+        match self.present(field) {
+            None => Err(EventError::Missing(field)),
+            Some(BorrowedValue::String(s)) => Ok(s.as_ref()),
+            Some(other) => Err(EventError::WrongType {
+                field,
+                expected: "a string",
+                got: type_name(other),
+            }),
+        }
+    }
+
+    /// An identifier: a non-empty string of at most 100 characters, no control characters.
+    fn id(&self, field: &'static str) -> Result<String> {
+        let s = self.string(field)?;
+        if s.trim().is_empty() {
+            return Err(EventError::Empty(field));
+        }
+        let chars = s.chars().count();
+        if chars > MAX_ID_CHARS {
+            return Err(EventError::TooLong { field, chars });
+        }
+        if s.chars().any(char::is_control) {
+            return Err(EventError::ControlCharacter(field));
+        }
+        Ok(s.to_owned())
+    }
+
+    fn time(&self, field: &'static str) -> Result<DateTime<Utc>> {
+        let s = self.string(field)?;
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| EventError::BadTime {
+                field,
+                value: truncate(s, 64),
+            })
+    }
+
+    /// `data`: an object (default `{}`), as compact JSON, plus its `score`.
+    fn data(&self) -> Result<(String, Score)> {
+        match self.present("data") {
+            None => Ok(("{}".to_owned(), Score::Absent)),
+            Some(value @ BorrowedValue::Object(object)) => {
+                if contains_nul(value) {
+                    return Err(EventError::NulInData);
+                }
+                let score = object.get("score").map_or(Score::Absent, score_of);
+                Ok((value.encode(), score))
+            }
+            Some(other) => Err(EventError::WrongType {
+                field: "data",
+                expected: "a JSON object",
+                got: type_name(other),
+            }),
+        }
+    }
+}
+
+fn score_of(value: &BorrowedValue<'_>) -> Score {
+    if let Some(i) = value.as_i64() {
+        return Score::Integer(i);
+    }
+    match value.as_f64() {
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
+            Score::Integer(f as i64)
+        }
+        _ => Score::NotAnInteger,
+    }
+}
+
+fn contains_nul(value: &BorrowedValue<'_>) -> bool {
+    match value {
+        BorrowedValue::String(s) => s.contains('\0'),
+        BorrowedValue::Array(items) => items.iter().any(contains_nul),
+        BorrowedValue::Object(object) => object
+            .iter()
+            .any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        BorrowedValue::Static(_) => false,
+    }
+}
+
+fn type_name(value: &BorrowedValue<'_>) -> &'static str {
+    match value.value_type() {
+        ValueType::Null => "null",
+        ValueType::Bool => "a boolean",
+        ValueType::I64 | ValueType::U64 | ValueType::F64 => "a number",
+        ValueType::String => "a string",
+        ValueType::Array => "an array",
+        ValueType::Object => "an object",
+        _ => "an unsupported value",
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
+
+impl Submission {
+    /// Accepts the submission: assigns a fresh `event_id` (UUID v4) and `ingested_at`.
+    pub fn accept(self, now: DateTime<Utc>) -> Event {
+        Event {
+            event_id: Uuid::new_v4(),
+            event_type: self.event_type,
+            player_id: self.player_id,
+            game_id: self.game_id,
+            timestamp: self.timestamp,
+            ingested_at: now,
+            data: self.data,
+            score: self.score,
+        }
+    }
+}
+
+impl Event {
+    /// The record value on `player.events.raw`: the seven contract fields as JSON.
+    pub fn to_record_value(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            160 + self.data.len()
+                + self.event_type.len()
+                + self.player_id.len()
+                + self.game_id.len(),
+        );
+        out.extend_from_slice(b"{\"event_id\":\"");
+        out.extend_from_slice(
+            self.event_id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\",\"event_type\":");
+        push_json_string(&mut out, &self.event_type);
+        out.extend_from_slice(b",\"player_id\":");
+        push_json_string(&mut out, &self.player_id);
+        out.extend_from_slice(b",\"game_id\":");
+        push_json_string(&mut out, &self.game_id);
+        out.extend_from_slice(b",\"timestamp\":\"");
+        out.extend_from_slice(rfc3339(self.timestamp).as_bytes());
+        out.extend_from_slice(b"\",\"ingested_at\":\"");
+        out.extend_from_slice(rfc3339(self.ingested_at).as_bytes());
+        out.extend_from_slice(b"\",\"data\":");
+        out.extend_from_slice(self.data.as_bytes());
+        out.push(b'}');
+        out
+    }
+
+    /// Whether this event feeds the leaderboards.
+    pub fn is_score_event(&self) -> bool {
+        self.event_type == SCORE_EVENT_TYPE
+    }
+}
+
+/// RFC 3339 in UTC with `Z`, and sub-second digits only when there are any.
+pub fn rfc3339(t: DateTime<Utc>) -> Cow<'static, str> {
+    Cow::Owned(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping is correct and fast; a String cannot fail to serialize.
+    serde_json::to_writer(&mut *out, s)
+        .unwrap_or_else(|_| unreachable!("serializing a str into a Vec cannot fail"));
+}
+
+impl fmt::Display for Score {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Score::Absent => f.write_str("absent"),
+            Score::Integer(i) => write!(f, "{i}"),
+            Score::NotAnInteger => f.write_str("not an integer"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(json: &str) -> Result<Submission> {
+        parse_submission(&mut json.as_bytes().to_vec())
+    }
+
+    const GOOD: &str = r#"{"event_type":"player_score","player_id":"p-1","game_id":"g-1","timestamp":"2024-01-15T10:30:00Z","data":{"score":42,"x":[1,"a"]}}"#;
+
+    #[test]
+    fn good_submission_round_trips_through_the_record() {
+        let s = sub(GOOD).expect("valid");
+        assert_eq!(s.score, Score::Integer(42));
+        let event = s.accept(Utc::now());
+        let mut value = event.to_record_value();
+        let back = parse_record(&mut value).expect("record parses");
+        assert_eq!(back, event);
+        let json: serde_json::Value =
+            serde_json::from_slice(&event.to_record_value()).expect("valid JSON");
+        assert_eq!(json.as_object().map(|o| o.len()), Some(7));
+        assert_eq!(json["data"]["x"][1], "a");
+    }
+
+    #[test]
+    fn data_defaults_to_empty_object() {
+        let s = sub(r#"{"event_type":"x","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00+02:00"}"#).expect("valid");
+        assert_eq!(s.data, "{}");
+        assert_eq!(s.timestamp.to_rfc3339(), "2024-01-15T08:30:00+00:00");
+    }
+
+    #[test]
+    fn each_rule_has_its_message() {
+        let cases: &[(&str, &str)] = &[
+            ("[1]", "the event must be a JSON object, got an array"),
+            (
+                r#"{"player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z"}"#,
+                "`event_type` is required",
+            ),
+            (
+                r#"{"event_type":5,"player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z"}"#,
+                "`event_type` must be a string, got a number",
+            ),
+            (
+                r#"{"event_type":"  ","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z"}"#,
+                "`event_type` must not be empty",
+            ),
+            (
+                r#"{"event_type":"x","player_id":null,"game_id":"g","timestamp":"2024-01-15T10:30:00Z"}"#,
+                "`player_id` is required",
+            ),
+            (
+                r#"{"event_type":"x","player_id":"p","game_id":"g\u0007","timestamp":"2024-01-15T10:30:00Z"}"#,
+                "`game_id` must not contain control characters",
+            ),
+            (
+                r#"{"event_type":"x","player_id":"p","game_id":"g","timestamp":"yesterday"}"#,
+                "`timestamp` must be an RFC 3339 time such as 2024-01-15T10:30:00Z, got \"yesterday\"",
+            ),
+            (
+                r#"{"event_type":"x","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":[1]}"#,
+                "`data` must be a JSON object, got an array",
+            ),
+            (
+                r#"{"event_type":"x","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":{"a":"\u0000"}}"#,
+                "`data` must not contain NUL characters (\\u0000): PostgreSQL cannot store them",
+            ),
+        ];
+        for (input, message) in cases {
+            assert_eq!(
+                sub(input).expect_err(input).to_string(),
+                *message,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_long_counts_characters_not_bytes() {
+        let ok = "é".repeat(100);
+        let long = "é".repeat(101);
+        let t = |p: &str| {
+            format!(
+                r#"{{"event_type":"x","player_id":"{p}","game_id":"g","timestamp":"2024-01-15T10:30:00Z"}}"#
+            )
+        };
+        assert!(sub(&t(&ok)).is_ok());
+        assert_eq!(
+            sub(&t(&long)).expect_err("long"),
+            EventError::TooLong {
+                field: "player_id",
+                chars: 101
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_json_says_where() {
+        let err = sub(r#"{"event_type": "x",, }"#).expect_err("malformed");
+        assert_eq!(err.kind(), "malformed_json");
+        assert!(err.to_string().contains("at byte"), "{err}");
+        let err = parse_submission(&mut vec![b'{', 0xff, b'}']).expect_err("not utf8");
+        assert_eq!(err, EventError::NotUtf8(1));
+    }
+
+    #[test]
+    fn scores() {
+        let t = |score: &str| {
+            sub(&format!(r#"{{"event_type":"player_score","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":{{"score":{score}}}}}"#)).expect("valid").score
+        };
+        assert_eq!(t("-7"), Score::Integer(-7));
+        assert_eq!(t("10.0"), Score::Integer(10));
+        assert_eq!(t("10.5"), Score::NotAnInteger);
+        assert_eq!(t("\"10\""), Score::NotAnInteger);
+        assert_eq!(t("1e30"), Score::NotAnInteger);
+    }
+
+    #[test]
+    fn record_needs_id_and_ingest_time() {
+        let err = parse_record(&mut GOOD.as_bytes().to_vec()).expect_err("no event_id");
+        assert_eq!(err, EventError::Missing("event_id"));
+        let with_bad_id = GOOD.replacen(
+            '{',
+            r#"{"event_id":"nope","ingested_at":"2024-01-15T10:30:00Z","#,
+            1,
+        );
+        assert_eq!(
+            parse_record(&mut with_bad_id.into_bytes())
+                .expect_err("bad id")
+                .kind(),
+            "bad_event_id"
+        );
+    }
+}

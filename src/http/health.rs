@@ -1,0 +1,100 @@
+//! Kubernetes probes.
+//!
+//! - `GET /health`: the process is alive and serving (liveness). Always 200.
+//! - `GET /ready`: the broker answers and, in consume mode, Postgres and Redis do
+//!   (readiness). 200 or 503, with one entry per dependency saying what failed.
+
+use std::time::Duration;
+
+use serde_json::json;
+use warp::Filter;
+use warp::http::StatusCode;
+
+use super::HttpState;
+
+/// How long one readiness check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn routes(
+    state: HttpState,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static
+{
+    let health = warp::path!("health")
+        .and(warp::get())
+        .map(|| warp::reply::json(&json!({"status": "ok"})));
+    let ready = warp::path!("ready").and(warp::get()).then(move || {
+        let state = state.clone();
+        async move { ready(&state).await }
+    });
+    health.or(ready)
+}
+
+async fn ready(state: &HttpState) -> warp::reply::WithStatus<warp::reply::Json> {
+    let kafka = bounded(async {
+        state
+            .kafka
+            .list_topics()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let postgres = bounded(async {
+        match &state.postgres {
+            None => Ok(()),
+            Some(pool) => sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    });
+    let redis = bounded(async {
+        match &state.redis {
+            None => Ok(()),
+            Some(pool) => {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut *conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    });
+    let (kafka, postgres, redis) = tokio::join!(kafka, postgres, redis);
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    let consumes = state.config.mode.consumes();
+    for (name, result, relevant) in [
+        ("kafka", kafka, true),
+        ("postgres", postgres, consumes),
+        ("redis", redis, consumes),
+    ] {
+        if !relevant {
+            continue;
+        }
+        ok &= result.is_ok();
+        checks.insert(
+            name.to_owned(),
+            match result {
+                Ok(()) => json!("ok"),
+                Err(e) => json!(e),
+            },
+        );
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks});
+    warp::reply::with_status(warp::reply::json(&body), status)
+}
+
+async fn bounded(
+    check: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::time::timeout(CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")))
+}

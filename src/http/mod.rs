@@ -1,0 +1,61 @@
+//! The warp HTTP server: ingestion, queries, health, metrics.
+//!
+//! ```text
+//! request ─► routes() ─┬─ GET  /health, /ready      (health.rs)
+//!                      ├─ GET  /metrics             (metrics.rs)
+//!                      └─ anything else ─► 404/405 JSON (rejection.rs)
+//! ```
+
+mod health;
+mod metrics;
+mod rejection;
+mod state;
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use warp::Filter;
+
+pub use rejection::{ApiError, error_reply};
+pub use state::HttpState;
+
+use crate::shutdown::Shutdown;
+
+/// Every route of the server, with JSON error replies for rejections.
+pub fn routes(
+    state: HttpState,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible>
++ Clone
++ Send
++ Sync
++ 'static {
+    health::routes(state.clone())
+        .or(metrics::routes(state))
+        .recover(rejection::recover)
+}
+
+/// A running HTTP server.
+pub struct HttpServer {
+    /// The bound address (useful when the configured port was 0).
+    pub local_addr: SocketAddr,
+    /// Completes when the server has drained its connections after shutdown.
+    pub task: JoinHandle<()>,
+}
+
+/// Binds and starts the server; it stops accepting when `shutdown` triggers and
+/// finishes once in-flight requests are answered.
+pub async fn serve(
+    state: HttpState,
+    addr: SocketAddr,
+    shutdown: Shutdown,
+) -> std::io::Result<HttpServer> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let server = warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(async move { shutdown.wait().await });
+    let task = tokio::spawn(server.run());
+    tracing::info!(%local_addr, "http server listening");
+    Ok(HttpServer { local_addr, task })
+}

@@ -1,0 +1,21 @@
+//! What the handlers share.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Config;
+use crate::sinks::redis::RedisPool;
+
+/// Shared, cheaply cloneable state of the HTTP handlers.
+#[derive(Clone)]
+pub struct HttpState {
+    pub config: Arc<Config>,
+    /// Kafka client, for readiness (and the producer, in ingest mode).
+    pub kafka: Arc<rskafka::client::Client>,
+    /// Present in consume mode (readiness, queries).
+    pub postgres: Option<sqlx::PgPool>,
+    /// Present in consume mode (readiness, queries).
+    pub redis: Option<RedisPool>,
+    pub metrics: PrometheusHandle,
+}

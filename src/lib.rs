@@ -1,0 +1,40 @@
+//! gamestream: an actor-based stream processor for real-time game analytics.
+//!
+//! ```text
+//! HTTP POST /api/v1/events ─(warp)─► Kafka producer ─► player.events.raw (N partitions)
+//!                                                           │ one PartitionReader per partition
+//!   Supervisor ── PartitionReader p0..pN ◄──────────────────┘
+//!                   │ fan-out of parsed batches, credit-based flow control
+//!                   ├─► Logger ──────► Postgres `events`
+//!                   ├─► StatsBuffer ─► Postgres `player_statistics`, Redis `player_stats:*`
+//!                   ├─► Leaderboard ─► Redis `leaderboard:*`, Postgres `leaderboards`
+//!                   └─► Dlq ─────────► Kafka `system.dlq`, Postgres `dlq_events`
+//! ```
+//!
+//! Every sink stores, in its own destination and in the same transaction (or atomic Redis
+//! step) as its writes, the next offset of each partition it has applied. That is what
+//! makes the effects exactly-once across crashes, restarts and several pods.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the `gamestream` command line (serve, migrate, topics, check, loadgen, ...).
+//! - [`commands`]: the administrative subcommands (migrate, topics, check).
+//! - [`config`]: layered configuration: compiled-in defaults, file, environment, flags.
+//! - [`event`]: the event type, its validation rules and its simd-json parsers.
+//! - [`http`]: the warp server: ingestion, queries, health, metrics, OpenAPI.
+//! - [`sinks`]: the write paths per backend (Postgres, Redis, Kafka).
+//! - [`telemetry`]: logs (text or JSON) and metrics registry setup.
+//! - [`shutdown`]: the one shutdown signal every task listens to.
+//! - [`daemon`]: `serve`: wires connections, the HTTP server and the pipeline together.
+
+#![deny(unsafe_code, rustdoc::broken_intra_doc_links)]
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod http;
+pub mod shutdown;
+pub mod sinks;
+pub mod telemetry;

@@ -1,0 +1,10 @@
+//! Kafka on rskafka: the client, topic administration, the key partitioner and the
+//! batching producer used by ingestion and the dead-letter queue.
+
+mod client;
+mod partitioner;
+mod topics;
+
+pub use client::{KafkaError, connect};
+pub use partitioner::{murmur2, partition_for_key};
+pub use topics::{TopicReport, create_topics, list_topics, partition_count};
