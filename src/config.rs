@@ -65,7 +65,7 @@ pub struct Config {
     pub logger: BatchConfig,
     pub stats: StatsConfig,
     pub leaderboard: LeaderboardConfig,
-    pub dlq: BatchConfig,
+    pub dlq: DlqConfig,
     pub supervisor: SupervisorConfig,
     pub shutdown: ShutdownConfig,
     pub telemetry: TelemetryConfig,
@@ -285,6 +285,13 @@ pub struct BatchConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    /// Largest message on the dead-letter topic, bytes.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StatsConfig {
     /// Distinct players buffered before a flush (contract: `BUFFER_SIZE`).
     pub buffer_size: usize,
@@ -444,10 +451,10 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let user = user_layers(sources, &mut problems);
     let merged = base.clone().merge(user.clone());
 
-    if problems.is_empty() {
-        if let Ok(config) = merged.extract::<Config>() {
-            return config.validate().map(|()| config);
-        }
+    if problems.is_empty()
+        && let Ok(config) = merged.extract::<Config>()
+    {
+        return config.validate().map(|()| config);
     }
     problems.extend(field_problems(&base, &user));
     if problems.is_empty() {
@@ -734,7 +741,7 @@ impl Config {
             ("logger.batch_size", self.logger.batch_size),
             ("stats.buffer_size", self.stats.buffer_size),
             ("leaderboard.batch_size", self.leaderboard.batch_size),
-            ("dlq.batch_size", self.dlq.batch_size),
+            ("dlq.max_message_bytes", self.dlq.max_message_bytes),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -9,6 +9,10 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::actors::{Pipeline, PipelineContext, PipelineOutcome};
 
 use crate::config::Config;
 use crate::http::{self, HttpState};
@@ -26,6 +30,8 @@ pub enum DaemonError {
     Postgres(#[from] PgError),
     #[error(transparent)]
     Redis(#[from] RedisError),
+    #[error("the consumer pipeline did not start: {0}")]
+    Pipeline(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -39,29 +45,56 @@ impl From<sqlx::Error> for DaemonError {
     }
 }
 
-/// Runs the daemon until shutdown.
+/// Exit code when the supervisor gave up after repeated crashes (EX_SOFTWARE).
+pub const EXIT_ESCALATED: u8 = 70;
+
+/// Runs the daemon until SIGTERM/Ctrl-C (or a supervisor escalation).
 pub async fn serve(config: Config, migrate: bool) -> Result<ExitCode, DaemonError> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let running = start(config, migrate, shutdown.clone()).await?;
     shutdown.wait().await;
-    running.stop().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(match running.stop().await {
+        PipelineOutcome::Drained => ExitCode::SUCCESS,
+        PipelineOutcome::TimedOut => ExitCode::from(crate::cli::EXIT_FAILURE),
+        PipelineOutcome::Escalated => ExitCode::from(EXIT_ESCALATED),
+    })
 }
 
 /// A started daemon: what `stop` has to wait for.
 pub struct Running {
     pub http_addr: SocketAddr,
     http_task: tokio::task::JoinHandle<()>,
+    pipeline: Option<Pipeline>,
+    grace: Duration,
 }
 
 impl Running {
-    /// Waits until the HTTP server has drained (the shutdown must have been triggered).
-    pub async fn stop(self) {
-        if let Err(e) = self.http_task.await {
-            tracing::error!(error = %e, "http server task failed");
+    /// Graceful stop (the shutdown must have been triggered, which also stops the HTTP
+    /// server from accepting): drain the pipeline within the grace period, then wait
+    /// for in-flight HTTP requests.
+    pub async fn stop(self) -> PipelineOutcome {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let outcome = match self.pipeline {
+            Some(pipeline) => pipeline.stop(self.grace).await,
+            None => PipelineOutcome::Drained,
+        };
+        if tokio::time::timeout_at(deadline, self.http_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("http server did not finish its requests within the grace period");
         }
-        tracing::info!("stopped");
+        match outcome {
+            PipelineOutcome::Drained => tracing::info!("stopped cleanly"),
+            PipelineOutcome::TimedOut => tracing::warn!(
+                "grace period ran out; uncommitted records will be read again at the next start"
+            ),
+            PipelineOutcome::Escalated => {
+                tracing::error!("stopped after repeated pipeline crashes")
+            }
+        }
+        outcome
     }
 }
 
@@ -89,6 +122,24 @@ pub async fn start(
         (None, None)
     };
 
+    let pipeline = match (&pg, &redis_pool) {
+        (Some(pg), Some(redis_pool)) => {
+            let ctx = PipelineContext {
+                config: Arc::clone(&config),
+                kafka: Arc::clone(&kafka),
+                pg: pg.clone(),
+                redis: redis_pool.clone(),
+                shutdown: shutdown.clone(),
+                escalated: Arc::new(AtomicBool::new(false)),
+            };
+            let pipeline = Pipeline::start(ctx)
+                .await
+                .map_err(|e| DaemonError::Pipeline(e.to_string()))?;
+            Some(pipeline)
+        }
+        _ => None,
+    };
+
     let state = HttpState {
         config: Arc::clone(&config),
         kafka,
@@ -114,5 +165,7 @@ pub async fn start(
     Ok(Running {
         http_addr: server.local_addr,
         http_task: server.task,
+        pipeline,
+        grace: config.shutdown.grace_period,
     })
 }

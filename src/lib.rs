@@ -17,24 +17,30 @@
 //!
 //! # Layout
 //!
+//! - [`actors`]: the consumer pipeline: supervisor, partition readers, sinks, DLQ.
 //! - [`cli`]: the `gamestream` command line (serve, migrate, topics, check, loadgen, ...).
 //! - [`commands`]: the administrative subcommands (migrate, topics, check).
 //! - [`config`]: layered configuration: compiled-in defaults, file, environment, flags.
+//! - [`dead_letter`]: the dead-letter record and its `system.dlq` message.
 //! - [`event`]: the event type, its validation rules and its simd-json parsers.
 //! - [`http`]: the warp server: ingestion, queries, health, metrics, OpenAPI.
 //! - [`sinks`]: the write paths per backend (Postgres, Redis, Kafka).
 //! - [`telemetry`]: logs (text or JSON) and metrics registry setup.
+//! - [`retry`]: exponential backoff for transient failures.
 //! - [`shutdown`]: the one shutdown signal every task listens to.
 //! - [`daemon`]: `serve`: wires connections, the HTTP server and the pipeline together.
 
 #![deny(unsafe_code, rustdoc::broken_intra_doc_links)]
 
+pub mod actors;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod dead_letter;
 pub mod event;
 pub mod http;
+pub mod retry;
 pub mod shutdown;
 pub mod sinks;
 pub mod telemetry;

@@ -43,11 +43,10 @@ pub fn error_reply(
     let body = warp::reply::json(&json!({"status": "error", "error": message}));
     let mut response = warp::reply::with_status(body, status).into_response();
     if let Some(seconds) = retry_after {
-        if let Ok(value) = warp::http::HeaderValue::from_str(&seconds.to_string()) {
-            response
-                .headers_mut()
-                .insert(warp::http::header::RETRY_AFTER, value);
-        }
+        response.headers_mut().insert(
+            warp::http::header::RETRY_AFTER,
+            warp::http::HeaderValue::from(seconds),
+        );
     }
     response
 }

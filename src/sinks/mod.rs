@@ -1,9 +1,22 @@
 //! The write paths the actors call, one folder per backend.
 //!
-//! Each backend owns its connection setup, its error type (split into transient
-//! errors, retried with backoff, and permanent ones, dead-lettered) and its
-//! statements. Actors never build SQL, Redis commands or Kafka requests themselves.
+//! Each backend owns its connection setup and its statements; actors never build SQL,
+//! Redis commands or Kafka requests themselves. Every error a sink returns is
+//! classified by [`error::SinkError`]: transient (retried) or permanent (dead-lettered).
 
+pub mod error;
 pub mod kafka;
 pub mod postgres;
 pub mod redis;
+
+pub use error::SinkError;
+
+/// One partition's offset commit, compare-and-set: it applies only if the stored next
+/// offset is still `expected` (None: nothing stored yet). A writer whose view is stale
+/// (a zombie from a previous generation, a daemon that lost its lease) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetCommit {
+    pub partition: i32,
+    pub expected: Option<i64>,
+    pub next: i64,
+}

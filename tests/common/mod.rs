@@ -78,7 +78,8 @@ pub struct TestEnv {
     pub pg: sqlx::PgPool,
 }
 
-const NOT_UP: &str = "the local stack is not up: run `make test` (which starts it) or `deploy/local/stack.sh up`";
+const NOT_UP: &str =
+    "the local stack is not up: run `make test` (which starts it) or `deploy/local/stack.sh up`";
 
 impl TestEnv {
     /// A fresh database (migrated), fresh topics (created) and a fresh Redis key prefix.
@@ -94,23 +95,56 @@ impl TestEnv {
         create_database(&stack, &database).await;
 
         let mut overrides: Vec<(String, String)> = vec![
-            ("topics.player_events".into(), format!("\"t{id}.player.events.raw\"")),
-            ("topics.processed_events".into(), format!("\"t{id}.player.events.processed\"")),
-            ("topics.statistics".into(), format!("\"t{id}.player.statistics\"")),
-            ("topics.leaderboards".into(), format!("\"t{id}.game.leaderboards\"")),
+            (
+                "topics.player_events".into(),
+                format!("\"t{id}.player.events.raw\""),
+            ),
+            (
+                "topics.processed_events".into(),
+                format!("\"t{id}.player.events.processed\""),
+            ),
+            (
+                "topics.statistics".into(),
+                format!("\"t{id}.player.statistics\""),
+            ),
+            (
+                "topics.leaderboards".into(),
+                format!("\"t{id}.game.leaderboards\""),
+            ),
             ("topics.dlq".into(), format!("\"t{id}.system.dlq\"")),
             ("redis.key_prefix".into(), format!("\"t{id}:\"")),
             ("http.port".into(), "0".into()),
             ("http.bind".into(), "\"127.0.0.1\"".into()),
         ];
-        overrides.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        let config = config::load(&Sources { file: None, env: stack.env(&database), overrides: overrides.clone() })
-            .expect("test configuration is valid");
-        let pg = postgres::connect(&config.postgres).await.unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
+        overrides.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let config = config::load(&Sources {
+            file: None,
+            env: stack.env(&database),
+            overrides: overrides.clone(),
+        })
+        .expect("test configuration is valid");
+        let pg = postgres::connect(&config.postgres)
+            .await
+            .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
         postgres::migrate(&pg).await.expect("migrations apply");
-        let client = kafka::connect(&config.kafka).await.unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
-        kafka::create_topics(&client, &config.topics).await.expect("topics are created");
-        Self { id, stack, database, overrides, config, pg }
+        let client = kafka::connect(&config.kafka)
+            .await
+            .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
+        kafka::create_topics(&client, &config.topics)
+            .await
+            .expect("topics are created");
+        Self {
+            id,
+            stack,
+            database,
+            overrides,
+            config,
+            pg,
+        }
     }
 
     /// Environment for a child `gamestream` process pointed at this env.
@@ -120,7 +154,10 @@ impl TestEnv {
 
     /// `--set` arguments for a child `gamestream` process pointed at this env.
     pub fn child_args(&self) -> Vec<String> {
-        self.overrides.iter().flat_map(|(k, v)| ["--set".to_owned(), format!("{k}={v}")]).collect()
+        self.overrides
+            .iter()
+            .flat_map(|(k, v)| ["--set".to_owned(), format!("{k}={v}")])
+            .collect()
     }
 
     /// A `gamestream` command (the binary under test) configured for this env.
@@ -138,9 +175,15 @@ impl TestEnv {
 
     /// A Redis connection to the stack.
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        let url = format!("redis://{}:{}/", self.stack.redis_host, self.stack.redis_port);
+        let url = format!(
+            "redis://{}:{}/",
+            self.stack.redis_host, self.stack.redis_port
+        );
         let client = redis::Client::open(url).expect("redis url");
-        client.get_multiplexed_async_connection().await.unwrap_or_else(|e| panic!("{NOT_UP}: {e}"))
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"))
     }
 }
 
@@ -155,7 +198,10 @@ pub async fn create_database(stack: &Stack, database: &str) {
         .unwrap_or_else(|_| panic!("{NOT_UP}: postgres did not answer"))
         .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
     let statement = format!("CREATE DATABASE \"{database}\"");
-    sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&admin).await.expect("create test database");
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .execute(&admin)
+        .await
+        .expect("create test database");
     admin.close().await;
 }
 
@@ -175,4 +221,276 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A valid event for tests: `player_score` every third, with a score.
+pub fn sample_event(i: usize, players: usize, games: usize) -> gamestream::event::Event {
+    use chrono::TimeZone;
+    let event_type = ["player_level_up", "player_score", "quest_completed"][i % 3];
+    let data = if event_type == "player_score" {
+        format!(r#"{{"score":{}}}"#, i % 97)
+    } else {
+        format!(r#"{{"level":{i}}}"#)
+    };
+    let score = if event_type == "player_score" {
+        gamestream::event::Score::Integer((i % 97) as i64)
+    } else {
+        gamestream::event::Score::Absent
+    };
+    gamestream::event::Event {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: event_type.to_owned(),
+        player_id: format!("player-{}", i % players),
+        game_id: format!("game-{}", i % games),
+        timestamp: chrono::Utc
+            .timestamp_opt(1_700_000_000 + i as i64, 0)
+            .single()
+            .expect("valid time"),
+        ingested_at: chrono::Utc
+            .timestamp_opt(1_700_000_001 + i as i64, 0)
+            .single()
+            .expect("valid time"),
+        data,
+        score,
+    }
+}
+
+/// A raw record to produce: key and value bytes.
+pub struct RawRecord {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+impl RawRecord {
+    pub fn of(event: &gamestream::event::Event) -> Self {
+        Self {
+            key: event.player_id.clone().into_bytes(),
+            value: event.to_record_value(),
+        }
+    }
+}
+
+/// Produces records straight to `topic`, partitioned by key as our producer does,
+/// in chunks; returns the number produced per partition.
+pub async fn produce_raw(config: &Config, topic: &str, records: &[RawRecord]) -> Vec<usize> {
+    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+    let client = kafka::connect(&config.kafka).await.expect("kafka");
+    let partitions = kafka::partition_count(&client, topic)
+        .await
+        .expect("topic exists");
+    let mut per_partition: Vec<Vec<rskafka::record::Record>> =
+        (0..partitions).map(|_| Vec::new()).collect();
+    for r in records {
+        let p = kafka::partition_for_key(&r.key, partitions) as usize;
+        per_partition[p].push(rskafka::record::Record {
+            key: Some(r.key.clone()),
+            value: Some(r.value.clone()),
+            headers: Default::default(),
+            timestamp: chrono::Utc::now(),
+        });
+    }
+    let mut counts = Vec::new();
+    for (p, records) in per_partition.into_iter().enumerate() {
+        counts.push(records.len());
+        let pc = client
+            .partition_client(topic.to_owned(), p as i32, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition");
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for record in records {
+            bytes += record.approximate_size();
+            chunk.push(record);
+            if bytes > 512 * 1024 {
+                pc.produce(std::mem::take(&mut chunk), Compression::NoCompression)
+                    .await
+                    .expect("produce");
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            pc.produce(chunk, Compression::NoCompression)
+                .await
+                .expect("produce");
+        }
+    }
+    counts
+}
+
+/// The high watermark of each partition of `topic` (from Fetch, which tansu answers right).
+pub async fn high_watermarks(config: &Config, topic: &str) -> Vec<i64> {
+    use rskafka::client::partition::UnknownTopicHandling;
+    let client = kafka::connect(&config.kafka).await.expect("kafka");
+    let partitions = kafka::partition_count(&client, topic)
+        .await
+        .expect("topic exists");
+    let mut marks = Vec::new();
+    for p in 0..partitions {
+        let pc = client
+            .partition_client(topic.to_owned(), p, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition");
+        let (_, hw) = pc.fetch_records(0, 1..1024, 10).await.expect("fetch");
+        marks.push(hw);
+    }
+    marks
+}
+
+/// Every record of `topic`, all partitions, as (partition, offset, key, value, headers).
+pub async fn consume_all(
+    config: &Config,
+    topic: &str,
+) -> Vec<(i32, i64, Option<Vec<u8>>, Option<Vec<u8>>)> {
+    use rskafka::client::partition::UnknownTopicHandling;
+    let client = kafka::connect(&config.kafka).await.expect("kafka");
+    let partitions = kafka::partition_count(&client, topic)
+        .await
+        .expect("topic exists");
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let pc = client
+            .partition_client(topic.to_owned(), p, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition");
+        let mut offset = 0;
+        loop {
+            let (records, hw) = pc
+                .fetch_records(offset, 1..8 * 1024 * 1024, 50)
+                .await
+                .expect("fetch");
+            for r in records {
+                if r.offset >= offset {
+                    out.push((p, r.offset, r.record.key, r.record.value));
+                    offset = r.offset + 1;
+                }
+            }
+            if offset >= hw {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The committed next offset of `sink` per partition.
+pub async fn committed_offsets(pg: &sqlx::PgPool, sink: &str, topic: &str) -> Vec<(i32, i64)> {
+    sqlx::query_as("SELECT partition, next_offset FROM sink_offsets WHERE sink = $1 AND topic = $2 ORDER BY partition")
+        .bind(sink)
+        .bind(topic)
+        .fetch_all(pg)
+        .await
+        .expect("query offsets")
+}
+
+/// A private PostgreSQL server (own data dir, own port) for tests that stop and start
+/// the database, which they cannot do to the shared stack.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    const BIN: &'static str = "/usr/lib/postgresql/15/bin";
+
+    fn as_postgres(program: &str) -> std::process::Command {
+        // PostgreSQL refuses to run as root; the Debian package's `postgres` user can.
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        if root {
+            let mut cmd = std::process::Command::new("runuser");
+            cmd.args(["-u", "postgres", "--", &format!("{}/{program}", Self::BIN)]);
+            cmd
+        } else {
+            std::process::Command::new(format!("{}/{program}", Self::BIN))
+        }
+    }
+
+    /// initdb + start on a free port, with a `gamestream` superuser (trust auth).
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gs-pg-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::process::Command::new("chmod")
+            .args(["777", &dir.path().display().to_string()])
+            .status()
+            .expect("chmod");
+        let data = dir.path().join("data");
+        let status = Self::as_postgres("initdb")
+            .args([
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "gamestream",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(status.success(), "initdb failed");
+        let port = free_port();
+        let pg = Self { port, dir };
+        pg.resume();
+        pg
+    }
+
+    /// Starts (again) on the same port and data.
+    pub fn resume(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("pg.log");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let status = Self::as_postgres("pg_ctl")
+            .args([
+                "-D",
+                &data.display().to_string(),
+                "-l",
+                &log.display().to_string(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl start");
+        assert!(status.success(), "private postgres did not start");
+    }
+
+    /// Stops it (fast: connections are cut, as in a crash of the client's view).
+    pub fn pause(&self) {
+        let data = self.dir.path().join("data");
+        let _ = Self::as_postgres("pg_ctl")
+            .args([
+                "-D",
+                &data.display().to_string(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.pause();
+    }
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
 }

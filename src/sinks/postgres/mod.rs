@@ -1,5 +1,8 @@
 //! PostgreSQL: the pool, the schema, and the sinks' transactional writes.
 
+pub mod dlq;
+pub mod events;
+pub mod offsets;
 mod pool;
 mod schema;
 

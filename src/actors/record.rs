@@ -1,0 +1,43 @@
+//! What flows from partition readers to sinks.
+//!
+//! A reader parses each fetched record once into a [`ParsedBatch`] and sends the same
+//! `Arc` to every sink, so three sinks cost one parse and no copies.
+
+use std::sync::Arc;
+
+use crate::event::{Event, EventError};
+
+/// A contiguous run of one partition's records, in offset order.
+#[derive(Debug)]
+pub struct ParsedBatch {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub records: Vec<ParsedRecord>,
+    /// The offset after the last record of this batch (what a sink commits once it has
+    /// applied the whole batch).
+    pub next_offset: i64,
+}
+
+/// One record: its offset and either the event or why it could not be one.
+#[derive(Debug)]
+pub struct ParsedRecord {
+    pub offset: i64,
+    pub parsed: Result<Event, Poison>,
+}
+
+/// A record that cannot become an event. It is dead-lettered with its bytes.
+#[derive(Debug, Clone)]
+pub struct Poison {
+    pub error: EventError,
+    /// The record value exactly as read (empty for a record without a value).
+    pub payload: Vec<u8>,
+    /// The record key, if any (the player id, for records from our producer).
+    pub key: Option<Vec<u8>>,
+}
+
+impl ParsedBatch {
+    /// The offset of the first record (or `next_offset` for an empty batch).
+    pub fn first_offset(&self) -> i64 {
+        self.records.first().map_or(self.next_offset, |r| r.offset)
+    }
+}

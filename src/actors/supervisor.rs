@@ -1,0 +1,349 @@
+//! `Supervisor`: the root actor of the consumer pipeline.
+//!
+//! ```text
+//! Supervisor
+//!  ├── DlqActor
+//!  ├── SinkActor<LoggerWriter>        (and the other sinks)
+//!  └── PartitionReader p0 .. pN       (one per partition of the raw topic)
+//! ```
+//!
+//! It spawns every child with `spawn_linked`, so their crashes come back here as
+//! supervision events. The restart policy lives in one place, [`Supervisor::on_child_down`]:
+//! a crash of any child stops the whole generation and starts a new one from the
+//! committed offsets after an exponential backoff (one-for-all: sinks and readers hold
+//! in-flight state about each other, and the offsets in the destinations are the only
+//! truth worth restarting from). More than `supervisor.max_restarts` crashes within
+//! `supervisor.restart_window` escalate: the supervisor stops, the daemon shuts down and
+//! exits non-zero instead of spinning.
+//!
+//! Partitions added to the topic are picked up every `partition_refresh_interval`.
+//! A graceful stop ([`SupervisorMessage::Drain`]) stops the readers first, then flushes
+//! every sink, then stops them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
+
+use super::dlq::{DlqActor, DlqArgs, DlqMessage};
+use super::logger::LoggerWriter;
+use super::partition_reader::{PartitionReader, ReaderArgs, ReaderMessage};
+use super::sink::{SinkActor, SinkArgs, SinkMessage, SinkSettings};
+use crate::config::Config;
+use crate::retry::Backoff;
+use crate::shutdown::Shutdown;
+use crate::sinks::redis::RedisPool;
+
+/// What the pipeline needs from the outside world.
+#[derive(Clone)]
+pub struct PipelineContext {
+    pub config: Arc<Config>,
+    pub kafka: Arc<rskafka::client::Client>,
+    pub pg: sqlx::PgPool,
+    pub redis: RedisPool,
+    /// Triggered by the supervisor when it gives up, so the daemon exits.
+    pub shutdown: Shutdown,
+    /// Set when the supervisor gave up (the daemon's exit code says so).
+    pub escalated: Arc<AtomicBool>,
+}
+
+pub enum SupervisorMessage {
+    /// Start a new generation of children (after a crash and its backoff).
+    Restart,
+    /// Re-read the topic's partition count; spawn readers for new partitions.
+    RefreshPartitions,
+    /// Graceful stop: readers, then a flush of every sink, then the sinks.
+    Drain(RpcReplyPort<()>),
+}
+
+pub struct Supervisor;
+
+pub struct SupervisorState {
+    ctx: PipelineContext,
+    topic: Arc<str>,
+    children: Option<Children>,
+    /// Ids of the current generation, with a label for logs and metrics.
+    current: HashMap<ActorId, &'static str>,
+    /// Crash times within the restart window.
+    crashes: VecDeque<Instant>,
+    backoff: Backoff,
+    /// Set while children are being stopped on purpose (their exits are not crashes).
+    stopping: bool,
+    refresh_timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Children {
+    dlq: ActorRef<DlqMessage>,
+    sinks: Vec<(&'static str, ActorRef<SinkMessage>)>,
+    readers: BTreeMap<i32, ActorRef<ReaderMessage>>,
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMessage;
+    type State = SupervisorState;
+    type Arguments = PipelineContext;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: PipelineContext,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let sup = &ctx.config.supervisor;
+        let mut state = SupervisorState {
+            topic: Arc::from(ctx.config.topics.player_events.as_str()),
+            backoff: Backoff::new(sup.restart_initial_backoff, sup.restart_max_backoff),
+            ctx,
+            children: None,
+            current: HashMap::new(),
+            crashes: VecDeque::new(),
+            stopping: false,
+            refresh_timer: None,
+        };
+        // The first generation must start: a failure here fails `Pipeline::start`, so a
+        // daemon that cannot consume at all says so at startup.
+        state.spawn_generation(&myself).await?;
+        let interval = state.ctx.config.supervisor.partition_refresh_interval;
+        state.refresh_timer =
+            Some(myself.send_interval(interval, || SupervisorMessage::RefreshPartitions));
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.refresh_timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMessage::Restart => {
+                if state.ctx.shutdown.is_triggered() {
+                    return Ok(());
+                }
+                state.stopping = false;
+                if let Err(e) = state.spawn_generation(&myself).await {
+                    tracing::error!(error = %e, "restarting the pipeline failed");
+                    state.on_child_down(&myself, "pipeline", &e.to_string());
+                }
+            }
+            SupervisorMessage::RefreshPartitions => {
+                if let Err(e) = state.spawn_new_partitions(&myself).await {
+                    tracing::warn!(error = %e, "refreshing partitions failed; will try again");
+                }
+            }
+            SupervisorMessage::Drain(reply) => {
+                state.drain().await;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match &event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.clone().unwrap_or_else(|| "stopped".to_owned()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(label) = state.current.remove(&cell.get_id()) else {
+            return Ok(()); // a child of an older generation
+        };
+        if state.stopping {
+            return Ok(());
+        }
+        state.on_child_down(&myself, label, &reason);
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    /// The restart policy: stop the generation, then restart it after a backoff, or
+    /// escalate when crashes come too often.
+    fn on_child_down(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+        label: &'static str,
+        reason: &str,
+    ) {
+        let config = Arc::clone(&self.ctx.config);
+        let sup = &config.supervisor;
+        let now = Instant::now();
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > sup.restart_window)
+        {
+            self.crashes.pop_front();
+        }
+        if self.crashes.is_empty() {
+            self.backoff.reset();
+        }
+        self.crashes.push_back(now);
+        metrics::counter!("gamestream_actor_restarts_total", "actor" => label).increment(1);
+        self.stop_children();
+        if self.crashes.len() as u32 > sup.max_restarts {
+            tracing::error!(actor = label, reason, crashes = self.crashes.len(), window = ?sup.restart_window,
+                "pipeline keeps crashing; giving up so the daemon exits (and its pod restarts)");
+            self.ctx.escalated.store(true, Ordering::SeqCst);
+            self.ctx.shutdown.trigger();
+            myself.stop(Some("escalated".to_owned()));
+            return;
+        }
+        let delay = self.backoff.next_delay();
+        tracing::error!(actor = label, reason, restart_in = ?delay, "pipeline actor failed; restarting from committed offsets");
+        // The timer task ends after one send.
+        drop(myself.send_after(delay, || SupervisorMessage::Restart));
+    }
+
+    fn stop_children(&mut self) {
+        self.stopping = true;
+        self.current.clear();
+        if let Some(children) = self.children.take() {
+            for reader in children.readers.values() {
+                reader.stop(None);
+            }
+            for (_, sink) in &children.sinks {
+                sink.stop(None);
+            }
+            children.dlq.stop(None);
+        }
+    }
+
+    async fn spawn_generation(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+    ) -> Result<(), ActorProcessingErr> {
+        let config = &self.ctx.config;
+        let supervisor: ActorCell = myself.get_cell();
+        let retry = Backoff::new(
+            config.consumer.retry_initial_backoff,
+            config.consumer.retry_max_backoff,
+        );
+        let (dlq, _) = Actor::spawn_linked(
+            None,
+            DlqActor,
+            DlqArgs {
+                kafka: Arc::clone(&self.ctx.kafka),
+                pg: self.ctx.pg.clone(),
+                topic: config.topics.dlq.clone(),
+                max_message_bytes: config.dlq.max_message_bytes,
+                backoff: retry.clone(),
+            },
+            supervisor.clone(),
+        )
+        .await?;
+        self.current.insert(dlq.get_id(), "dlq");
+        let settings = |batch_size: usize, linger: Duration| SinkSettings {
+            batch_size,
+            linger,
+            retry_initial_backoff: config.consumer.retry_initial_backoff,
+            retry_max_backoff: config.consumer.retry_max_backoff,
+        };
+        let (logger, _) = Actor::spawn_linked(
+            None,
+            SinkActor::<LoggerWriter>::default(),
+            SinkArgs {
+                writer: LoggerWriter {
+                    pg: self.ctx.pg.clone(),
+                },
+                topic: Arc::clone(&self.topic),
+                settings: settings(config.logger.batch_size, config.logger.linger),
+                dlq: dlq.clone(),
+            },
+            supervisor.clone(),
+        )
+        .await?;
+        self.current.insert(logger.get_id(), super::logger::LOGGER);
+        self.children = Some(Children {
+            dlq,
+            sinks: vec![(super::logger::LOGGER, logger)],
+            readers: BTreeMap::new(),
+        });
+        self.spawn_new_partitions(myself).await
+    }
+
+    /// Spawns a reader for every partition that has none.
+    async fn spawn_new_partitions(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.stopping || self.children.is_none() {
+            return Ok(());
+        }
+        let count = crate::sinks::kafka::partition_count(&self.ctx.kafka, &self.topic).await?;
+        let config = Arc::clone(&self.ctx.config);
+        let Some(children) = self.children.as_mut() else {
+            return Ok(());
+        };
+        for partition in 0..count {
+            if children.readers.contains_key(&partition) {
+                continue;
+            }
+            let args = ReaderArgs {
+                kafka: Arc::clone(&self.ctx.kafka),
+                topic: Arc::clone(&self.topic),
+                partition,
+                sinks: children.sinks.clone(),
+                max_in_flight_records: config.consumer.max_in_flight_records,
+                fetch_max_bytes: config.consumer.fetch_max_bytes,
+                fetch_max_wait: config.consumer.fetch_max_wait,
+                backoff: Backoff::new(
+                    config.consumer.retry_initial_backoff,
+                    config.consumer.retry_max_backoff,
+                ),
+            };
+            let (reader, _) =
+                Actor::spawn_linked(None, PartitionReader, args, myself.get_cell()).await?;
+            self.current.insert(reader.get_id(), "partition_reader");
+            children.readers.insert(partition, reader);
+        }
+        metrics::gauge!("gamestream_partitions_owned").set(children.readers.len() as f64);
+        Ok(())
+    }
+
+    /// Graceful stop: no more fetching, every buffer flushed and committed.
+    async fn drain(&mut self) {
+        self.stopping = true;
+        let Some(children) = self.children.take() else {
+            return;
+        };
+        self.current.clear();
+        let grace = self.ctx.config.shutdown.grace_period;
+        for (partition, reader) in &children.readers {
+            if let Err(e) = reader.stop_and_wait(None, Some(grace)).await {
+                tracing::warn!(partition, error = %e, "reader did not stop in time");
+            }
+        }
+        for (name, sink) in &children.sinks {
+            match sink.call(SinkMessage::Drain, Some(grace)).await {
+                Ok(ractor::rpc::CallResult::Success(())) => tracing::info!(sink = name, "flushed"),
+                other => {
+                    tracing::warn!(sink = name, result = ?other.map(|_| ()), "sink did not flush in time")
+                }
+            }
+            let _ = sink.stop_and_wait(None, Some(grace)).await;
+        }
+        let _ = children.dlq.stop_and_wait(None, Some(grace)).await;
+    }
+}
