@@ -266,6 +266,9 @@ pub struct ConsumerConfig {
     #[serde(with = "humantime_serde")]
     pub fetch_max_wait: Duration,
     pub max_in_flight_records: usize,
+    /// How long a sink may be out of credit before readers leave it behind.
+    #[serde(with = "humantime_serde")]
+    pub detach_after: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_initial_backoff: Duration,
     #[serde(with = "humantime_serde")]

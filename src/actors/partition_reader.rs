@@ -11,12 +11,18 @@
 //! and a slow sink slows its readers. Records that are not valid events travel on as
 //! [`Poison`] so the sink that owns dead letters can store them and commit past.
 //!
+//! Each sink has its own cursor (the offset after the last record sent to it). Sinks
+//! that keep up share one cursor and one fetch. A sink out of credit for longer than
+//! `consumer.detach_after` (its store is down, say) is left behind; when it has credit
+//! again it gets catch-up fetches from its own cursor, in turn with the others, until
+//! its cursor meets theirs. So one store being away never stops the others.
+//!
 //! Fetch errors are transient (the broker is away): retried with backoff. An offset
 //! that fell out of retention restarts from the earliest offset, with a warning and a
 //! metric. Supervised by the [`Supervisor`](super::supervisor).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rskafka::client::error::{Error as ClientError, ProtocolError};
@@ -29,8 +35,9 @@ use crate::event::{self, EventError};
 use crate::retry::Backoff;
 
 pub enum ReaderMessage {
-    /// Fetch the next records, if credits allow.
-    Fetch,
+    /// Fetch the next records, if credits allow. The number is the fetch loop's token:
+    /// a message of an older loop (a stale timer) is ignored, so one loop runs at a time.
+    Fetch(u64),
     /// A sink made a batch durable (or already had it).
     Ack {
         sink: &'static str,
@@ -46,6 +53,7 @@ pub struct ReaderArgs {
     /// The sinks and their names (the names match their `Ack`s).
     pub sinks: Vec<(&'static str, ActorRef<SinkMessage>)>,
     pub max_in_flight_records: usize,
+    pub detach_after: Duration,
     pub fetch_max_bytes: i32,
     pub fetch_max_wait: Duration,
     pub backoff: Backoff,
@@ -59,14 +67,17 @@ pub struct ReaderState {
     partition: i32,
     partition_label: String,
     sinks: Vec<SinkCredit>,
-    next_offset: i64,
     high_watermark: i64,
     max_in_flight_records: usize,
+    detach_after: Duration,
+    /// The cursor served last, so that cursors take turns.
+    last_cursor: i64,
     fetch_max_bytes: i32,
     fetch_max_wait_ms: i32,
     backoff: Backoff,
-    /// A `Fetch` is queued or running; keeps exactly one fetch loop alive.
+    /// A fetch loop is running (a `Fetch` with the current token is queued or running).
     fetching: bool,
+    token: u64,
     /// Reused buffer for simd-json's in-place parsing.
     scratch: Vec<u8>,
 }
@@ -74,7 +85,18 @@ pub struct ReaderState {
 struct SinkCredit {
     name: &'static str,
     actor: ActorRef<SinkMessage>,
+    flow: Flow,
+}
+
+/// A sink's position and credit, as the reader sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Flow {
+    /// Records sent and not yet acknowledged.
     in_flight: usize,
+    /// The offset after the last record sent to this sink.
+    cursor: i64,
+    /// Since when this sink has had no credit.
+    starved_since: Option<Instant>,
 }
 
 impl Actor for PartitionReader {
@@ -120,6 +142,8 @@ impl Actor for PartitionReader {
             Some(offset) if !any_missing => offset.max(earliest),
             _ => earliest,
         };
+        // Every sink starts at the common minimum; a sink that is further on skips what
+        // it already has (the sink dedupes by offset), so they share fetches at once.
         tracing::info!(topic = %args.topic, partition = args.partition, offset = next_offset, "reader starting");
         Ok(ReaderState {
             client,
@@ -132,16 +156,22 @@ impl Actor for PartitionReader {
                 .map(|(name, actor)| SinkCredit {
                     name,
                     actor,
-                    in_flight: 0,
+                    flow: Flow {
+                        in_flight: 0,
+                        cursor: next_offset,
+                        starved_since: None,
+                    },
                 })
                 .collect(),
-            next_offset,
             high_watermark: next_offset,
             max_in_flight_records: args.max_in_flight_records,
+            detach_after: args.detach_after,
+            last_cursor: next_offset,
             fetch_max_bytes: args.fetch_max_bytes,
             fetch_max_wait_ms: i32::try_from(args.fetch_max_wait.as_millis()).unwrap_or(i32::MAX),
             backoff: args.backoff,
             fetching: false,
+            token: 0,
             scratch: Vec::new(),
         })
     }
@@ -152,7 +182,7 @@ impl Actor for PartitionReader {
         state: &mut ReaderState,
     ) -> Result<(), ActorProcessingErr> {
         state.fetching = true;
-        myself.cast(ReaderMessage::Fetch)?;
+        myself.cast(ReaderMessage::Fetch(state.token))?;
         Ok(())
     }
 
@@ -163,21 +193,30 @@ impl Actor for PartitionReader {
         state: &mut ReaderState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ReaderMessage::Fetch => state.fetch(&myself).await?,
+            ReaderMessage::Fetch(token) if token == state.token => {
+                state.fetching = true;
+                state.fetch(&myself).await?;
+            }
+            ReaderMessage::Fetch(_) => {} // a stale timer of an older fetch loop
             ReaderMessage::Ack {
                 sink,
                 next_offset,
                 records,
             } => {
+                let max = state.max_in_flight_records;
                 if let Some(credit) = state.sinks.iter_mut().find(|s| s.name == sink) {
-                    credit.in_flight = credit.in_flight.saturating_sub(records);
+                    credit.flow.in_flight = credit.flow.in_flight.saturating_sub(records);
+                    if credit.flow.in_flight < max {
+                        credit.flow.starved_since = None;
+                    }
                 }
                 let lag = (state.high_watermark - next_offset).max(0);
                 metrics::gauge!("gamestream_consumer_lag", "sink" => sink, "partition" => state.partition_label.clone())
                     .set(lag as f64);
-                if !state.fetching && state.has_credit() {
+                if !state.fetching {
+                    state.token += 1;
                     state.fetching = true;
-                    myself.cast(ReaderMessage::Fetch)?;
+                    myself.cast(ReaderMessage::Fetch(state.token))?;
                 }
             }
         }
@@ -186,25 +225,33 @@ impl Actor for PartitionReader {
 }
 
 impl ReaderState {
-    fn has_credit(&self) -> bool {
-        self.sinks
-            .iter()
-            .all(|s| s.in_flight < self.max_in_flight_records)
-    }
-
     async fn fetch(&mut self, myself: &ActorRef<ReaderMessage>) -> Result<(), ActorProcessingErr> {
-        if !self.has_credit() {
-            // Resumed by the Ack that frees credit.
-            self.fetching = false;
-            return Ok(());
+        let now = Instant::now();
+        let mut flows: Vec<Flow> = self.sinks.iter().map(|s| s.flow.clone()).collect();
+        let choice = choose_cursor(
+            &mut flows,
+            self.max_in_flight_records,
+            self.detach_after,
+            self.last_cursor,
+            now,
+        );
+        for (sink, flow) in self.sinks.iter_mut().zip(flows) {
+            sink.flow.starved_since = flow.starved_since;
         }
+        let Some(cursor) = choice else {
+            // Nothing to do until an Ack frees credit, or a starved sink may be left behind.
+            self.fetching = false;
+            drop(myself.send_after(self.detach_after, {
+                let token = self.token;
+                move || ReaderMessage::Fetch(token)
+            }));
+            return Ok(());
+        };
+        self.last_cursor = cursor;
+        let token = self.token;
         let result = self
             .client
-            .fetch_records(
-                self.next_offset,
-                1..self.fetch_max_bytes,
-                self.fetch_max_wait_ms,
-            )
+            .fetch_records(cursor, 1..self.fetch_max_bytes, self.fetch_max_wait_ms)
             .await;
         match result {
             Ok((records, high_watermark)) => {
@@ -212,45 +259,46 @@ impl ReaderState {
                 self.high_watermark = high_watermark;
                 metrics::gauge!("gamestream_partition_high_watermark", "partition" => self.partition_label.clone())
                     .set(high_watermark as f64);
-                self.dispatch(myself, records)?;
-                myself.cast(ReaderMessage::Fetch)?;
+                self.dispatch(myself, cursor, records)?;
+                myself.cast(ReaderMessage::Fetch(token))?;
             }
             Err(ClientError::ServerError {
                 protocol_error: ProtocolError::OffsetOutOfRange,
                 ..
             }) => {
-                self.recover_offset().await?;
-                myself.cast(ReaderMessage::Fetch)?;
+                self.recover_offset(cursor).await?;
+                myself.cast(ReaderMessage::Fetch(token))?;
             }
             Err(e) => {
                 let delay = self.backoff.next_delay();
                 metrics::counter!("gamestream_reader_fetch_errors_total", "partition" => self.partition_label.clone()).increment(1);
                 tracing::warn!(partition = self.partition, error = %e, retry_in = ?delay, "fetch failed; retrying");
-                // The timer task ends after one send.
-                drop(myself.send_after(delay, || ReaderMessage::Fetch));
+                drop(myself.send_after(delay, move || ReaderMessage::Fetch(token)));
             }
         }
         Ok(())
     }
 
-    /// The next offset is outside what the broker holds.
-    async fn recover_offset(&mut self) -> Result<(), ActorProcessingErr> {
+    /// `cursor` is outside what the broker holds.
+    async fn recover_offset(&mut self, cursor: i64) -> Result<(), ActorProcessingErr> {
         let earliest = self.client.get_offset(OffsetAt::Earliest).await?;
-        if self.next_offset < earliest {
+        if cursor < earliest {
             tracing::warn!(
                 partition = self.partition,
-                wanted = self.next_offset,
+                wanted = cursor,
                 earliest,
                 "offset fell out of retention; resuming from the earliest offset"
             );
             metrics::counter!("gamestream_reader_offset_resets_total", "partition" => self.partition_label.clone()).increment(1);
-            self.next_offset = earliest;
+            for sink in self.sinks.iter_mut().filter(|s| s.flow.cursor == cursor) {
+                sink.flow.cursor = earliest;
+            }
         } else {
             // Beyond the end: the topic was recreated or the broker lost data. Jumping
             // back would apply records twice, so wait for an operator (`offsets reset`).
             tracing::error!(
                 partition = self.partition,
-                wanted = self.next_offset,
+                wanted = cursor,
                 earliest,
                 "offset is beyond the end of the partition; waiting (see `gamestream offsets reset`)"
             );
@@ -259,15 +307,17 @@ impl ReaderState {
         Ok(())
     }
 
-    /// Parses the fetched records once and sends the batch to every sink.
+    /// Parses the records fetched at `cursor` once and sends the batch to every sink
+    /// at that cursor that has credit.
     fn dispatch(
         &mut self,
         myself: &ActorRef<ReaderMessage>,
+        cursor: i64,
         fetched: Vec<RecordAndOffset>,
     ) -> Result<(), ActorProcessingErr> {
         let mut records = Vec::with_capacity(fetched.len());
         for r in fetched {
-            if r.offset < self.next_offset {
+            if r.offset < cursor {
                 continue; // a fetch may start at the beginning of a stored record batch
             }
             let parsed = parse(&mut self.scratch, r.record.key, r.record.value);
@@ -285,11 +335,16 @@ impl ReaderState {
             next_offset: last.offset + 1,
             records,
         });
-        self.next_offset = batch.next_offset;
         metrics::counter!("gamestream_reader_records_total", "partition" => self.partition_label.clone())
             .increment(batch.records.len() as u64);
-        for sink in &mut self.sinks {
-            sink.in_flight += batch.records.len();
+        let max = self.max_in_flight_records;
+        for sink in self
+            .sinks
+            .iter_mut()
+            .filter(|s| s.flow.cursor == cursor && s.flow.in_flight < max)
+        {
+            sink.flow.in_flight += batch.records.len();
+            sink.flow.cursor = batch.next_offset;
             sink.actor.cast(SinkMessage::Batch {
                 batch: Arc::clone(&batch),
                 reader: myself.clone(),
@@ -297,6 +352,47 @@ impl ReaderState {
         }
         Ok(())
     }
+}
+
+/// Which cursor to fetch at next, or None to wait.
+///
+/// A cursor is served when it has a sink with credit and no sink at it has been out of
+/// credit for less than `detach_after` (so a briefly busy sink is waited for, not left
+/// behind). Servable cursors take turns, so catching up never stops the others.
+pub(crate) fn choose_cursor(
+    sinks: &mut [Flow],
+    max_in_flight: usize,
+    detach_after: Duration,
+    last: i64,
+    now: Instant,
+) -> Option<i64> {
+    for sink in sinks.iter_mut() {
+        if sink.in_flight >= max_in_flight {
+            sink.starved_since.get_or_insert(now);
+        } else {
+            sink.starved_since = None;
+        }
+    }
+    let waiting_for = |cursor: i64| {
+        sinks.iter().any(|s| {
+            s.cursor == cursor
+                && s.starved_since
+                    .is_some_and(|since| now.duration_since(since) < detach_after)
+        })
+    };
+    let mut servable: Vec<i64> = sinks
+        .iter()
+        .filter(|s| s.in_flight < max_in_flight)
+        .map(|s| s.cursor)
+        .filter(|c| !waiting_for(*c))
+        .collect();
+    servable.sort_unstable();
+    servable.dedup();
+    servable
+        .iter()
+        .copied()
+        .find(|c| *c > last)
+        .or_else(|| servable.first().copied())
 }
 
 /// One record value into an event, or into a [`Poison`] that keeps the exact bytes.
@@ -321,4 +417,73 @@ fn parse(
         payload: value,
         key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 100;
+    const DETACH: Duration = Duration::from_secs(5);
+
+    fn flow(in_flight: usize, cursor: i64) -> Flow {
+        Flow {
+            in_flight,
+            cursor,
+            starved_since: None,
+        }
+    }
+
+    #[test]
+    fn sinks_that_keep_up_share_one_cursor() {
+        let now = Instant::now();
+        let mut flows = vec![flow(10, 500), flow(90, 500)];
+        assert_eq!(choose_cursor(&mut flows, MAX, DETACH, 500, now), Some(500));
+    }
+
+    #[test]
+    fn a_briefly_busy_sink_is_waited_for() {
+        let now = Instant::now();
+        let mut flows = vec![flow(10, 500), flow(MAX, 500)];
+        assert_eq!(
+            choose_cursor(&mut flows, MAX, DETACH, 500, now),
+            None,
+            "wait for the busy sink"
+        );
+        assert!(flows[1].starved_since.is_some());
+    }
+
+    #[test]
+    fn a_sink_starved_past_detach_after_is_left_behind() {
+        let start = Instant::now();
+        let mut flows = vec![flow(10, 500), flow(MAX, 500)];
+        assert_eq!(choose_cursor(&mut flows, MAX, DETACH, 500, start), None);
+        let later = start + DETACH + Duration::from_millis(1);
+        assert_eq!(
+            choose_cursor(&mut flows, MAX, DETACH, 500, later),
+            Some(500),
+            "the healthy sink goes on"
+        );
+    }
+
+    #[test]
+    fn a_lagging_sink_with_credit_takes_turns_with_the_others() {
+        let now = Instant::now();
+        let mut flows = vec![flow(0, 9_000), flow(0, 2_000)];
+        assert_eq!(
+            choose_cursor(&mut flows, MAX, DETACH, 9_000, now),
+            Some(2_000)
+        );
+        assert_eq!(
+            choose_cursor(&mut flows, MAX, DETACH, 2_000, now),
+            Some(9_000)
+        );
+    }
+
+    #[test]
+    fn nothing_to_do_without_credit() {
+        let now = Instant::now();
+        let mut flows = vec![flow(MAX, 1), flow(MAX, 7)];
+        assert_eq!(choose_cursor(&mut flows, MAX, DETACH, 0, now), None);
+    }
 }

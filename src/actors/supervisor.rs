@@ -306,6 +306,7 @@ impl SupervisorState {
                 partition,
                 sinks: children.sinks.clone(),
                 max_in_flight_records: config.consumer.max_in_flight_records,
+                detach_after: config.consumer.detach_after,
                 fetch_max_bytes: config.consumer.fetch_max_bytes,
                 fetch_max_wait: config.consumer.fetch_max_wait,
                 backoff: Backoff::new(
