@@ -298,3 +298,31 @@ async fn health_ready_metrics_and_unknown_paths() {
     shutdown.trigger();
     running.stop().await;
 }
+
+#[test]
+fn readme_documents_every_setting() {
+    let readme = include_str!("../README.md");
+    let mut section = String::new();
+    for line in gamestream::config::DEFAULT_TOML.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        } else if let Some((key, _)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+            let key = key.trim();
+            let path = if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            };
+            assert!(
+                readme.contains(&format!("`{path}`")),
+                "README does not document `{path}`"
+            );
+        }
+    }
+    for (env, _) in gamestream::config::CONTRACT_ENV {
+        assert!(
+            readme.contains(&format!("`{env}`")),
+            "README does not document {env}"
+        );
+    }
+}
