@@ -50,6 +50,9 @@ pub enum Command {
     },
     /// Try Kafka, Postgres and Redis; print one line per service; exit 1 if any failed.
     Check,
+    /// End-to-end benchmark on the configured services (scratch database and topics):
+    /// pipeline throughput per sink next to the raw-fetch and COPY limits, and peak RSS.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +151,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             action: TopicsAction::List,
         } => crate::commands::topics_list(&config).await,
         Command::Check => crate::commands::check(&config).await,
+        Command::Bench(args) => crate::bench::run(&config, &args).await,
     };
     match result {
         Ok(code) => code,

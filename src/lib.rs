@@ -18,6 +18,7 @@
 //! # Layout
 //!
 //! - [`actors`]: the consumer pipeline: supervisor, partition readers, sinks, DLQ.
+//! - [`bench`]: `gamestream bench`, the end-to-end benchmark.
 //! - [`cli`]: the `gamestream` command line (serve, migrate, topics, check, loadgen, ...).
 //! - [`commands`]: the administrative subcommands (migrate, topics, check).
 //! - [`config`]: layered configuration: compiled-in defaults, file, environment, flags.
@@ -33,6 +34,7 @@
 #![deny(unsafe_code, rustdoc::broken_intra_doc_links)]
 
 pub mod actors;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
