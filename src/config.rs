@@ -62,7 +62,7 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub redis: RedisConfig,
     pub consumer: ConsumerConfig,
-    pub logger: BatchConfig,
+    pub logger: LoggerConfig,
     pub stats: StatsConfig,
     pub leaderboard: LeaderboardConfig,
     pub dlq: DlqConfig,
@@ -275,15 +275,17 @@ pub struct ConsumerConfig {
     pub retry_max_backoff: Duration,
 }
 
-/// Size-or-time batching of a sink.
+/// The raw event logger's batching and parallelism.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchConfig {
+pub struct LoggerConfig {
     /// Records per write.
     pub batch_size: usize,
     /// Longest wait of a partial batch.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// Concurrent writers; partitions are spread over them.
+    pub writers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -742,6 +744,7 @@ impl Config {
                 self.consumer.max_in_flight_records,
             ),
             ("logger.batch_size", self.logger.batch_size),
+            ("logger.writers", self.logger.writers),
             ("stats.buffer_size", self.stats.buffer_size),
             ("leaderboard.batch_size", self.leaderboard.batch_size),
             ("dlq.max_message_bytes", self.dlq.max_message_bytes),

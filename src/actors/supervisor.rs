@@ -32,7 +32,7 @@ use ractor::{
 use super::dlq::{DlqActor, DlqArgs, DlqMessage};
 use super::logger::LoggerWriter;
 use super::partition_reader::{PartitionReader, ReaderArgs, ReaderMessage};
-use super::sink::{SinkActor, SinkArgs, SinkMessage, SinkSettings};
+use super::sink::{SinkActor, SinkArgs, SinkMessage, SinkSettings, SinkWriter};
 use crate::config::Config;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
@@ -78,8 +78,21 @@ pub struct SupervisorState {
 
 struct Children {
     dlq: ActorRef<DlqMessage>,
-    sinks: Vec<(&'static str, ActorRef<SinkMessage>)>,
+    sinks: Vec<SinkGroup>,
     readers: BTreeMap<i32, ActorRef<ReaderMessage>>,
+}
+
+/// The actors of one sink: several writers, each owning the partitions `p mod n`.
+/// Offsets are per partition, so shards never contend for a commit.
+struct SinkGroup {
+    name: &'static str,
+    shards: Vec<ActorRef<SinkMessage>>,
+}
+
+impl SinkGroup {
+    fn shard_for(&self, partition: i32) -> ActorRef<SinkMessage> {
+        self.shards[partition.unsigned_abs() as usize % self.shards.len()].clone()
+    }
 }
 
 impl Actor for Supervisor {
@@ -223,7 +236,7 @@ impl SupervisorState {
             for reader in children.readers.values() {
                 reader.stop(None);
             }
-            for (_, sink) in &children.sinks {
+            for sink in children.sinks.iter().flat_map(|g| &g.shards) {
                 sink.stop(None);
             }
             children.dlq.stop(None);
@@ -260,27 +273,50 @@ impl SupervisorState {
             retry_initial_backoff: config.consumer.retry_initial_backoff,
             retry_max_backoff: config.consumer.retry_max_backoff,
         };
-        let (logger, _) = Actor::spawn_linked(
-            None,
-            SinkActor::<LoggerWriter>::default(),
-            SinkArgs {
-                writer: LoggerWriter {
-                    pg: self.ctx.pg.clone(),
-                },
-                topic: Arc::clone(&self.topic),
-                settings: settings(config.logger.batch_size, config.logger.linger),
-                dlq: dlq.clone(),
-            },
-            supervisor.clone(),
-        )
-        .await?;
-        self.current.insert(logger.get_id(), super::logger::LOGGER);
+        let logger_writers = (0..config.logger.writers).map(|_| LoggerWriter {
+            pg: self.ctx.pg.clone(),
+        });
+        let logger = self
+            .spawn_sink_group(
+                &supervisor,
+                logger_writers.collect(),
+                settings(config.logger.batch_size, config.logger.linger),
+                &dlq,
+            )
+            .await?;
         self.children = Some(Children {
             dlq,
-            sinks: vec![(super::logger::LOGGER, logger)],
+            sinks: vec![logger],
             readers: BTreeMap::new(),
         });
         self.spawn_new_partitions(myself).await
+    }
+
+    /// Spawns one sink actor per writer; together they serve every partition.
+    async fn spawn_sink_group<W: SinkWriter>(
+        &mut self,
+        supervisor: &ActorCell,
+        writers: Vec<W>,
+        settings: SinkSettings,
+        dlq: &ActorRef<DlqMessage>,
+    ) -> Result<SinkGroup, ActorProcessingErr> {
+        let mut shards = Vec::with_capacity(writers.len());
+        let mut name = "sink";
+        for writer in writers {
+            name = writer.name();
+            let args = SinkArgs {
+                writer,
+                topic: Arc::clone(&self.topic),
+                settings: settings.clone(),
+                dlq: dlq.clone(),
+            };
+            let (shard, _) =
+                Actor::spawn_linked(None, SinkActor::<W>::default(), args, supervisor.clone())
+                    .await?;
+            self.current.insert(shard.get_id(), name);
+            shards.push(shard);
+        }
+        Ok(SinkGroup { name, shards })
     }
 
     /// Spawns a reader for every partition that has none.
@@ -304,7 +340,11 @@ impl SupervisorState {
                 kafka: Arc::clone(&self.ctx.kafka),
                 topic: Arc::clone(&self.topic),
                 partition,
-                sinks: children.sinks.clone(),
+                sinks: children
+                    .sinks
+                    .iter()
+                    .map(|group| (group.name, group.shard_for(partition)))
+                    .collect(),
                 max_in_flight_records: config.consumer.max_in_flight_records,
                 detach_after: config.consumer.detach_after,
                 fetch_max_bytes: config.consumer.fetch_max_bytes,
@@ -336,7 +376,12 @@ impl SupervisorState {
                 tracing::warn!(partition, error = %e, "reader did not stop in time");
             }
         }
-        for (name, sink) in &children.sinks {
+        let shards: Vec<(&'static str, ActorRef<SinkMessage>)> = children
+            .sinks
+            .iter()
+            .flat_map(|g| g.shards.iter().map(|s| (g.name, s.clone())))
+            .collect();
+        for (name, sink) in shards {
             match sink.call(SinkMessage::Drain, Some(grace)).await {
                 Ok(ractor::rpc::CallResult::Success(())) => tracing::info!(sink = name, "flushed"),
                 other => {
