@@ -404,3 +404,47 @@ async fn postgres_outage_is_waited_out_not_dead_lettered() {
         "a transient outage is never dead-lettered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_keeps_crashing_escalates_and_the_daemon_exits_70() {
+    let env = TestEnv::new().await;
+    let records: Vec<_> = (0..500)
+        .map(|i| RawRecord::of(&sample_event(i, 10, 2)))
+        .collect();
+    produce_raw(&env.config, &env.config.topics.player_events, &records).await;
+    // An operator mistake: the logger's table is gone. That is no record's fault, so
+    // nothing may be dead-lettered; the logger crashes, restarts, and the daemon gives up.
+    sqlx::query("DROP TABLE events")
+        .execute(&env.pg)
+        .await
+        .expect("drop events");
+    let mut child = env
+        .command(&[
+            "--set",
+            "mode=\"consume\"",
+            "--set",
+            "supervisor.max_restarts=2",
+            "--set",
+            "supervisor.restart_initial_backoff=\"50ms\"",
+            "serve",
+        ])
+        .env("RUST_LOG", "error")
+        .spawn()
+        .expect("spawn");
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the daemon gives up")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(70), "escalation exits 70");
+    assert_eq!(
+        count(&env.pg, "SELECT count(*) FROM dlq_events").await,
+        0,
+        "a systemic failure is never dead-lettered"
+    );
+    assert!(
+        committed_offsets(&env.pg, LOGGER, &env.config.topics.player_events)
+            .await
+            .is_empty(),
+        "nothing committed"
+    );
+}

@@ -19,7 +19,7 @@ use rskafka::record::Record;
 use crate::dead_letter::DeadLetter;
 use crate::retry::Backoff;
 use crate::sinks::kafka::partition_for_key;
-use crate::sinks::postgres;
+use crate::sinks::{SinkError, postgres};
 
 pub enum DlqMessage {
     /// Store these letters; reply once they are durable in both places.
@@ -85,6 +85,9 @@ impl Actor for DlqActor {
         loop {
             match state.store(&letters).await {
                 Ok(()) => break,
+                // A broken dlq_events table will not heal by retrying: crash, so the
+                // supervisor restarts with backoff and escalates if it persists.
+                Err(SinkError::Fatal(e)) => return Err(format!("storing dead letters: {e}").into()),
                 Err(e) => {
                     let delay = state.backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, letters = letters.len(), "storing dead letters failed; retrying");
@@ -107,7 +110,7 @@ impl Actor for DlqActor {
 impl DlqState {
     /// Publishes, then inserts. A crash in between publishes again on replay (the
     /// message repeats, the row does not).
-    async fn store(&self, letters: &[DeadLetter]) -> Result<(), String> {
+    async fn store(&self, letters: &[DeadLetter]) -> Result<(), SinkError> {
         let mut by_partition: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
         for letter in letters {
             let key = letter
@@ -133,11 +136,18 @@ impl DlqState {
             self.partitions[partition]
                 .produce(records, Compression::NoCompression)
                 .await
-                .map_err(|e| format!("publishing to the dead-letter topic: {e}"))?;
+                .map_err(|e| {
+                    SinkError::Transient(format!("publishing to the dead-letter topic: {e}"))
+                })?;
         }
         postgres::dlq::insert(&self.pg, letters)
             .await
-            .map_err(|e| format!("inserting into dlq_events: {e}"))?;
+            .map_err(|e| match SinkError::from(e) {
+                SinkError::Transient(m) => {
+                    SinkError::Transient(format!("inserting into dlq_events: {m}"))
+                }
+                other => SinkError::Fatal(format!("inserting into dlq_events: {other}")),
+            })?;
         Ok(())
     }
 }

@@ -1,9 +1,12 @@
-//! The one distinction every write path makes: transient or permanent.
+//! The one distinction every write path makes: transient, permanent, or fatal.
 //!
 //! Transient failures (a lost connection, a timeout, a server restarting) are retried
 //! with backoff and never dead-lettered. Permanent failures (the destination refuses
-//! this data for good) are isolated to the record that causes them, which goes to the
-//! DLQ, so one poison record never blocks its partition.
+//! this data for good: a data or constraint error) are isolated to the record that
+//! causes them, which goes to the DLQ, so one poison record never blocks its partition.
+//! Fatal failures are the system's fault, not the records' (a missing table, a revoked
+//! permission, a broken script): the sink crashes, the supervisor restarts it with
+//! backoff and, if it keeps failing, stops the daemon. Nothing is dead-lettered for them.
 
 use std::fmt;
 
@@ -14,6 +17,9 @@ pub enum SinkError {
     Transient(String),
     /// The destination refuses this data; retrying will not help.
     Permanent(String),
+    /// The destination is misconfigured or broken for every record; crash and let the
+    /// supervisor decide.
+    Fatal(String),
     /// This process no longer owns the partition (its lease moved to another daemon);
     /// the write was refused and must not be retried.
     Fenced(String),
@@ -24,6 +30,7 @@ impl fmt::Display for SinkError {
         match self {
             SinkError::Transient(m) => write!(f, "transient: {m}"),
             SinkError::Permanent(m) => write!(f, "permanent: {m}"),
+            SinkError::Fatal(m) => write!(f, "fatal: {m}"),
             SinkError::Fenced(m) => write!(f, "fenced: {m}"),
         }
     }
@@ -37,6 +44,7 @@ impl SinkError {
         match self {
             SinkError::Transient(_) => "transient",
             SinkError::Permanent(_) => "permanent",
+            SinkError::Fatal(_) => "fatal",
             SinkError::Fenced(_) => "fenced",
         }
     }
@@ -46,18 +54,35 @@ impl From<sqlx::Error> for SinkError {
     fn from(e: sqlx::Error) -> Self {
         if pg_is_transient(&e) {
             SinkError::Transient(e.to_string())
-        } else {
+        } else if pg_is_data_error(&e) {
             SinkError::Permanent(e.to_string())
+        } else {
+            SinkError::Fatal(e.to_string())
         }
+    }
+}
+
+/// Whether a Postgres error is about the data written (SQLSTATE class 22, data
+/// exception, or 23, integrity constraint violation), so that the record causing it
+/// can be dead-lettered. sqlx's own encode errors count too.
+pub fn pg_is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
     }
 }
 
 impl From<redis::RedisError> for SinkError {
     fn from(e: redis::RedisError) -> Self {
+        // Events are validated before they reach a sink, so a Redis error that is not
+        // transient (a script error, WRONGTYPE, NOPERM) is never one record's fault.
         if redis_is_transient(&e) {
             SinkError::Transient(e.to_string())
         } else {
-            SinkError::Permanent(e.to_string())
+            SinkError::Fatal(e.to_string())
         }
     }
 }
