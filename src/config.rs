@@ -453,7 +453,7 @@ impl Sources {
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let base = Figment::from(Toml::string(DEFAULT_TOML));
     let mut problems = Vec::new();
-    let user = user_layers(sources, &mut problems);
+    let user = user_layers(&base, sources, &mut problems);
     let merged = base.clone().merge(user.clone());
 
     if problems.is_empty()
@@ -472,7 +472,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
 }
 
 /// The file, environment and flag layers, in precedence order.
-fn user_layers(sources: &Sources, problems: &mut Vec<String>) -> Figment {
+fn user_layers(base: &Figment, sources: &Sources, problems: &mut Vec<String>) -> Figment {
     let mut user = Figment::new();
     if let Some(path) = &sources.file {
         match std::fs::read_to_string(path) {
@@ -494,7 +494,7 @@ fn user_layers(sources: &Sources, problems: &mut Vec<String>) -> Figment {
             user = user.merge(Layer::single(
                 format!("env {name}"),
                 key,
-                parse_env_value(value),
+                typed_value(base, key, value, parse_env_value),
             ));
         }
     }
@@ -507,7 +507,7 @@ fn user_layers(sources: &Sources, problems: &mut Vec<String>) -> Figment {
             user = user.merge(Layer::single(
                 format!("env {name}"),
                 &key,
-                parse_env_value(value),
+                typed_value(base, &key, value, parse_env_value),
             ));
         }
     }
@@ -515,7 +515,7 @@ fn user_layers(sources: &Sources, problems: &mut Vec<String>) -> Figment {
         user = user.merge(Layer::single(
             format!("flag --set {key}"),
             key,
-            parse_flag_value(raw),
+            typed_value(base, key, raw, parse_flag_value),
         ));
     }
     user
@@ -570,6 +570,20 @@ fn untag(value: Value) -> Value {
             d.into_iter().map(|(k, v)| (k, untag(v))).collect(),
         ),
         Value::Array(_, a) => Value::Array(Tag::Default, a.into_iter().map(untag).collect()),
+    }
+}
+
+/// The value of a setting given as text (an env var or a flag). Where the setting is a
+/// string (a password, a host, a topic), the text is taken as it is, so a password of
+/// `12345` stays a string; a TOML-quoted text (`"consume"`) is unquoted. Elsewhere the
+/// text is read as the type it spells (`8080`, `true`, `[1, 2]`).
+fn typed_value(base: &Figment, key: &str, raw: &str, parse: fn(&str) -> Value) -> Value {
+    match base.find_value(key) {
+        Ok(Value::String(..)) => match toml_value(raw) {
+            Some(value @ Value::String(..)) if raw.trim_start().starts_with(['"', '\'']) => value,
+            _ => Value::from(raw.to_owned()),
+        },
+        _ => parse(raw),
     }
 }
 
@@ -952,6 +966,25 @@ mod tests {
         })
         .expect_err("invalid");
         assert!(err.to_string().contains("/nonexistent/gs.toml"), "{err}");
+    }
+
+    #[test]
+    fn string_settings_keep_numeric_looking_text() {
+        let config = load_with(
+            None,
+            &[
+                ("DB_PASSWORD", "12345"),
+                ("GAMESTREAM_KAFKA__PASSWORD", "007"),
+                ("DB_HOST", "10"),
+            ],
+            &[("redis.password", "true"), ("topics.dlq", "\"quoted.dlq\"")],
+        )
+        .expect("numeric-looking strings are strings");
+        assert_eq!(config.postgres.password.expose(), "12345");
+        assert_eq!(config.kafka.password.expose(), "007");
+        assert_eq!(config.postgres.host, "10");
+        assert_eq!(config.redis.password.expose(), "true");
+        assert_eq!(config.topics.dlq, "quoted.dlq");
     }
 
     #[test]

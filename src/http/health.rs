@@ -3,6 +3,9 @@
 //! - `GET /health`: the process is alive and serving (liveness). Always 200.
 //! - `GET /ready`: the broker answers and, in consume mode, Postgres and Redis do
 //!   (readiness). 200 or 503, with one entry per dependency saying what failed.
+//!   In `all` mode Postgres and Redis are reported but do not gate readiness: a pod
+//!   whose Redis is away still ingests (its sinks wait and catch up), so it must stay
+//!   in the Service.
 
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use warp::Filter;
 use warp::http::StatusCode;
 
 use super::HttpState;
+use crate::config::Mode;
 
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,16 +68,19 @@ async fn ready(state: &HttpState) -> warp::reply::WithStatus<warp::reply::Json> 
     let (kafka, postgres, redis) = tokio::join!(kafka, postgres, redis);
     let mut checks = serde_json::Map::new();
     let mut ok = true;
-    let consumes = state.config.mode.consumes();
-    for (name, result, relevant) in [
-        ("kafka", kafka, true),
-        ("postgres", postgres, consumes),
-        ("redis", redis, consumes),
+    let mode = state.config.mode;
+    // (name, result, reported, gates readiness)
+    for (name, result, reported, gating) in [
+        ("kafka", kafka, true, true),
+        ("postgres", postgres, mode.consumes(), mode == Mode::Consume),
+        ("redis", redis, mode.consumes(), mode == Mode::Consume),
     ] {
-        if !relevant {
+        if !reported {
             continue;
         }
-        ok &= result.is_ok();
+        if gating {
+            ok &= result.is_ok();
+        }
         checks.insert(
             name.to_owned(),
             match result {
