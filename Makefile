@@ -25,7 +25,7 @@ test:
 	$(STACK) up
 	eval "$$($(STACK) env)" && \
 	  if cargo nextest --version >/dev/null 2>&1; then \
-	    cargo nextest run --all-targets --no-fail-fast && cargo test --doc; \
+	    cargo nextest run --all-targets --no-fail-fast; \
 	  else \
 	    cargo test --all-targets --no-fail-fast; \
 	  fi
