@@ -444,10 +444,10 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let user = user_layers(sources, &mut problems);
     let merged = base.clone().merge(user.clone());
 
-    if problems.is_empty() {
-        if let Ok(config) = merged.extract::<Config>() {
-            return config.validate().map(|()| config);
-        }
+    if problems.is_empty()
+        && let Ok(config) = merged.extract::<Config>()
+    {
+        return config.validate().map(|()| config);
     }
     problems.extend(field_problems(&base, &user));
     if problems.is_empty() {

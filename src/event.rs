@@ -486,7 +486,7 @@ mod tests {
         let err = sub(r#"{"event_type": "x",, }"#).expect_err("malformed");
         assert_eq!(err.kind(), "malformed_json");
         assert!(err.to_string().contains("at byte"), "{err}");
-        let err = parse_submission(&mut vec![b'{', 0xff, b'}']).expect_err("not utf8");
+        let err = parse_submission(&mut [b'{', 0xff, b'}']).expect_err("not utf8");
         assert_eq!(err, EventError::NotUtf8(1));
     }
 

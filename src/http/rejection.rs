@@ -42,12 +42,12 @@ pub fn error_reply(
     use warp::Reply;
     let body = warp::reply::json(&json!({"status": "error", "error": message}));
     let mut response = warp::reply::with_status(body, status).into_response();
-    if let Some(seconds) = retry_after {
-        if let Ok(value) = warp::http::HeaderValue::from_str(&seconds.to_string()) {
-            response
-                .headers_mut()
-                .insert(warp::http::header::RETRY_AFTER, value);
-        }
+    if let Some(seconds) = retry_after
+        && let Ok(value) = warp::http::HeaderValue::from_str(&seconds.to_string())
+    {
+        response
+            .headers_mut()
+            .insert(warp::http::header::RETRY_AFTER, value);
     }
     response
 }
