@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::http::{self, HttpState};
 use crate::shutdown::Shutdown;
-use crate::sinks::kafka::KafkaError;
+use crate::sinks::kafka::{KafkaError, KafkaProducer, ProducerTasks};
 use crate::sinks::postgres::{self, PgError};
 use crate::sinks::redis::{self, RedisError};
 
@@ -53,13 +53,20 @@ pub async fn serve(config: Config, migrate: bool) -> Result<ExitCode, DaemonErro
 pub struct Running {
     pub http_addr: SocketAddr,
     http_task: tokio::task::JoinHandle<()>,
+    /// The producer's workers (ingest mode); closed after the HTTP server drained, so
+    /// requests still in flight get their acknowledgements.
+    producer: Option<ProducerTasks>,
 }
 
 impl Running {
-    /// Waits until the HTTP server has drained (the shutdown must have been triggered).
+    /// Waits until the HTTP server has drained (the shutdown must have been triggered),
+    /// then flushes the producer.
     pub async fn stop(self) {
         if let Err(e) = self.http_task.await {
             tracing::error!(error = %e, "http server task failed");
+        }
+        if let Some(producer) = self.producer {
+            producer.close().await;
         }
         tracing::info!("stopped");
     }
@@ -89,12 +96,25 @@ pub async fn start(
         (None, None)
     };
 
+    let (producer, producer_tasks) = if config.mode.ingests() {
+        let (producer, tasks) = KafkaProducer::start(
+            Arc::clone(&kafka),
+            &config.topics.player_events,
+            &config.producer,
+        )
+        .await?;
+        (Some(producer), Some(tasks))
+    } else {
+        (None, None)
+    };
+
     let state = HttpState {
         config: Arc::clone(&config),
         kafka,
         postgres: pg,
         redis: redis_pool,
         metrics,
+        producer,
     };
     let addr_text = format!("{}:{}", config.http.bind, config.http.port);
     let addr: SocketAddr = tokio::net::lookup_host(&addr_text)
@@ -114,5 +134,6 @@ pub async fn start(
     Ok(Running {
         http_addr: server.local_addr,
         http_task: server.task,
+        producer: producer_tasks,
     })
 }
