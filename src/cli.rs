@@ -50,6 +50,9 @@ pub enum Command {
     },
     /// Try Kafka, Postgres and Redis; print one line per service; exit 1 if any failed.
     Check,
+    /// Send generated events to a running server at a steady rate and report successes,
+    /// failures, the achieved rate and latency percentiles; exit 1 if any request failed.
+    Loadgen(crate::loadgen::LoadgenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +151,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             action: TopicsAction::List,
         } => crate::commands::topics_list(&config).await,
         Command::Check => crate::commands::check(&config).await,
+        Command::Loadgen(args) => Ok(crate::loadgen::command(args, &config).await),
     };
     match result {
         Ok(code) => code,

@@ -26,6 +26,7 @@
 //! - [`telemetry`]: logs (text or JSON) and metrics registry setup.
 //! - [`shutdown`]: the one shutdown signal every task listens to.
 //! - [`daemon`]: `serve`: wires connections, the HTTP server and the pipeline together.
+//! - [`loadgen`]: `loadgen`: paced HTTP load with a progress bar and latency percentiles.
 
 #![deny(unsafe_code, rustdoc::broken_intra_doc_links)]
 
@@ -35,6 +36,7 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod http;
+pub mod loadgen;
 pub mod shutdown;
 pub mod sinks;
 pub mod telemetry;
