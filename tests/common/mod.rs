@@ -78,7 +78,8 @@ pub struct TestEnv {
     pub pg: sqlx::PgPool,
 }
 
-const NOT_UP: &str = "the local stack is not up: run `make test` (which starts it) or `deploy/local/stack.sh up`";
+const NOT_UP: &str =
+    "the local stack is not up: run `make test` (which starts it) or `deploy/local/stack.sh up`";
 
 impl TestEnv {
     /// A fresh database (migrated), fresh topics (created) and a fresh Redis key prefix.
@@ -94,23 +95,56 @@ impl TestEnv {
         create_database(&stack, &database).await;
 
         let mut overrides: Vec<(String, String)> = vec![
-            ("topics.player_events".into(), format!("\"t{id}.player.events.raw\"")),
-            ("topics.processed_events".into(), format!("\"t{id}.player.events.processed\"")),
-            ("topics.statistics".into(), format!("\"t{id}.player.statistics\"")),
-            ("topics.leaderboards".into(), format!("\"t{id}.game.leaderboards\"")),
+            (
+                "topics.player_events".into(),
+                format!("\"t{id}.player.events.raw\""),
+            ),
+            (
+                "topics.processed_events".into(),
+                format!("\"t{id}.player.events.processed\""),
+            ),
+            (
+                "topics.statistics".into(),
+                format!("\"t{id}.player.statistics\""),
+            ),
+            (
+                "topics.leaderboards".into(),
+                format!("\"t{id}.game.leaderboards\""),
+            ),
             ("topics.dlq".into(), format!("\"t{id}.system.dlq\"")),
             ("redis.key_prefix".into(), format!("\"t{id}:\"")),
             ("http.port".into(), "0".into()),
             ("http.bind".into(), "\"127.0.0.1\"".into()),
         ];
-        overrides.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        let config = config::load(&Sources { file: None, env: stack.env(&database), overrides: overrides.clone() })
-            .expect("test configuration is valid");
-        let pg = postgres::connect(&config.postgres).await.unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
+        overrides.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let config = config::load(&Sources {
+            file: None,
+            env: stack.env(&database),
+            overrides: overrides.clone(),
+        })
+        .expect("test configuration is valid");
+        let pg = postgres::connect(&config.postgres)
+            .await
+            .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
         postgres::migrate(&pg).await.expect("migrations apply");
-        let client = kafka::connect(&config.kafka).await.unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
-        kafka::create_topics(&client, &config.topics).await.expect("topics are created");
-        Self { id, stack, database, overrides, config, pg }
+        let client = kafka::connect(&config.kafka)
+            .await
+            .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
+        kafka::create_topics(&client, &config.topics)
+            .await
+            .expect("topics are created");
+        Self {
+            id,
+            stack,
+            database,
+            overrides,
+            config,
+            pg,
+        }
     }
 
     /// Environment for a child `gamestream` process pointed at this env.
@@ -120,7 +154,10 @@ impl TestEnv {
 
     /// `--set` arguments for a child `gamestream` process pointed at this env.
     pub fn child_args(&self) -> Vec<String> {
-        self.overrides.iter().flat_map(|(k, v)| ["--set".to_owned(), format!("{k}={v}")]).collect()
+        self.overrides
+            .iter()
+            .flat_map(|(k, v)| ["--set".to_owned(), format!("{k}={v}")])
+            .collect()
     }
 
     /// A `gamestream` command (the binary under test) configured for this env.
@@ -138,9 +175,15 @@ impl TestEnv {
 
     /// A Redis connection to the stack.
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        let url = format!("redis://{}:{}/", self.stack.redis_host, self.stack.redis_port);
+        let url = format!(
+            "redis://{}:{}/",
+            self.stack.redis_host, self.stack.redis_port
+        );
         let client = redis::Client::open(url).expect("redis url");
-        client.get_multiplexed_async_connection().await.unwrap_or_else(|e| panic!("{NOT_UP}: {e}"))
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"))
     }
 }
 
@@ -155,7 +198,10 @@ pub async fn create_database(stack: &Stack, database: &str) {
         .unwrap_or_else(|_| panic!("{NOT_UP}: postgres did not answer"))
         .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
     let statement = format!("CREATE DATABASE \"{database}\"");
-    sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&admin).await.expect("create test database");
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .execute(&admin)
+        .await
+        .expect("create test database");
     admin.close().await;
 }
 
