@@ -307,7 +307,12 @@ impl KafkaProducer {
         match Arc::clone(&self.shared.in_flight).try_acquire_many_owned(permits) {
             Ok(permit) => Ok(permit),
             Err(TryAcquireError::NoPermits) => {
-                metrics::counter!("producer_errors_total", "reason" => "overloaded").increment(1);
+                metrics::counter!(
+                    "producer_errors_total",
+                    "topic" => self.shared.topic.clone(),
+                    "reason" => "overloaded"
+                )
+                .increment(1);
                 Err(ProduceError::Overloaded { limit })
             }
             Err(TryAcquireError::Closed) => Err(ProduceError::Closed),

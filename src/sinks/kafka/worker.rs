@@ -101,6 +101,39 @@ impl Batch {
     }
 }
 
+/// Metric handles of one partition, registered once rather than looked up per batch.
+#[derive(Clone)]
+struct WorkerMetrics {
+    topic: String,
+    batch_records: metrics::Histogram,
+    batch_bytes: metrics::Histogram,
+    request_duration: metrics::Histogram,
+    records: metrics::Counter,
+    in_flight_bytes: metrics::Gauge,
+}
+
+impl WorkerMetrics {
+    fn new(topic: &str, partition: i32) -> Self {
+        let labels = [
+            ("topic", topic.to_owned()),
+            ("partition", partition.to_string()),
+        ];
+        Self {
+            topic: topic.to_owned(),
+            batch_records: metrics::histogram!("producer_batch_records", &labels),
+            batch_bytes: metrics::histogram!("producer_batch_bytes", &labels),
+            request_duration: metrics::histogram!("producer_request_duration_seconds", &labels),
+            records: metrics::counter!("producer_records_total", &labels),
+            in_flight_bytes: metrics::gauge!("producer_in_flight_bytes", "topic" => topic.to_owned()),
+        }
+    }
+
+    fn error(&self, reason: &'static str, n: u64) {
+        metrics::counter!("producer_errors_total", "topic" => self.topic.clone(), "reason" => reason)
+            .increment(n);
+    }
+}
+
 /// The task of one partition.
 pub(super) struct PartitionWorker {
     partition: i32,
@@ -108,6 +141,7 @@ pub(super) struct PartitionWorker {
     queue: mpsc::UnboundedReceiver<Pending>,
     close: watch::Receiver<bool>,
     connection: Arc<PartitionConnection>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl PartitionWorker {
@@ -124,12 +158,14 @@ impl PartitionWorker {
             partition,
             current: tokio::sync::Mutex::new(None),
         });
+        let metrics = Arc::new(WorkerMetrics::new(&settings.topic, partition));
         Self {
             partition,
             settings,
             queue,
             close,
             connection,
+            metrics,
         }
     }
 
@@ -153,6 +189,7 @@ impl PartitionWorker {
                 in_flight.spawn(produce(
                     Arc::clone(&self.connection),
                     Arc::clone(&settings),
+                    Arc::clone(&self.metrics),
                     full,
                 ));
                 lingered = false;
@@ -208,6 +245,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn produce(
     connection: Arc<PartitionConnection>,
     settings: Arc<WorkerSettings>,
+    metrics: Arc<WorkerMetrics>,
     batch: Batch,
 ) {
     // A caller that stopped waiting (timed out) is not written for: its 503 is already
@@ -217,11 +255,11 @@ async fn produce(
         .into_iter()
         .partition(|p| !p.reply.is_closed());
     if !expired.is_empty() {
-        metrics::counter!("producer_errors_total", "reason" => "expired")
-            .increment(expired.len() as u64);
+        metrics.error("expired", expired.len() as u64);
     }
     drop(expired);
     if live.is_empty() {
+        record_in_flight(&settings, &metrics);
         return;
     }
     let mut records = Vec::with_capacity(live.iter().map(|p| p.records.len()).sum());
@@ -238,12 +276,9 @@ async fn produce(
         );
     }
     let count = records.len();
-    let partition = connection.partition.to_string();
-    metrics::histogram!("producer_batch_records", "partition" => partition.clone())
-        .record(count as f64);
-    metrics::histogram!("producer_batch_bytes", "partition" => partition.clone())
-        .record(bytes as f64);
-    record_in_flight(&settings);
+    metrics.batch_records.record(count as f64);
+    metrics.batch_bytes.record(bytes as f64);
+    record_in_flight(&settings, &metrics);
 
     let started = Instant::now();
     let mut used = None;
@@ -257,12 +292,13 @@ async fn produce(
         Ok(Err(e)) => Err(ProduceError::Broker(Arc::from(e.to_string()))),
         Err(_) => Err(ProduceError::Timeout(settings.publish_timeout)),
     };
-    metrics::histogram!("producer_request_duration_seconds", "partition" => partition)
+    metrics
+        .request_duration
         .record(started.elapsed().as_secs_f64());
     match &outcome {
-        Ok(_) => metrics::counter!("producer_records_total").increment(count as u64),
+        Ok(_) => metrics.records.increment(count as u64),
         Err(e) => {
-            metrics::counter!("producer_errors_total", "reason" => e.kind()).increment(1);
+            metrics.error(e.kind(), count as u64);
             tracing::warn!(
                 topic = %settings.topic,
                 partition = connection.partition,
@@ -284,7 +320,7 @@ async fn produce(
         let _ = reply.send(result);
         drop(permit);
     }
-    record_in_flight(&settings);
+    record_in_flight(&settings, &metrics);
 }
 
 /// One produce attempt; `used` tells the caller which client it ran on, even when the
@@ -300,9 +336,9 @@ async fn send(
     client.produce(records, compression).await
 }
 
-fn record_in_flight(settings: &WorkerSettings) {
+fn record_in_flight(settings: &WorkerSettings, metrics: &WorkerMetrics) {
     let held = settings.max_in_flight_bytes - settings.in_flight.available_permits();
-    metrics::gauge!("producer_in_flight_bytes").set(held as f64);
+    metrics.in_flight_bytes.set(held as f64);
 }
 
 /// The partition's rskafka client, created lazily and replaced after a failure.
