@@ -5,6 +5,8 @@
 //! `unmatched` for any other path, so a scanner probing random paths cannot create
 //! new series; `method` is one of the standard methods or `OTHER`.
 
+use std::sync::OnceLock;
+
 use warp::http::Method;
 
 /// One route of the server.
@@ -50,10 +52,16 @@ pub const ROUTES: &[Route] = &[
 
 /// The `endpoint` label of a request path.
 pub fn endpoint_label(path: &str) -> &'static str {
+    endpoint_index(path).map_or(UNMATCHED, |i| ROUTES[i].path)
+}
+
+/// The label of requests to paths no route serves.
+const UNMATCHED: &str = "unmatched";
+
+fn endpoint_index(path: &str) -> Option<usize> {
     ROUTES
         .iter()
-        .find(|route| template_matches(route.path, path))
-        .map_or("unmatched", |route| route.path)
+        .position(|route| template_matches(route.path, path))
 }
 
 /// Whether `path` fits `template`, where a `{name}` segment matches any one segment.
@@ -69,53 +77,88 @@ fn template_matches(template: &str, path: &str) -> bool {
     }
 }
 
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => "OTHER",
+/// Method labels; anything else is `OTHER`.
+const METHODS: [(Method, &str); 8] = [
+    (Method::GET, "GET"),
+    (Method::POST, "POST"),
+    (Method::PUT, "PUT"),
+    (Method::DELETE, "DELETE"),
+    (Method::HEAD, "HEAD"),
+    (Method::OPTIONS, "OPTIONS"),
+    (Method::PATCH, "PATCH"),
+    (Method::TRACE, "TRACE"),
+];
+const OTHER_METHOD: &str = "OTHER";
+
+fn method_index(method: &Method) -> usize {
+    METHODS
+        .iter()
+        .position(|(m, _)| m == method)
+        .unwrap_or(METHODS.len())
+}
+
+fn method_label(index: usize) -> &'static str {
+    METHODS.get(index).map_or(OTHER_METHOD, |(_, label)| label)
+}
+
+/// The status codes this server sends, whose histograms are cached; others are
+/// labelled too, but looked up per request.
+const STATUSES: [(u16, &str); 13] = [
+    (200, "200"),
+    (400, "400"),
+    (401, "401"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (411, "411"),
+    (413, "413"),
+    (415, "415"),
+    (429, "429"),
+    (500, "500"),
+    (502, "502"),
+    (503, "503"),
+];
+
+fn status_label(status: u16) -> metrics::SharedString {
+    match STATUSES.iter().find(|(code, _)| *code == status) {
+        Some((_, text)) => metrics::SharedString::const_str(text),
+        None => metrics::SharedString::from(status.to_string()),
     }
 }
 
-/// Status codes as static label values (the ones this server sends; others are
-/// formatted, which costs one small allocation).
-fn status_label(status: u16) -> metrics::SharedString {
-    const KNOWN: [(u16, &str); 13] = [
-        (200, "200"),
-        (400, "400"),
-        (401, "401"),
-        (404, "404"),
-        (405, "405"),
-        (408, "408"),
-        (411, "411"),
-        (413, "413"),
-        (415, "415"),
-        (429, "429"),
-        (500, "500"),
-        (502, "502"),
-        (503, "503"),
-    ];
-    match KNOWN.iter().find(|(code, _)| *code == status) {
-        Some((_, text)) => metrics::SharedString::const_str(text),
-        None => metrics::SharedString::from(status.to_string()),
+/// The histogram of one (endpoint, method, status), registered on first use and then
+/// reused: building a labelled key per request would cost allocations and a registry
+/// lookup on the hot path.
+fn duration_histogram(path: &str, method: &Method, status: u16) -> metrics::Histogram {
+    const ENDPOINTS: usize = ROUTES.len() + 1;
+    const SLOTS: usize = ENDPOINTS * (METHODS.len() + 1) * STATUSES.len();
+    static HANDLES: [OnceLock<metrics::Histogram>; SLOTS] = [const { OnceLock::new() }; SLOTS];
+    let endpoint = endpoint_index(path);
+    let endpoint_slot = endpoint.unwrap_or(ROUTES.len());
+    let method = method_index(method);
+    let register = || {
+        metrics::histogram!(
+            "http_request_duration_seconds",
+            "endpoint" => endpoint.map_or(UNMATCHED, |i| ROUTES[i].path),
+            "method" => method_label(method),
+            "status" => status_label(status),
+        )
+    };
+    match STATUSES.iter().position(|(code, _)| *code == status) {
+        Some(status_slot) => {
+            let slot =
+                (endpoint_slot * (METHODS.len() + 1) + method) * STATUSES.len() + status_slot;
+            HANDLES[slot].get_or_init(register).clone()
+        }
+        None => register(),
     }
 }
 
 /// The warp wrapper that records `http_request_duration_seconds` for every request.
 pub fn request_metrics() -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Copy + Send + Sync> {
     warp::log::custom(|info| {
-        metrics::histogram!(
-            "http_request_duration_seconds",
-            "endpoint" => endpoint_label(info.path()),
-            "method" => method_label(info.method()),
-            "status" => status_label(info.status().as_u16()),
-        )
-        .record(info.elapsed().as_secs_f64());
+        duration_histogram(info.path(), info.method(), info.status().as_u16())
+            .record(info.elapsed().as_secs_f64());
     })
 }
 

@@ -236,12 +236,7 @@ impl KafkaProducer {
         let permit = self.acquire(size)?;
         let partition = partition_for_key(&record.key, self.partitions());
         let reply = self.enqueue(partition, vec![record], permit)?;
-        let offsets = self.await_reply(reply).await?;
-        offsets.first().copied().ok_or_else(|| {
-            ProduceError::Broker(Arc::from(
-                "the broker acknowledged no offset for the record",
-            ))
-        })
+        self.await_reply(reply).await
     }
 
     /// Publishes several records at once, grouped per partition so each partition's
@@ -286,9 +281,7 @@ impl KafkaProducer {
         for (indexes, outcome) in futures::future::join_all(replies).await {
             for (position, index) in indexes.into_iter().enumerate() {
                 results[index] = match &outcome {
-                    Ok(offsets) => offsets.get(position).copied().ok_or_else(|| {
-                        ProduceError::Broker(Arc::from("the broker acknowledged fewer offsets"))
-                    }),
+                    Ok(first) => Ok(first + position as i64),
                     Err(e) => Err(e.clone()),
                 };
             }
@@ -324,7 +317,7 @@ impl KafkaProducer {
         partition: i32,
         records: Vec<ProducerRecord>,
         permit: OwnedSemaphorePermit,
-    ) -> Result<oneshot::Receiver<Result<Vec<i64>>>> {
+    ) -> Result<oneshot::Receiver<Result<i64>>> {
         let (reply, receiver) = oneshot::channel();
         let queue = usize::try_from(partition)
             .ok()
@@ -336,7 +329,7 @@ impl KafkaProducer {
         Ok(receiver)
     }
 
-    async fn await_reply(&self, reply: oneshot::Receiver<Result<Vec<i64>>>) -> Result<Vec<i64>> {
+    async fn await_reply(&self, reply: oneshot::Receiver<Result<i64>>) -> Result<i64> {
         let timeout = self.shared.publish_timeout;
         match tokio::time::timeout(timeout, reply).await {
             Ok(Ok(result)) => result,

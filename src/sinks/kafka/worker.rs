@@ -25,8 +25,9 @@ use tokio::time::Instant;
 
 use super::producer::{ProduceError, ProducerRecord};
 
-/// The reply a caller waits for: the offset of each of its records, in order.
-pub(super) type Reply = oneshot::Sender<Result<Vec<i64>, ProduceError>>;
+/// The reply a caller waits for: the offset of its first record (its records are
+/// written together, so the others follow consecutively).
+pub(super) type Reply = oneshot::Sender<Result<i64, ProduceError>>;
 
 /// Settings every worker of one producer shares.
 pub(super) struct WorkerSettings {
@@ -284,9 +285,9 @@ async fn produce(
     let mut used = None;
     let attempt = send(&connection, &mut used, records, settings.compression);
     let outcome = match tokio::time::timeout(settings.publish_timeout, attempt).await {
-        Ok(Ok(offsets)) if offsets.len() == count => Ok(offsets),
+        Ok(Ok(offsets)) if offsets.len() == count && contiguous(&offsets) => Ok(offsets),
         Ok(Ok(offsets)) => Err(ProduceError::Broker(Arc::from(format!(
-            "the broker acknowledged {} of {count} records",
+            "the broker acknowledged {} of {count} records, or not at consecutive offsets",
             offsets.len()
         )))),
         Ok(Err(e)) => Err(ProduceError::Broker(Arc::from(e.to_string()))),
@@ -312,7 +313,7 @@ async fn produce(
     let mut start = 0;
     for (len, reply, permit) in answers {
         let result = match &outcome {
-            Ok(offsets) => Ok(offsets[start..start + len].to_vec()),
+            Ok(offsets) => Ok(offsets[start]),
             Err(e) => Err(e.clone()),
         };
         start += len;
@@ -321,6 +322,11 @@ async fn produce(
         drop(permit);
     }
     record_in_flight(&settings, &metrics);
+}
+
+/// Whether offsets follow each other (they do: one produce request appends one batch).
+fn contiguous(offsets: &[i64]) -> bool {
+    offsets.windows(2).all(|w| w[1] == w[0] + 1)
 }
 
 /// One produce attempt; `used` tells the caller which client it ran on, even when the
