@@ -53,6 +53,9 @@ pub enum Command {
     /// End-to-end benchmark on the configured services (scratch database and topics):
     /// pipeline throughput per sink next to the raw-fetch and COPY limits, and peak RSS.
     Bench(crate::bench::BenchArgs),
+    /// Send generated events to a running server at a steady rate and report successes,
+    /// failures, the achieved rate and latency percentiles; exit 1 if any request failed.
+    Loadgen(crate::loadgen::LoadgenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +155,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
         } => crate::commands::topics_list(&config).await,
         Command::Check => crate::commands::check(&config).await,
         Command::Bench(args) => crate::bench::run(&config, &args).await,
+        Command::Loadgen(args) => Ok(crate::loadgen::command(args, &config).await),
     };
     match result {
         Ok(code) => code,

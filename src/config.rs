@@ -116,6 +116,12 @@ pub struct HttpConfig {
     pub rate_limit_per_second: u32,
     /// Burst size of the token bucket, requests.
     pub rate_limit_burst: u32,
+    /// Most clients (keys or addresses) with their own token bucket; beyond it, new
+    /// clients share one overflow bucket, so a flood of addresses cannot grow memory.
+    pub rate_limit_max_clients: usize,
+    /// `Retry-After` sent with a 503 (broker slow, down or the in-flight bound reached).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,12 +201,18 @@ impl TopicsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProducerConfig {
+    /// How long a record may wait for others to share its produce request.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// Most records in one produce request to one partition.
     pub max_batch_records: usize,
+    /// Most bytes in one produce request to one partition.
     pub max_batch_bytes: usize,
+    /// Bytes accepted and not yet acknowledged, over all partitions; beyond it, 503.
     pub max_in_flight_bytes: usize,
+    /// Produce requests outstanding at once per partition.
     pub max_in_flight_requests: usize,
+    /// How long a caller waits for the broker's acknowledgement before it gets 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
     pub compression: CompressionConfig,
@@ -740,6 +752,10 @@ impl Config {
         }
         let positive = [
             ("http.batch_limit", self.http.batch_limit),
+            (
+                "http.rate_limit_max_clients",
+                self.http.rate_limit_max_clients,
+            ),
             (
                 "producer.max_batch_records",
                 self.producer.max_batch_records,

@@ -17,7 +17,7 @@ use crate::actors::{Pipeline, PipelineContext, PipelineOutcome};
 use crate::config::Config;
 use crate::http::{self, HttpState};
 use crate::shutdown::Shutdown;
-use crate::sinks::kafka::KafkaError;
+use crate::sinks::kafka::{KafkaError, KafkaProducer, ProducerTasks};
 use crate::sinks::postgres::{self, PgError};
 use crate::sinks::redis::{self, RedisError};
 
@@ -66,25 +66,32 @@ pub struct Running {
     pub http_addr: SocketAddr,
     http_task: tokio::task::JoinHandle<()>,
     pipeline: Option<Pipeline>,
+    /// The producer's workers (ingest mode); closed after the HTTP server drained, so
+    /// requests still in flight get their acknowledgements.
+    producer: Option<ProducerTasks>,
     grace: Duration,
 }
 
 impl Running {
     /// Graceful stop (the shutdown must have been triggered, which also stops the HTTP
-    /// server from accepting): drain the pipeline within the grace period, then wait
-    /// for in-flight HTTP requests.
+    /// server from accepting): answer the requests in flight and flush the producer,
+    /// then drain the pipeline, all within the grace period.
     pub async fn stop(self) -> PipelineOutcome {
         let deadline = tokio::time::Instant::now() + self.grace;
-        let outcome = match self.pipeline {
-            Some(pipeline) => pipeline.stop(self.grace).await,
-            None => PipelineOutcome::Drained,
-        };
         if tokio::time::timeout_at(deadline, self.http_task)
             .await
             .is_err()
         {
             tracing::warn!("http server did not finish its requests within the grace period");
         }
+        if let Some(producer) = self.producer {
+            producer.close().await;
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let outcome = match self.pipeline {
+            Some(pipeline) => pipeline.stop(remaining).await,
+            None => PipelineOutcome::Drained,
+        };
         match outcome {
             PipelineOutcome::Drained => tracing::info!("stopped cleanly"),
             PipelineOutcome::TimedOut => tracing::warn!(
@@ -122,6 +129,18 @@ pub async fn start(
         (None, None)
     };
 
+    let (producer, producer_tasks) = if config.mode.ingests() {
+        let (producer, tasks) = KafkaProducer::start(
+            Arc::clone(&kafka),
+            &config.topics.player_events,
+            &config.producer,
+        )
+        .await?;
+        (Some(producer), Some(tasks))
+    } else {
+        (None, None)
+    };
+
     let pipeline = match (&pg, &redis_pool) {
         (Some(pg), Some(redis_pool)) => {
             let ctx = PipelineContext {
@@ -146,6 +165,7 @@ pub async fn start(
         postgres: pg,
         redis: redis_pool,
         metrics,
+        producer,
     };
     let addr_text = format!("{}:{}", config.http.bind, config.http.port);
     let addr: SocketAddr = tokio::net::lookup_host(&addr_text)
@@ -166,6 +186,7 @@ pub async fn start(
         http_addr: server.local_addr,
         http_task: server.task,
         pipeline,
+        producer: producer_tasks,
         grace: config.shutdown.grace_period,
     })
 }

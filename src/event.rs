@@ -169,8 +169,18 @@ pub fn parse_json(bytes: &mut [u8]) -> Result<BorrowedValue<'_>> {
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(EventError::NotUtf8(e.valid_up_to()));
     }
-    simd_json::to_borrowed_value(bytes)
+    PARSE_BUFFERS
+        .with_borrow_mut(|buffers| simd_json::borrowed::to_value_with_buffers(bytes, buffers))
         .map_err(|e| EventError::MalformedJson(describe_json_error(&e)))
+}
+
+thread_local! {
+    /// simd-json's scratch space (a padded copy of the input, the structural indexes, the
+    /// string buffer), reused by every parse on this thread instead of allocated per
+    /// document. It keeps the size of the largest document parsed on the thread, which
+    /// the HTTP body limit and the fetch size bound.
+    static PARSE_BUFFERS: std::cell::RefCell<simd_json::Buffers> =
+        std::cell::RefCell::new(simd_json::Buffers::default());
 }
 
 fn describe_json_error(e: &simd_json::Error) -> String {

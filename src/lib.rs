@@ -30,6 +30,7 @@
 //! - [`retry`]: exponential backoff for transient failures.
 //! - [`shutdown`]: the one shutdown signal every task listens to.
 //! - [`daemon`]: `serve`: wires connections, the HTTP server and the pipeline together.
+//! - [`loadgen`]: `loadgen`: paced HTTP load with a progress bar and latency percentiles.
 
 #![deny(unsafe_code, rustdoc::broken_intra_doc_links)]
 
@@ -42,6 +43,7 @@ pub mod daemon;
 pub mod dead_letter;
 pub mod event;
 pub mod http;
+pub mod loadgen;
 pub mod retry;
 pub mod shutdown;
 pub mod sinks;

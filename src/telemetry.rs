@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -45,6 +45,27 @@ pub fn metrics_handle() -> PrometheusHandle {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0,
                 ])
+                .unwrap_or_else(|_| unreachable!("the bucket list above is not empty"))
+                .set_buckets_for_metric(
+                    Matcher::Full("producer_batch_records".to_owned()),
+                    &[
+                        1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+                        5000.0,
+                    ],
+                )
+                .unwrap_or_else(|_| unreachable!("the bucket list above is not empty"))
+                .set_buckets_for_metric(
+                    Matcher::Full("producer_batch_bytes".to_owned()),
+                    &[
+                        1024.0,
+                        4096.0,
+                        16384.0,
+                        65536.0,
+                        262_144.0,
+                        1_048_576.0,
+                        4_194_304.0,
+                    ],
+                )
                 .unwrap_or_else(|_| unreachable!("the bucket list above is not empty"))
                 .build_recorder();
             let handle = recorder.handle();

@@ -1,13 +1,23 @@
 //! The warp HTTP server: ingestion, queries, health, metrics.
 //!
 //! ```text
-//! request ─► routes() ─┬─ GET  /health, /ready      (health.rs)
+//! request ─► routes() ─┬─ POST /api/v1/events, /api/v1/events/batch (ingest.rs;
+//!                      │        guard.rs: API keys, rate limit; body.rs: limits)
+//!                      ├─ GET  /health, /ready      (health.rs)
 //!                      ├─ GET  /metrics             (metrics.rs)
+//!                      ├─ GET  /api/v1/openapi.json, /api/v1/docs (openapi.rs)
 //!                      └─ anything else ─► 404/405 JSON (rejection.rs)
+//!            every answer ─► http_request_duration_seconds (observe.rs)
 //! ```
 
+mod body;
+mod guard;
 mod health;
+mod ingest;
 mod metrics;
+pub mod observe;
+pub mod openapi;
+mod rate_limit;
 mod rejection;
 mod state;
 
@@ -30,9 +40,14 @@ pub fn routes(
 + Send
 + Sync
 + 'static {
-    health::routes(state.clone())
+    // Ingest first: it carries nearly all the traffic, and every route tried before
+    // the matching one costs a rejection.
+    ingest::routes(state.clone())
+        .or(health::routes(state.clone()))
         .or(metrics::routes(state))
+        .or(openapi::routes())
         .recover(rejection::recover)
+        .with(observe::request_metrics())
 }
 
 /// A running HTTP server.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
+use crate::sinks::kafka::KafkaProducer;
 use crate::sinks::redis::RedisPool;
 
 /// Shared, cheaply cloneable state of the HTTP handlers.
@@ -18,4 +19,6 @@ pub struct HttpState {
     /// Present in consume mode (readiness, queries).
     pub redis: Option<RedisPool>,
     pub metrics: PrometheusHandle,
+    /// Present when this process ingests (`mode` all or ingest).
+    pub producer: Option<KafkaProducer>,
 }

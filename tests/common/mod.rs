@@ -11,6 +11,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+pub mod ingest;
+
 use gamestream::config::{self, Config, Sources};
 use gamestream::sinks::{kafka, postgres};
 
@@ -493,4 +495,110 @@ impl Drop for PrivatePostgres {
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
+}
+
+/// A tansu broker of one test's own, on a free loopback port with in-memory storage,
+/// that the test may stop and start again (the shared stack's broker must never be
+/// stopped). Memory storage forgets everything on restart, topics included.
+pub struct PrivateBroker {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+    /// Working directory (tansu reads a `.env` from it) and log file.
+    dir: tempfile::TempDir,
+}
+
+impl PrivateBroker {
+    /// Starts a broker and waits until it answers Kafka requests.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut broker = Self {
+            port,
+            child: None,
+            dir,
+        };
+        broker.restart().await;
+        broker
+    }
+
+    /// `host:port` for `kafka.bootstrap_servers`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (like a crash) and waits until it is gone.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the broker again on the same port (with empty storage).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("broker log file");
+        let log_err = log.try_clone().expect("broker log file");
+        let child = tokio::process::Command::new(tansu_binary())
+            .current_dir(self.dir.path())
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("SCHEMA_REGISTRY")
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .args([
+                "broker",
+                "--cluster-id",
+                "gamestream-test",
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}", tansu_binary()));
+        self.child = Some(child);
+        let address = self.address();
+        let up = eventually(Duration::from_secs(30), || {
+            let address = address.clone();
+            async move {
+                let build = rskafka::client::ClientBuilder::new(vec![address]).build();
+                match tokio::time::timeout(Duration::from_secs(2), build).await {
+                    Ok(Ok(client)) => client.list_topics().await.is_ok(),
+                    _ => false,
+                }
+            }
+        })
+        .await;
+        assert!(
+            up,
+            "private tansu did not come up on {}; log in {:?}",
+            self.address(),
+            self.dir.path()
+        );
+    }
+}
+
+/// The tansu binary: `$TANSU`, else `~/.cargo/bin/tansu`, else `tansu` on PATH.
+fn tansu_binary() -> String {
+    if let Ok(path) = std::env::var("TANSU") {
+        return path;
+    }
+    let home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let cargo_bin = format!("{home}/bin/tansu");
+    if std::path::Path::new(&cargo_bin).exists() {
+        cargo_bin
+    } else {
+        "tansu".to_owned()
+    }
 }

@@ -3,8 +3,11 @@
 
 mod client;
 mod partitioner;
+mod producer;
 mod topics;
+mod worker;
 
 pub use client::{KafkaError, connect};
 pub use partitioner::{murmur2, partition_for_key};
+pub use producer::{KafkaProducer, ProduceError, ProducerRecord, ProducerTasks, RecordHeaders};
 pub use topics::{TopicReport, create_topics, list_topics, partition_count};

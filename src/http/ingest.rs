@@ -1,0 +1,423 @@
+//! Event ingestion: `POST /api/v1/events` and `POST /api/v1/events/batch`.
+//!
+//! ```text
+//! request ─► mode ingests? ─► API key, rate limit ─► Content-Type ─► body (≤ limit)
+//!         ─► simd-json + CONTRACT rules (event.rs) ─► event_id, ingested_at
+//!         ─► KafkaProducer (acks = all) ─► 200 {"status":"success","event_id":…}
+//! ```
+//!
+//! A 2xx is sent only after the broker acknowledged the write, and nothing that fails
+//! validation reaches the producer. The whole request, body read included, is bounded
+//! by `http.request_timeout`.
+//!
+//! Metrics: `events_received_total` counts events in every body that was read (a body
+//! that is not even JSON counts as one), `events_published_total` those acknowledged by
+//! the broker and `events_failed_total{reason}` the rest, so received = published +
+//! failed once requests have finished.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::Stream;
+use metrics::Counter;
+use simd_json::BorrowedValue;
+use uuid::Uuid;
+use warp::Filter;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+
+use super::HttpState;
+use super::body::{self, BodyError, RequestHead};
+use super::guard::{Guard, Refusal, retry_after_seconds};
+use super::rejection::error_reply;
+use crate::event::{self, Event, EventError};
+use crate::sinks::kafka::{KafkaProducer, ProduceError, ProducerRecord};
+
+/// The ingest routes. In consume-only mode they exist and answer 503, saying so.
+pub fn routes(
+    state: HttpState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let ingest = Arc::new(Ingest::new(&state));
+    let single_ingest = Arc::clone(&ingest);
+    let single = warp::path!("api" / "v1" / "events")
+        .and(warp::post())
+        .and(body::head())
+        .and(warp::body::stream())
+        .then(move |head, body| {
+            let ingest = Arc::clone(&single_ingest);
+            async move { ingest.bounded(ingest.single(head, body)).await }
+        });
+    let batch = warp::path!("api" / "v1" / "events" / "batch")
+        .and(warp::post())
+        .and(body::head())
+        .and(warp::body::stream())
+        .then(move |head, body| {
+            let ingest = Arc::clone(&ingest);
+            async move { ingest.bounded(ingest.batch(head, body)).await }
+        });
+    single.or(batch).unify()
+}
+
+/// What the ingest handlers share.
+struct Ingest {
+    /// `None` in consume-only mode.
+    producer: Option<KafkaProducer>,
+    guard: Guard,
+    body_limit: u64,
+    batch_limit: usize,
+    request_timeout: Duration,
+    /// `Retry-After` of a 503, seconds.
+    retry_after: u64,
+    /// Handles of the hot counters, registered once instead of looked up per request.
+    received: Counter,
+    published: Counter,
+}
+
+/// An early answer: a handler step that cannot go on returns the response to send
+/// (boxed: a response is large and this is the uncommon path).
+type Answer<T> = Result<T, Box<Response>>;
+
+impl Ingest {
+    fn new(state: &HttpState) -> Self {
+        let http = &state.config.http;
+        Self {
+            producer: state.producer.clone(),
+            guard: Guard::new(http),
+            body_limit: http.body_limit_bytes,
+            batch_limit: http.batch_limit,
+            request_timeout: http.request_timeout,
+            retry_after: retry_after_seconds(http.retry_after),
+            received: metrics::counter!("events_received_total"),
+            published: metrics::counter!("events_published_total"),
+        }
+    }
+
+    /// Runs a handler within `http.request_timeout`.
+    async fn bounded(&self, handler: impl Future<Output = Answer<Response>>) -> Response {
+        match tokio::time::timeout(self.request_timeout, handler).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(response)) => *response,
+            Err(_) => self.unavailable(&format!(
+                "the request was not completed within {:?}; it may be retried",
+                self.request_timeout
+            )),
+        }
+    }
+
+    async fn single<S, B>(&self, head: RequestHead, body: S) -> Answer<Response>
+    where
+        S: Stream<Item = Result<B, warp::Error>>,
+        B: bytes::Buf,
+    {
+        let producer = self.admit(&head)?;
+        let mut bytes = self.read(body, &head).await?;
+        self.received.increment(1);
+        let submission =
+            event::parse_submission(&mut bytes).map_err(|e| Box::new(self.invalid(&e)))?;
+        let event = submission.accept(Utc::now());
+        match producer.publish(&event).await {
+            Ok(_) => {
+                self.published.increment(1);
+                Ok(success(event.event_id))
+            }
+            Err(e) => {
+                failed(e.kind(), 1);
+                Err(Box::new(self.produce_error(&e)))
+            }
+        }
+    }
+
+    async fn batch<S, B>(&self, head: RequestHead, body: S) -> Answer<Response>
+    where
+        S: Stream<Item = Result<B, warp::Error>>,
+        B: bytes::Buf,
+    {
+        let producer = self.admit(&head)?;
+        let mut bytes = self.read(body, &head).await?;
+        let Validated {
+            mut results,
+            events,
+            positions,
+        } = self.validate_batch(&mut bytes)?;
+        drop(bytes);
+        let records = events.iter().map(ProducerRecord::from_event).collect();
+        let outcomes = producer.send_all(records).await;
+        let mut server_errors: Vec<(&'static str, u64)> = Vec::new();
+        for ((event, position), outcome) in events.iter().zip(positions).zip(outcomes) {
+            results[position] = match outcome {
+                Ok(_) => ItemResult::Published(event.event_id),
+                Err(e) => {
+                    match server_errors.iter_mut().find(|(kind, _)| *kind == e.kind()) {
+                        Some((_, n)) => *n += 1,
+                        None => server_errors.push((e.kind(), 1)),
+                    }
+                    ItemResult::Failed(e.to_string())
+                }
+            };
+        }
+        let unpublished: u64 = server_errors.iter().map(|(_, n)| n).sum();
+        for (kind, n) in server_errors {
+            failed(kind, n);
+        }
+        let published = events.len() - unpublished as usize;
+        self.published.increment(published as u64);
+        let server_errors = unpublished as usize;
+        Ok(self.batch_reply(&results, server_errors, published))
+    }
+
+    /// Parses the batch body and validates each item; the valid ones become events.
+    fn validate_batch(&self, bytes: &mut [u8]) -> Answer<Validated> {
+        let value = match event::parse_json(bytes) {
+            Ok(value) => value,
+            Err(e) => {
+                self.received.increment(1);
+                return Err(Box::new(self.invalid(&e)));
+            }
+        };
+        let BorrowedValue::Array(items) = value else {
+            self.received.increment(1);
+            failed("not_an_array", 1);
+            return Err(Box::new(bad_request(&format!(
+                "the body must be a JSON array of events, got {}",
+                json_type(&value)
+            ))));
+        };
+        self.received.increment(items.len() as u64);
+        if items.len() > self.batch_limit {
+            failed("batch_too_large", items.len() as u64);
+            return Err(Box::new(bad_request(&format!(
+                "a batch holds at most {} events, got {}",
+                self.batch_limit,
+                items.len()
+            ))));
+        }
+        let now = Utc::now();
+        let mut results = Vec::with_capacity(items.len());
+        let mut events = Vec::with_capacity(items.len());
+        let mut positions = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            match event::submission_from_value(item) {
+                Ok(submission) => {
+                    let event = submission.accept(now);
+                    results.push(ItemResult::Pending);
+                    positions.push(index);
+                    events.push(event);
+                }
+                Err(e) => {
+                    failed(e.kind(), 1);
+                    results.push(ItemResult::Failed(format!("item {index}: {e}")));
+                }
+            }
+        }
+        Ok(Validated {
+            results,
+            events,
+            positions,
+        })
+    }
+
+    /// The checks that need no body: mode, key, rate, media type.
+    fn admit(&self, head: &RequestHead) -> Answer<&KafkaProducer> {
+        let Some(producer) = &self.producer else {
+            return Err(Box::new(error_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this gamestream instance runs in consume mode and does not accept events; \
+                 send them to an instance with mode `all` or `ingest`",
+                None,
+            )));
+        };
+        if let Err(refusal) = self.guard.check(head) {
+            return Err(Box::new(refused(&refusal)));
+        }
+        if !head.content_type.is_some_and(|media| media.is_json) {
+            return Err(Box::new(error_reply(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json",
+                None,
+            )));
+        }
+        Ok(producer)
+    }
+
+    async fn read<S, B>(&self, body: S, head: &RequestHead) -> Answer<Vec<u8>>
+    where
+        S: Stream<Item = Result<B, warp::Error>>,
+        B: bytes::Buf,
+    {
+        body::read(body, head, self.body_limit).await.map_err(|e| {
+            Box::new(match e {
+                BodyError::TooLarge { .. } => {
+                    error_reply(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None)
+                }
+                BodyError::Read(_) => bad_request(&e.to_string()),
+            })
+        })
+    }
+
+    fn invalid(&self, error: &EventError) -> Response {
+        failed(error.kind(), 1);
+        bad_request(&error.to_string())
+    }
+
+    fn produce_error(&self, error: &ProduceError) -> Response {
+        match error {
+            ProduceError::TooLarge { .. } => {
+                error_reply(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string(), None)
+            }
+            ProduceError::Overloaded { .. }
+            | ProduceError::Timeout(_)
+            | ProduceError::Broker(_)
+            | ProduceError::Closed => self.unavailable(&error.to_string()),
+        }
+    }
+
+    fn unavailable(&self, message: &str) -> Response {
+        error_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            message,
+            Some(self.retry_after),
+        )
+    }
+
+    /// 200 with one result per item; 503 (same body) when valid items existed and none
+    /// of them could be published. `Retry-After` whenever an item failed server-side.
+    fn batch_reply(
+        &self,
+        results: &[ItemResult],
+        server_errors: usize,
+        published: usize,
+    ) -> Response {
+        let rejected = results.len() - published;
+        let status = if server_errors > 0 && published == 0 {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        let overall = match (published, rejected) {
+            (_, 0) => "success",
+            (0, _) => "error",
+            _ => "partial",
+        };
+        let mut out = Vec::with_capacity(64 + results.len() * 64);
+        out.extend_from_slice(b"{\"status\":\"");
+        out.extend_from_slice(overall.as_bytes());
+        out.extend_from_slice(
+            format!("\",\"accepted\":{published},\"rejected\":{rejected},\"results\":[").as_bytes(),
+        );
+        for (i, result) in results.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            result.write_json(&mut out);
+        }
+        out.extend_from_slice(b"]}");
+        let mut response = json_response(status, out);
+        if server_errors > 0
+            && let Ok(value) = HeaderValue::from_str(&self.retry_after.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+/// A batch body after validation.
+struct Validated {
+    /// One per item, in order; the valid ones still `Pending`.
+    results: Vec<ItemResult>,
+    /// The valid items, accepted.
+    events: Vec<Event>,
+    /// For each event, its index in `results`.
+    positions: Vec<usize>,
+}
+
+/// The outcome of one batch item.
+enum ItemResult {
+    /// Valid, handed to the producer, not yet acknowledged.
+    Pending,
+    Published(Uuid),
+    Failed(String),
+}
+
+impl ItemResult {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            ItemResult::Published(id) => push_success(out, *id),
+            ItemResult::Pending => {
+                // Every pending item is resolved before the reply is built.
+                out.extend_from_slice(b"{\"status\":\"error\",\"error\":\"not published\"}");
+            }
+            ItemResult::Failed(message) => {
+                out.extend_from_slice(b"{\"status\":\"error\",\"error\":");
+                // A str always serializes into a Vec.
+                let _ = serde_json::to_writer(&mut *out, message);
+                out.push(b'}');
+            }
+        }
+    }
+}
+
+fn push_success(out: &mut Vec<u8>, id: Uuid) {
+    out.extend_from_slice(b"{\"status\":\"success\",\"event_id\":\"");
+    out.extend_from_slice(
+        id.hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\"}");
+}
+
+/// `200 {"status":"success","event_id":"…"}`, built without a serializer.
+fn success(id: Uuid) -> Response {
+    let mut out = Vec::with_capacity(80);
+    push_success(&mut out, id);
+    json_response(StatusCode::OK, out)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn bad_request(message: &str) -> Response {
+    error_reply(StatusCode::BAD_REQUEST, message, None)
+}
+
+fn refused(refusal: &Refusal) -> Response {
+    match refusal {
+        Refusal::MissingKey | Refusal::WrongKey => {
+            let mut response = error_reply(StatusCode::UNAUTHORIZED, &refusal.to_string(), None);
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"gamestream\""),
+            );
+            response
+        }
+        Refusal::RateLimited { retry_after } => error_reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            &refusal.to_string(),
+            Some(retry_after_seconds(*retry_after)),
+        ),
+    }
+}
+
+fn failed(reason: &'static str, events: u64) {
+    metrics::counter!("events_failed_total", "reason" => reason).increment(events);
+}
+
+fn json_type(value: &BorrowedValue<'_>) -> &'static str {
+    match value {
+        BorrowedValue::Object(_) => "an object",
+        BorrowedValue::Array(_) => "an array",
+        BorrowedValue::String(_) => "a string",
+        BorrowedValue::Static(simd_json::StaticNode::Null) => "null",
+        BorrowedValue::Static(simd_json::StaticNode::Bool(_)) => "a boolean",
+        BorrowedValue::Static(_) => "a number",
+    }
+}
