@@ -3,11 +3,14 @@
 //! ```text
 //! request ─► routes() ─┬─ GET  /health, /ready      (health.rs)
 //!                      ├─ GET  /metrics             (metrics.rs)
+//!                      ├─ GET  /api/v1/players/{player_id}/stats,
+//!                      │  GET  /api/v1/leaderboards/{game_id}   (queries.rs)
 //!                      └─ anything else ─► 404/405 JSON (rejection.rs)
 //! ```
 
 mod health;
 mod metrics;
+pub mod queries;
 mod rejection;
 mod state;
 
@@ -31,7 +34,8 @@ pub fn routes(
 + Sync
 + 'static {
     health::routes(state.clone())
-        .or(metrics::routes(state))
+        .or(metrics::routes(state.clone()))
+        .or(queries::routes(state))
         .recover(rejection::recover)
 }
 
