@@ -217,7 +217,7 @@ impl Points for Event {
 }
 
 /// A daemon in this process whose Redis is `private`.
-async fn env_on_private_redis(private: &PrivateRedis) -> TestEnv {
+async fn env_on_private_redis(private: &PrivateRedis, extra: &[(&str, &str)]) -> TestEnv {
     let port = private.port.to_string();
     let mut settings = SETTINGS.to_vec();
     settings.extend([
@@ -225,6 +225,7 @@ async fn env_on_private_redis(private: &PrivateRedis) -> TestEnv {
         ("redis.timeout", "\"1s\""),
         ("consumer.retry_max_backoff", "\"500ms\""),
     ]);
+    settings.extend(extra);
     TestEnv::with_overrides(&settings).await
 }
 
@@ -260,7 +261,7 @@ fn rebuilds_counted(sink: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_lost_mid_stream_is_rebuilt_from_postgres() {
     let mut private = PrivateRedis::start();
-    let env = env_on_private_redis(&private).await;
+    let env = env_on_private_redis(&private, &[]).await;
     let now = Utc::now();
     let first: Vec<_> = (0..20_000).map(|i| mixed_event(i, 300, 5, now)).collect();
     produce(&env, &first).await;
@@ -323,7 +324,7 @@ async fn redis_lost_mid_stream_is_rebuilt_from_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushall_is_noticed_and_redis_rebuilt() {
     let private = PrivateRedis::start();
-    let env = env_on_private_redis(&private).await;
+    let env = env_on_private_redis(&private, &[]).await;
     let now = Utc::now();
     let first: Vec<_> = (0..8_000).map(|i| mixed_event(i, 200, 4, now)).collect();
     produce(&env, &first).await;
@@ -362,13 +363,24 @@ async fn flushall_is_noticed_and_redis_rebuilt() {
     assert_stores_match(&env, &mut redis, &Expected::of(&all), PERIOD_TTL).await;
 }
 
-/// Needs the readers to leave a stuck sink behind (`consumer.detach_after`, on the lead's
-/// branch): with readers that wait for every sink, a Redis outage stalls Postgres too.
+/// Redis unresponsive (SIGSTOP, data kept): the readers leave its sinks behind after
+/// `consumer.detach_after`, Postgres goes on to the end, and when Redis answers again its
+/// sinks catch up from their own offsets (no rebuild: the data is still there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the partition reader's detach of stuck sinks (lead's branch)"]
 async fn postgres_keeps_up_while_redis_is_down() {
     let mut private = PrivateRedis::start();
-    let env = env_on_private_redis(&private).await;
+    let env = env_on_private_redis(
+        &private,
+        &[
+            ("consumer.max_in_flight_records", "1000"),
+            ("consumer.detach_after", "\"1s\""),
+        ],
+    )
+    .await;
+    assert!(
+        env.config.consumer.max_in_flight_records < 18_000 / 3,
+        "the outage must outlast the readers' credit, or no sink is ever left behind"
+    );
     let now = Utc::now();
     let events: Vec<_> = (0..20_000).map(|i| mixed_event(i, 300, 5, now)).collect();
     let shutdown = Shutdown::new();
@@ -380,18 +392,30 @@ async fn postgres_keeps_up_while_redis_is_down() {
     assert!(wait_all_caught_up(&env, &mut redis, Duration::from_secs(60)).await);
 
     private.pause(); // unresponsive, data kept
+    let paused_at = std::time::Instant::now();
     produce(&env, &events[2_000..]).await;
     let pg_kept_up = eventually(Duration::from_secs(90), || async {
         total_counted(&env.pg).await == events.len() as i64
     })
     .await;
+    let kept_up_after = paused_at.elapsed();
     private.resume();
+    let prefix = env.config.redis.key_prefix.clone();
+    let topic = env.config.topics.player_events.clone();
+    let redis_applied: i64 = redis_offsets(&mut redis, &prefix, REDIS_SINKS[0], &topic)
+        .await
+        .values()
+        .sum();
     let caught_up = wait_all_caught_up(&env, &mut redis, Duration::from_secs(120)).await;
     shutdown.trigger();
     running.stop().await;
     assert!(
         pg_kept_up,
         "Postgres statistics did not keep up while Redis was down"
+    );
+    assert!(
+        redis_applied < events.len() as i64 / 2,
+        "Redis was behind while Postgres finished (it had {redis_applied}, Postgres all after {kept_up_after:?})"
     );
     assert!(caught_up, "Redis did not catch up from its own offsets");
     assert_stores_match(&env, &mut redis, &Expected::of(&events), PERIOD_TTL).await;
