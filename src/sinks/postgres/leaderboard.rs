@@ -78,9 +78,11 @@ async fn upsert(conn: &mut PgConnection, delta: &ScoreDelta<'_>) -> Result<(), s
 
 /// Rewrites the `leaderboards` rows of `games` (all games when None) from the current
 /// day, ISO week and all time of `leaderboard_scores`: the top `top_n` of each game and
-/// period, ranked 1.. by score (ties: player id descending, as Redis's `ZRANGE REV`).
-/// Rows that did not change are not touched; rows that fell out are deleted (including
-/// yesterday's daily rows of a game nobody played today). Returns rows changed.
+/// period, ranked 1.. by score (ties: player id descending, as Redis's `ZRANGE REV`),
+/// each read off `idx_leaderboard_scores_top` (so the cost does not grow with the number
+/// of players). Rows that did not change are not touched; rows that fell out are
+/// deleted (including yesterday's daily rows of a game nobody played today). Returns
+/// rows changed.
 pub async fn refresh(
     pool: &PgPool,
     day: PeriodKey,
@@ -93,17 +95,28 @@ pub async fn refresh(
         .bind(REFRESH_LOCK)
         .execute(&mut *tx)
         .await?;
+    // A few index probes per game: compiling them (JIT) would cost more than running them.
+    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+    let games = match games {
+        Some(games) => games.to_vec(),
+        None => all_games(&mut tx).await?,
+    };
     let changed: i64 = sqlx::query_scalar(
-        "WITH ranked AS (
-             SELECT game_id, player_id, score, period,
-                    row_number() OVER (PARTITION BY game_id, period
-                                       ORDER BY score DESC, player_id COLLATE \"C\" DESC) AS rank
-             FROM leaderboard_scores
-             WHERE (period = 'alltime' OR (period = 'daily' AND period_key = $1)
-                                       OR (period = 'weekly' AND period_key = $2))
-               AND ($3::text[] IS NULL OR game_id = ANY($3))
+        "WITH games AS (
+             SELECT DISTINCT game_id FROM UNNEST($3::text[]) AS g(game_id)
          ), top AS (
-             SELECT * FROM ranked WHERE rank <= $4
+             SELECT g.game_id, t.player_id, t.score, p.period,
+                    row_number() OVER (PARTITION BY g.game_id, p.period
+                                       ORDER BY t.score DESC, t.player_id COLLATE \"C\" DESC) AS rank
+             FROM games g
+             CROSS JOIN (VALUES ('alltime', 'alltime'), ('daily', $1), ('weekly', $2))
+                 AS p(period, period_key)
+             CROSS JOIN LATERAL (
+                 SELECT s.player_id, s.score FROM leaderboard_scores s
+                 WHERE s.game_id = g.game_id AND s.period = p.period AND s.period_key = p.period_key
+                 ORDER BY s.score DESC, s.player_id COLLATE \"C\" DESC
+                 LIMIT $4
+             ) t
          ), upserted AS (
              INSERT INTO leaderboards AS l (game_id, player_id, rank, score, period, updated_at)
              SELECT game_id, player_id, rank, score, period, now() FROM top
@@ -113,7 +126,7 @@ pub async fn refresh(
              RETURNING 1
          ), deleted AS (
              DELETE FROM leaderboards l
-             WHERE ($3::text[] IS NULL OR l.game_id = ANY($3))
+             WHERE l.game_id IN (SELECT game_id FROM games)
                AND NOT EXISTS (SELECT 1 FROM top t
                                WHERE t.game_id = l.game_id AND t.player_id = l.player_id
                                  AND t.period = l.period)
@@ -123,12 +136,29 @@ pub async fn refresh(
     )
     .bind(day.to_string())
     .bind(week.to_string())
-    .bind(games)
+    .bind(&games)
     .bind(i64::from(top_n))
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(changed.try_into().unwrap_or_default())
+}
+
+/// Every game with a score, by a skip scan of the index (one probe per game, not a
+/// pass over every row).
+async fn all_games(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH RECURSIVE games AS (
+             (SELECT game_id FROM leaderboard_scores ORDER BY game_id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT s.game_id FROM leaderboard_scores s
+                     WHERE s.game_id > g.game_id ORDER BY s.game_id LIMIT 1)
+             FROM games g WHERE g.game_id IS NOT NULL
+         )
+         SELECT game_id FROM games WHERE game_id IS NOT NULL",
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// The top `limit` of one board, from the complete scores.
