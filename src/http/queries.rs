@@ -13,6 +13,8 @@
 //! any day of that week) to the current UTC period; `limit` to
 //! `leaderboard.query_default_limit`, at most `leaderboard.query_max_limit`. Each answer
 //! says which store served it (`source`). Bad parameters get 400 with what is wrong.
+//! The OpenAPI description of both routes is [`OPENAPI_FRAGMENT`] (paths and schemas,
+//! to be merged into the server's document).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -29,6 +31,10 @@ use crate::aggregate::stats::{PlayerStats, last_event_text};
 use crate::aggregate::{Period, PeriodKey};
 use crate::sinks::postgres::{leaderboard as pg_leaderboard, stats as pg_stats};
 use crate::sinks::redis::{RedisKeys, leaderboard as redis_leaderboard, stats as redis_stats};
+
+/// OpenAPI 3 `paths` and `components.schemas` of these routes (JSON). It refers to the
+/// shared `#/components/schemas/Error` and `#/components/headers/RetryAfter`.
+pub const OPENAPI_FRAGMENT: &str = include_str!("openapi_queries.json");
 
 /// The answer of `GET /api/v1/players/{player_id}/stats`.
 #[derive(Debug, Serialize)]
@@ -332,6 +338,67 @@ mod tests {
         assert!(err(&[("limit", "0")]).contains("`limit`"));
         assert!(err(&[("limit", "101")]).contains("1 to 100"));
         assert!(err(&[("limit", "ten")]).contains("\"ten\""));
+    }
+
+    #[test]
+    fn openapi_fragment_describes_both_routes_and_their_answers() {
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENAPI_FRAGMENT).expect("the fragment is JSON");
+        for path in [
+            "/api/v1/players/{player_id}/stats",
+            "/api/v1/leaderboards/{game_id}",
+        ] {
+            let get = &doc["paths"][path]["get"];
+            for status in ["200", "400", "404", "503"] {
+                assert!(get["responses"][status].is_object(), "{path} {status}");
+            }
+        }
+        let schemas = &doc["components"]["schemas"];
+        let fields = |name: &str| -> Vec<String> {
+            schemas[name]["required"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|f| f.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // The schemas list exactly the fields the handlers serialize.
+        let stats = serde_json::to_value(PlayerStatsReply {
+            player_id: "p".into(),
+            total_events: 1,
+            event_breakdown: BTreeMap::new(),
+            last_event: None,
+            source: "redis",
+        })
+        .expect("json");
+        let board = serde_json::to_value(LeaderboardReply {
+            game_id: "g".into(),
+            period: "daily",
+            date: None,
+            entries: vec![Entry {
+                rank: 1,
+                player_id: "p".into(),
+                score: 3,
+            }],
+            source: "redis",
+        })
+        .expect("json");
+        for (name, value) in [
+            ("PlayerStats", &stats),
+            ("Leaderboard", &board),
+            ("LeaderboardEntry", &board["entries"][0]),
+        ] {
+            let mut keys: Vec<String> = value
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            let mut required = fields(name);
+            keys.sort();
+            required.sort();
+            assert_eq!(keys, required, "{name}");
+        }
     }
 
     #[test]
