@@ -72,7 +72,17 @@ pub struct BenchReport {
 }
 
 /// The sinks that commit offsets to Postgres `sink_offsets`, which the benchmark waits for.
-pub const POSTGRES_SINKS: &[&str] = &[crate::actors::logger::LOGGER];
+pub const POSTGRES_SINKS: &[&str] = &[
+    crate::actors::logger::LOGGER,
+    crate::actors::stats::STATS,
+    crate::actors::leaderboard::LEADERBOARD,
+];
+
+/// The sinks that commit offsets to Redis, which the benchmark waits for too.
+pub const REDIS_SINKS: &[&str] = &[
+    crate::actors::stats::STATS_REDIS,
+    crate::actors::leaderboard::LEADERBOARD_REDIS,
+];
 
 /// Runs the benchmark.
 pub async fn run(config: &Config, args: &BenchArgs) -> Result<ExitCode, DaemonError> {
@@ -98,6 +108,9 @@ struct Scratch {
     config: Config,
     kafka: Arc<rskafka::client::Client>,
     pg: sqlx::PgPool,
+    /// The Redis sinks' offsets are read here; their keys (under the scratch prefix) are
+    /// removed with the rest.
+    redis: crate::sinks::redis::RedisPool,
 }
 
 impl Scratch {
@@ -128,10 +141,64 @@ impl Scratch {
         postgres::migrate(&pg).await?;
         let kafka = Arc::new(kafka::connect(&config.kafka).await?);
         kafka::create_topics(&kafka, &config.topics).await?;
-        Ok(Self { config, kafka, pg })
+        let redis = crate::sinks::redis::connect(&config.redis).await?;
+        Ok(Self {
+            config,
+            kafka,
+            pg,
+            redis,
+        })
+    }
+
+    /// The next offset per partition a Redis sink has committed (empty before its start).
+    async fn redis_committed(&self, sink: &str) -> BTreeMap<i32, i64> {
+        let key = crate::sinks::redis::RedisKeys::new(self.config.redis.key_prefix.clone())
+            .offsets(sink, &self.config.topics.player_events);
+        let Ok(mut conn) = self.redis.get().await else {
+            return BTreeMap::new();
+        };
+        crate::sinks::redis::offsets::load(&mut *conn, &key)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Deletes every Redis key under the scratch prefix.
+    async fn remove_redis_keys(&self) {
+        let Ok(mut conn) = self.redis.get().await else {
+            return;
+        };
+        let pattern =
+            crate::sinks::redis::RedisKeys::new(self.config.redis.key_prefix.clone()).pattern("");
+        let mut cursor: u64 = 0;
+        loop {
+            let scanned: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(self.config.redis.rebuild_batch_size)
+                .query_async(&mut *conn)
+                .await;
+            let Ok((next, keys)) = scanned else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut *conn)
+                    .await;
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
     }
 
     async fn remove(self, base: &Config) {
+        self.remove_redis_keys().await;
         self.pg.close().await;
         if let Ok(controller) = self.kafka.controller_client() {
             for (topic, _) in self.config.topics.all() {
@@ -373,7 +440,7 @@ async fn run_pipeline(
     let pid = child.id().unwrap_or(0);
     let mut done: BTreeMap<String, f64> = BTreeMap::new();
     let mut peak_rss_kb = 0_u64;
-    while done.len() < POSTGRES_SINKS.len() {
+    while done.len() < POSTGRES_SINKS.len() + REDIS_SINKS.len() {
         if started.elapsed() > args.timeout {
             return Err(DaemonError::Pipeline(format!(
                 "pipeline did not finish within {:?}",
@@ -400,6 +467,18 @@ async fn run_pipeline(
                         .any(|(s, rp, o)| s == sink && rp == p && o >= end)
             });
             if complete && !done.contains_key(*sink) {
+                done.insert((*sink).to_owned(), started.elapsed().as_secs_f64());
+            }
+        }
+        for sink in REDIS_SINKS {
+            if done.contains_key(*sink) {
+                continue;
+            }
+            let committed = scratch.redis_committed(sink).await;
+            let complete = ends
+                .iter()
+                .all(|(p, end)| *end == 0 || committed.get(p).is_some_and(|o| o >= end));
+            if complete {
                 done.insert((*sink).to_owned(), started.elapsed().as_secs_f64());
             }
         }

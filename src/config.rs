@@ -269,6 +269,11 @@ pub struct RedisConfig {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Keys written per pipeline while rebuilding Redis from Postgres.
+    pub rebuild_batch_size: usize,
+    /// Lifetime of the lock one rebuilding process holds (extended while it works).
+    #[serde(with = "humantime_serde")]
+    pub rebuild_lock_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -310,23 +315,38 @@ pub struct DlqConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatsConfig {
-    /// Distinct players buffered before a flush (contract: `BUFFER_SIZE`).
+    /// Events buffered before a flush, so at most this many distinct players per
+    /// flush but for what one fetch brings (contract: `BUFFER_SIZE`).
     pub buffer_size: usize,
+    /// Longest wait of a partial buffer.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// Concurrent writers per store; partitions are spread over them.
+    pub writers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderboardConfig {
+    /// How often the `leaderboards` top-N table is refreshed.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// Entries per game and period in the `leaderboards` table.
     pub top_n: u32,
+    /// How long dated Redis boards live after their period ends.
     #[serde(with = "humantime_serde")]
     pub period_ttl: Duration,
+    /// Records per write of the leaderboard sinks.
     pub batch_size: usize,
+    /// Longest wait of a partial batch.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// Concurrent writers per store; partitions are spread over them.
+    pub writers: usize,
+    /// Entries `GET /api/v1/leaderboards/{game_id}` returns without `limit`.
+    pub query_default_limit: usize,
+    /// Largest `limit` it accepts.
+    pub query_max_limit: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -776,13 +796,30 @@ impl Config {
             ("logger.batch_size", self.logger.batch_size),
             ("logger.writers", self.logger.writers),
             ("stats.buffer_size", self.stats.buffer_size),
+            ("stats.writers", self.stats.writers),
+            ("leaderboard.writers", self.leaderboard.writers),
             ("leaderboard.batch_size", self.leaderboard.batch_size),
+            ("leaderboard.top_n", self.leaderboard.top_n as usize),
+            (
+                "leaderboard.query_default_limit",
+                self.leaderboard.query_default_limit,
+            ),
+            ("redis.rebuild_batch_size", self.redis.rebuild_batch_size),
             ("dlq.max_message_bytes", self.dlq.max_message_bytes),
         ];
         for (name, value) in positive {
             if value == 0 {
                 problems.push(format!("`{name}` must be at least 1"));
             }
+        }
+        if self.leaderboard.query_default_limit > self.leaderboard.query_max_limit {
+            problems.push(
+                "`leaderboard.query_default_limit` must not exceed `leaderboard.query_max_limit`"
+                    .to_owned(),
+            );
+        }
+        if self.leaderboard.refresh_interval.is_zero() {
+            problems.push("`leaderboard.refresh_interval` must be longer than 0".to_owned());
         }
         if self.consumer.fetch_max_bytes < 1024 {
             problems.push("`consumer.fetch_max_bytes` must be at least 1024".to_owned());

@@ -18,6 +18,7 @@
 //! # Layout
 //!
 //! - [`actors`]: the consumer pipeline: supervisor, partition readers, sinks, DLQ.
+//! - [`aggregate`]: statistics and leaderboard arithmetic: per-player deltas, score sums, periods.
 //! - [`bench`]: `gamestream bench`, the end-to-end benchmark.
 //! - [`cli`]: the `gamestream` command line (serve, migrate, topics, check, loadgen, ...).
 //! - [`commands`]: the administrative subcommands (migrate, topics, check).
@@ -35,6 +36,7 @@
 #![deny(unsafe_code, rustdoc::broken_intra_doc_links)]
 
 pub mod actors;
+pub mod aggregate;
 pub mod bench;
 pub mod cli;
 pub mod commands;

@@ -2,7 +2,12 @@
 //!
 //! ```text
 //! Supervisor ─┬─ PartitionReader p0..pN ──Arc<ParsedBatch>──► every sink
-//!             ├─ SinkActor<LoggerWriter>  ──► Postgres `events`
+//!             ├─ SinkActor<LoggerWriter>                ──► Postgres `events`
+//!             ├─ SinkActor<StatsPgWriter>               ──► Postgres `player_statistics`
+//!             ├─ SinkActor<StatsRedisWriter>            ──► Redis `player_stats:*`
+//!             ├─ SinkActor<LeaderboardPgWriter>         ──► Postgres `leaderboard_scores`
+//!             ├─ SinkActor<LeaderboardRedisWriter>      ──► Redis `leaderboard:*`
+//!             ├─ LeaderboardRefresher                   ──► Postgres `leaderboards`
 //!             └─ DlqActor ◄── dead letters ── sinks
 //! ```
 //!
@@ -10,14 +15,22 @@
 //! - [`partition_reader`]: fetches a partition, parses once, fans out under credit-based flow control.
 //! - [`sink`]: the generic sink actor (batching, linger, offset dedupe, retry, poison isolation, acks).
 //! - [`logger`]: the sink writer for `events`.
+//! - [`stats`]: the sink writers of the statistics aggregator (Postgres and Redis).
+//! - [`leaderboard`]: the sink writers of the leaderboard manager (Postgres and Redis).
+//! - [`leaderboard_refresher`]: keeps the `leaderboards` top-N table in step.
+//! - [`analytics`]: spawns the stats and leaderboard actors for the supervisor.
 //! - [`dlq`]: stores dead letters in `system.dlq` and `dlq_events`.
 //! - [`record`]: what readers hand to sinks.
 
+pub mod analytics;
 pub mod dlq;
+pub mod leaderboard;
+pub mod leaderboard_refresher;
 pub mod logger;
 pub mod partition_reader;
 pub mod record;
 pub mod sink;
+pub mod stats;
 pub mod supervisor;
 
 use std::sync::atomic::Ordering;

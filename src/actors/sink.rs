@@ -36,8 +36,15 @@ use crate::sinks::{OffsetCommit, SinkError};
 
 /// The destination-specific part of a sink.
 pub trait SinkWriter: Send + Sync + 'static {
-    /// The consumer's name: `consumer_service` in dead letters and the key of its offsets.
+    /// The sink's name: the key of its offsets, its metrics label and its `Ack`s.
     fn name(&self) -> &'static str;
+
+    /// `consumer_service` in this sink's dead letters (CONTRACT: `event-logger`,
+    /// `stats-aggregator`, `leaderboard-manager`). Defaults to [`Self::name`]; a second
+    /// sink of one consumer (its Redis store) names the consumer it belongs to.
+    fn dead_letter_consumer(&self) -> &'static str {
+        self.name()
+    }
 
     /// Whether this sink dead-letters records that are not valid events. Exactly one
     /// sink (the logger) does, so a bad record yields one dead letter, not three.
@@ -356,7 +363,7 @@ impl<W: SinkWriter> SinkState<W> {
         records: &mut Vec<SinkRecord<'a>>,
         letters: &mut Vec<DeadLetter>,
     ) {
-        let name = self.writer.name();
+        let name = self.writer.dead_letter_consumer();
         match &record.parsed {
             Ok(event) => match self.writer.reject(event) {
                 None => records.push(SinkRecord {
@@ -480,7 +487,7 @@ async fn isolate<W: SinkWriter>(
             Err(SinkError::Permanent(e)) => {
                 tracing::warn!(sink = writer.name(), partition = record.partition, offset = record.offset, error = %e, "record refused; dead-lettering it");
                 letters.push(DeadLetter {
-                    consumer: writer.name(),
+                    consumer: writer.dead_letter_consumer(),
                     topic: batch.topic.to_owned(),
                     partition: record.partition,
                     offset: record.offset,

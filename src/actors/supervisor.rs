@@ -3,7 +3,8 @@
 //! ```text
 //! Supervisor
 //!  ├── DlqActor
-//!  ├── SinkActor<LoggerWriter>        (and the other sinks)
+//!  ├── SinkActor<LoggerWriter>        (and the stats and leaderboard sinks, see analytics)
+//!  ├── LeaderboardRefresher
 //!  └── PartitionReader p0 .. pN       (one per partition of the raw topic)
 //! ```
 //!
@@ -30,6 +31,7 @@ use ractor::{
 };
 
 use super::dlq::{DlqActor, DlqArgs, DlqMessage};
+use super::leaderboard_refresher::RefresherMessage;
 use super::logger::LoggerWriter;
 use super::partition_reader::{PartitionReader, ReaderArgs, ReaderMessage};
 use super::sink::{SinkActor, SinkArgs, SinkMessage, SinkSettings, SinkWriter};
@@ -80,6 +82,8 @@ struct Children {
     dlq: ActorRef<DlqMessage>,
     sinks: Vec<SinkGroup>,
     readers: BTreeMap<i32, ActorRef<ReaderMessage>>,
+    /// Refreshes the `leaderboards` table; drained after the sinks.
+    refresher: ActorRef<RefresherMessage>,
 }
 
 /// The actors of one sink: several writers, each owning the partitions `p mod n`.
@@ -239,6 +243,7 @@ impl SupervisorState {
             for sink in children.sinks.iter().flat_map(|g| &g.shards) {
                 sink.stop(None);
             }
+            children.refresher.stop(None);
             children.dlq.stop(None);
         }
     }
@@ -284,10 +289,38 @@ impl SupervisorState {
                 &dlq,
             )
             .await?;
+        let mut sinks = vec![logger];
+
+        // Statistics and leaderboards (issue 5): one sink per store, each with its own
+        // offsets (Postgres first: a Redis sink's start may rebuild Redis from them),
+        // and the refresher of the `leaderboards` table.
+        let refresher = super::analytics::spawn_refresher(&self.ctx, &supervisor).await?;
+        self.current
+            .insert(refresher.get_id(), super::analytics::REFRESHER);
+        let analytics = super::analytics::writers(&self.ctx, &refresher);
+        let (stats, scores) = (analytics.stats_settings, analytics.leaderboard_settings);
+        sinks.push(
+            self.spawn_sink_group(&supervisor, analytics.stats_pg, stats.clone(), &dlq)
+                .await?,
+        );
+        sinks.push(
+            self.spawn_sink_group(&supervisor, analytics.leaderboard_pg, scores.clone(), &dlq)
+                .await?,
+        );
+        sinks.push(
+            self.spawn_sink_group(&supervisor, analytics.stats_redis, stats, &dlq)
+                .await?,
+        );
+        sinks.push(
+            self.spawn_sink_group(&supervisor, analytics.leaderboard_redis, scores, &dlq)
+                .await?,
+        );
+
         self.children = Some(Children {
             dlq,
-            sinks: vec![logger],
+            sinks,
             readers: BTreeMap::new(),
+            refresher,
         });
         self.spawn_new_partitions(myself).await
     }
@@ -390,6 +423,18 @@ impl SupervisorState {
             }
             let _ = sink.stop_and_wait(None, Some(grace)).await;
         }
+        // After the sinks: their last writes are in the final refresh.
+        match children
+            .refresher
+            .call(RefresherMessage::Drain, Some(grace))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(())) => tracing::info!("leaderboards refreshed"),
+            other => {
+                tracing::warn!(result = ?other.map(|_| ()), "leaderboards were not refreshed in time")
+            }
+        }
+        let _ = children.refresher.stop_and_wait(None, Some(grace)).await;
         let _ = children.dlq.stop_and_wait(None, Some(grace)).await;
     }
 }

@@ -6,6 +6,8 @@
 //!                      ├─ GET  /health, /ready      (health.rs)
 //!                      ├─ GET  /metrics             (metrics.rs)
 //!                      ├─ GET  /api/v1/openapi.json, /api/v1/docs (openapi.rs)
+//!                      ├─ GET  /api/v1/players/{player_id}/stats,
+//!                      │  GET  /api/v1/leaderboards/{game_id}   (queries.rs)
 //!                      └─ anything else ─► 404/405 JSON (rejection.rs)
 //!            every answer ─► http_request_duration_seconds (observe.rs)
 //! ```
@@ -17,6 +19,7 @@ mod ingest;
 mod metrics;
 pub mod observe;
 pub mod openapi;
+pub mod queries;
 mod rate_limit;
 mod rejection;
 mod state;
@@ -44,7 +47,8 @@ pub fn routes(
     // the matching one costs a rejection.
     ingest::routes(state.clone())
         .or(health::routes(state.clone()))
-        .or(metrics::routes(state))
+        .or(metrics::routes(state.clone()))
+        .or(queries::routes(state))
         .or(openapi::routes())
         .recover(rejection::recover)
         .with(observe::request_metrics())

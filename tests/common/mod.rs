@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod analytics;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -600,5 +602,148 @@ fn tansu_binary() -> String {
         cargo_bin
     } else {
         "tansu".to_owned()
+    }
+}
+
+/// A private Redis server (own port, no persistence) for tests that stop, restart or
+/// flush Redis, which they must never do to the shared stack. Killed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    paused: bool,
+}
+
+impl PrivateRedis {
+    /// How long a (re)started server may take to answer PING.
+    const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Starts an empty server on a free port.
+    pub fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+            paused: false,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server) starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Self::READY_TIMEOUT;
+        while !self.answers_ping() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private redis did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    /// Kills it (SIGKILL): everything it held is gone.
+    pub fn kill(&mut self) {
+        self.resume();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it and starts an empty one on the same port (a restart without persistence).
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open and nothing answers, as in
+    /// a network partition. Data is kept.
+    pub fn pause(&mut self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "-STOP");
+            self.paused = true;
+        }
+    }
+
+    /// Undoes [`PrivateRedis::pause`].
+    pub fn resume(&mut self) {
+        if let (Some(child), true) = (&self.child, self.paused) {
+            signal(child.id(), "-CONT");
+            self.paused = false;
+        }
+    }
+
+    /// A connection to it.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("private redis answers")
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every key matching `pattern` (SCAN, so it is safe on the shared server).
+pub async fn scan_keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .expect("scan");
+        keys.extend(found);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
     }
 }

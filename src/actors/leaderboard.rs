@@ -1,0 +1,189 @@
+//! The leaderboard manager: scores per game and period in Postgres
+//! `leaderboard_scores` and the Redis `leaderboard:*` sorted sets, exactly once in each.
+//!
+//! Two [`SinkWriter`]s, each run by its own generic
+//! [`SinkActor`](super::sink::SinkActor) with its own committed offsets:
+//!
+//! ```text
+//! batch ─► ScoreDelta (per game, period key, player: Σ data.score)
+//!   ├─ leaderboard-manager        ─► one transaction: upsert leaderboard_scores + sink_offsets
+//!   │                                ─► tells the LeaderboardRefresher which games changed
+//!   └─ leaderboard-manager-redis  ─► one Lua script: check offsets, roll the undated keys
+//!                                    over, ZINCRBY, advance offsets (rebuilt from Postgres
+//!                                    when Redis comes back empty)
+//! ```
+//!
+//! A `player_score` event whose `data.score` is missing or not an integer is
+//! dead-lettered once, by the Postgres sink (`consumer_service = leaderboard-manager`);
+//! the Redis sink passes over it. The `leaderboards` top-N table is not written here
+//! but by the [`LeaderboardRefresher`](super::leaderboard_refresher).
+
+use std::collections::BTreeMap;
+
+use ractor::ActorRef;
+
+use super::leaderboard_refresher::RefresherMessage;
+use super::sink::{Rejection, SinkWriter, WriteBatch};
+use crate::aggregate::ScoreDelta;
+use crate::event::{Event, Score};
+use crate::sinks::SinkError;
+use crate::sinks::postgres::{leaderboard as pg_leaderboard, offsets};
+use crate::sinks::redis::rebuild::{self, RebuildSource, RedisSinkSettings, Store};
+use crate::sinks::redis::{RedisKeys, RedisPool, leaderboard as redis_leaderboard};
+
+/// `consumer_service` of the manager, and the offset key of its Postgres sink.
+pub const LEADERBOARD: &str = "leaderboard-manager";
+/// The manager's Redis sink (offsets in Redis).
+pub const LEADERBOARD_REDIS: &str = "leaderboard-manager-redis";
+
+/// Why a score event cannot count, if it cannot.
+pub fn bad_score(event: &Event) -> Option<Rejection> {
+    if !event.is_score_event() {
+        return None;
+    }
+    match event.score {
+        Score::Integer(_) => None,
+        Score::Absent => Some(Rejection {
+            kind: "bad_score",
+            message: "a player_score event needs an integer `data.score`; it has none".to_owned(),
+        }),
+        Score::NotAnInteger => Some(Rejection {
+            kind: "bad_score",
+            message: "a player_score event needs an integer `data.score`; it is not an integer (a fraction, a string, or out of the 64-bit range)".to_owned(),
+        }),
+    }
+}
+
+/// Writes `leaderboard_scores`.
+pub struct LeaderboardPgWriter {
+    pub pg: sqlx::PgPool,
+    /// Told which games changed, after each commit.
+    pub refresher: ActorRef<RefresherMessage>,
+}
+
+impl SinkWriter for LeaderboardPgWriter {
+    fn name(&self) -> &'static str {
+        LEADERBOARD
+    }
+
+    fn reject(&self, event: &Event) -> Option<Rejection> {
+        bad_score(event)
+    }
+
+    async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
+        Ok(offsets::load(&self.pg, LEADERBOARD, topic).await?)
+    }
+
+    async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
+        // An overflowing sum is refused as a whole; the sink actor then writes the
+        // records one by one and dead-letters the one that overflows the stored score.
+        let delta = ScoreDelta::of(batch.records.iter().map(|r| r.event))
+            .map_err(|e| SinkError::Permanent(e.to_string()))?;
+        pg_leaderboard::write(&self.pg, LEADERBOARD, batch.topic, &delta, &batch.commits).await?;
+        metrics::counter!("gamestream_leaderboard_score_events_total")
+            .increment(delta.events() as u64);
+        let games: Vec<String> = delta.games().into_iter().map(str::to_owned).collect();
+        if !games.is_empty() {
+            // A stopped refresher (shutdown, restart) refreshes everything when it starts.
+            let _ = self.refresher.cast(RefresherMessage::Changed(games));
+        }
+        Ok(())
+    }
+}
+
+/// Writes the `leaderboard:*` sorted sets.
+pub struct LeaderboardRedisWriter {
+    pub redis: RedisPool,
+    /// Where a rebuild reads from.
+    pub pg: sqlx::PgPool,
+    pub keys: RedisKeys,
+    pub settings: RedisSinkSettings,
+    /// The batch script, hashed once.
+    pub script: redis::Script,
+}
+
+impl LeaderboardRedisWriter {
+    pub fn new(
+        redis: RedisPool,
+        pg: sqlx::PgPool,
+        keys: RedisKeys,
+        settings: RedisSinkSettings,
+    ) -> Self {
+        Self {
+            redis,
+            pg,
+            keys,
+            settings,
+            script: redis_leaderboard::script(),
+        }
+    }
+}
+
+impl SinkWriter for LeaderboardRedisWriter {
+    fn name(&self) -> &'static str {
+        LEADERBOARD_REDIS
+    }
+
+    fn dead_letter_consumer(&self) -> &'static str {
+        LEADERBOARD
+    }
+
+    async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
+        let source = RebuildSource {
+            sink: LEADERBOARD_REDIS,
+            postgres_sink: LEADERBOARD,
+            topic,
+            store: Store::Leaderboard,
+        };
+        rebuild::committed_or_rebuild(&self.redis, &self.pg, &self.keys, &self.settings, source)
+            .await
+    }
+
+    async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
+        // Only a batch whose sums leave the i64 range fails here; the sink actor then
+        // applies its records one at a time, which cannot overflow.
+        let delta = ScoreDelta::of(batch.records.iter().map(|r| r.event))
+            .map_err(|e| SinkError::Permanent(e.to_string()))?;
+        let plan = redis_leaderboard::plan(
+            &self.keys,
+            &delta,
+            chrono::Utc::now(),
+            self.settings.period_ttl,
+        );
+        let offsets_key = self.keys.offsets(LEADERBOARD_REDIS, batch.topic);
+        let args = plan.script_args(&offsets_key, &batch.commits);
+        let mut conn = rebuild::connection(&self.redis, self.settings.timeout).await?;
+        redis_leaderboard::write(&mut conn, &self.script, LEADERBOARD_REDIS, &args).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_type: &str, score: Score) -> Event {
+        Event {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: event_type.to_owned(),
+            player_id: "p".to_owned(),
+            game_id: "g".to_owned(),
+            timestamp: chrono::Utc::now(),
+            ingested_at: chrono::Utc::now(),
+            data: "{}".to_owned(),
+            score,
+        }
+    }
+
+    #[test]
+    fn only_score_events_without_an_integer_score_are_refused() {
+        assert_eq!(bad_score(&event("player_score", Score::Integer(3))), None);
+        assert_eq!(
+            bad_score(&event("quest_completed", Score::NotAnInteger)),
+            None
+        );
+        let absent = bad_score(&event("player_score", Score::Absent)).expect("refused");
+        assert_eq!(absent.kind, "bad_score");
+        assert!(absent.message.contains("none"));
+        assert!(bad_score(&event("player_score", Score::NotAnInteger)).is_some());
+    }
+}

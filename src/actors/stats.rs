@@ -1,0 +1,112 @@
+//! The statistics aggregator (the old `StatsBuffer`): per-player event counts in
+//! Postgres `player_statistics` and Redis `player_stats:*`, exactly once in each.
+//!
+//! Two [`SinkWriter`]s, each run by its own generic
+//! [`SinkActor`](super::sink::SinkActor) and each with its own committed offsets, so
+//! that one store being away never holds the other back:
+//!
+//! ```text
+//! batch ─► StatsDelta (per player: +n, +n per type, latest time)
+//!   ├─ stats-aggregator        ─► one transaction: upsert player_statistics + sink_offsets
+//!   └─ stats-aggregator-redis  ─► one Lua script: check offsets, HINCRBY, advance offsets
+//!                                 (rebuilt from Postgres when Redis comes back empty)
+//! ```
+//!
+//! Buffering: the sink actor flushes when `stats.buffer_size` (`BUFFER_SIZE`) records
+//! are buffered or `stats.linger` has passed, so a flush never holds more than
+//! `buffer_size` distinct players that a single fetch did not bring at once. Neither
+//! writer rejects an event (every valid event counts), so this consumer has no dead
+//! letters of its own.
+
+use std::collections::BTreeMap;
+
+use super::sink::{SinkWriter, WriteBatch};
+use crate::aggregate::StatsDelta;
+use crate::sinks::SinkError;
+use crate::sinks::postgres::{offsets, stats as pg_stats};
+use crate::sinks::redis::rebuild::{self, RebuildSource, RedisSinkSettings, Store};
+use crate::sinks::redis::{RedisKeys, RedisPool, stats as redis_stats};
+
+/// `consumer_service` of the aggregator, and the offset key of its Postgres sink.
+pub const STATS: &str = "stats-aggregator";
+/// The aggregator's Redis sink (offsets in Redis).
+pub const STATS_REDIS: &str = "stats-aggregator-redis";
+
+/// Writes `player_statistics`.
+pub struct StatsPgWriter {
+    pub pg: sqlx::PgPool,
+}
+
+impl SinkWriter for StatsPgWriter {
+    fn name(&self) -> &'static str {
+        STATS
+    }
+
+    async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
+        Ok(offsets::load(&self.pg, STATS, topic).await?)
+    }
+
+    async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
+        let delta = StatsDelta::of(batch.records.iter().map(|r| r.event));
+        metrics::histogram!("gamestream_stats_players_per_write", "sink" => STATS)
+            .record(delta.len() as f64);
+        pg_stats::write(&self.pg, STATS, batch.topic, &delta, &batch.commits).await
+    }
+}
+
+/// Writes the `player_stats:{player_id}` hashes.
+pub struct StatsRedisWriter {
+    pub redis: RedisPool,
+    /// Where a rebuild reads from.
+    pub pg: sqlx::PgPool,
+    pub keys: RedisKeys,
+    pub settings: RedisSinkSettings,
+    /// The batch script, hashed once.
+    pub script: redis::Script,
+}
+
+impl StatsRedisWriter {
+    pub fn new(
+        redis: RedisPool,
+        pg: sqlx::PgPool,
+        keys: RedisKeys,
+        settings: RedisSinkSettings,
+    ) -> Self {
+        Self {
+            redis,
+            pg,
+            keys,
+            settings,
+            script: redis_stats::script(),
+        }
+    }
+}
+
+impl SinkWriter for StatsRedisWriter {
+    fn name(&self) -> &'static str {
+        STATS_REDIS
+    }
+
+    fn dead_letter_consumer(&self) -> &'static str {
+        STATS
+    }
+
+    async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
+        let source = RebuildSource {
+            sink: STATS_REDIS,
+            postgres_sink: STATS,
+            topic,
+            store: Store::Stats,
+        };
+        rebuild::committed_or_rebuild(&self.redis, &self.pg, &self.keys, &self.settings, source)
+            .await
+    }
+
+    async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
+        let delta = StatsDelta::of(batch.records.iter().map(|r| r.event));
+        let offsets_key = self.keys.offsets(STATS_REDIS, batch.topic);
+        let args = redis_stats::script_args(&self.keys, &offsets_key, &delta, &batch.commits);
+        let mut conn = rebuild::connection(&self.redis, self.settings.timeout).await?;
+        redis_stats::write(&mut conn, &self.script, STATS_REDIS, &args).await
+    }
+}

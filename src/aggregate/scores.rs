@@ -1,0 +1,207 @@
+//! Per-cell score sums of a batch: what one flush adds to `leaderboard_scores` and to
+//! the `leaderboard:*` sorted sets.
+//!
+//! A cell is (game, period key, player). Each `player_score` event with an integer
+//! `data.score` adds its score to three cells: all time, the UTC day and the ISO week
+//! of its own timestamp. A late event therefore lands in its own (past) period.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::event::{Event, Score};
+
+use super::period::{Period, PeriodKey};
+
+/// One leaderboard cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ScoreCell<'a> {
+    pub game_id: &'a str,
+    pub key: PeriodKey,
+    pub player_id: &'a str,
+}
+
+/// What a batch adds per cell, in (game, period key, player) order: the order rows
+/// are locked in, the same for every writer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScoreDelta<'a> {
+    cells: BTreeMap<ScoreCell<'a>, i64>,
+    /// Score events summed (for metrics).
+    events: usize,
+}
+
+/// A sum that does not fit the BIGINT `score` column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the score sum of player {player_id:?} in game {game_id:?} ({key}) overflows a 64-bit integer"
+)]
+pub struct ScoreOverflow {
+    pub game_id: String,
+    pub player_id: String,
+    pub key: String,
+}
+
+/// One row of `leaderboard_scores`, as the rebuild reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoreRow {
+    pub game_id: String,
+    pub key: PeriodKey,
+    pub player_id: String,
+    pub score: i64,
+}
+
+/// One ranked entry of a board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ranked {
+    pub player_id: String,
+    pub score: i64,
+}
+
+/// The score this event adds to the leaderboards, if any: only `player_score` events
+/// with an integer `data.score` count (the others are dead-lettered by the Postgres
+/// leaderboard sink).
+pub fn score_of(event: &Event) -> Option<i64> {
+    match event.score {
+        Score::Integer(score) if event.is_score_event() => Some(score),
+        _ => None,
+    }
+}
+
+impl<'a> ScoreDelta<'a> {
+    /// Sums the scores of `events` per cell. Fails only if a sum leaves the i64 range.
+    pub fn of(events: impl IntoIterator<Item = &'a Event>) -> Result<Self, ScoreOverflow> {
+        let mut delta = Self::default();
+        for event in events {
+            let Some(score) = score_of(event) else {
+                continue;
+            };
+            delta.events += 1;
+            for period in Period::ALL {
+                let cell = ScoreCell {
+                    game_id: &event.game_id,
+                    key: PeriodKey::of(period, event.timestamp),
+                    player_id: &event.player_id,
+                };
+                let sum = delta.cells.entry(cell).or_default();
+                *sum = sum.checked_add(score).ok_or_else(|| ScoreOverflow {
+                    game_id: event.game_id.clone(),
+                    player_id: event.player_id.clone(),
+                    key: cell.key.to_string(),
+                })?;
+            }
+        }
+        Ok(delta)
+    }
+
+    /// Cells touched.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// Score events summed.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Each cell and what it gains.
+    pub fn iter(&self) -> impl Iterator<Item = (ScoreCell<'a>, i64)> + '_ {
+        self.cells.iter().map(|(cell, sum)| (*cell, *sum))
+    }
+
+    /// The games touched (their `leaderboards` top-N rows need a refresh).
+    pub fn games(&self) -> BTreeSet<&'a str> {
+        self.cells.keys().map(|c| c.game_id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+
+    fn score_event(player: &str, game: &str, t: &str, score: Score) -> Event {
+        Event {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: "player_score".to_owned(),
+            player_id: player.to_owned(),
+            game_id: game.to_owned(),
+            timestamp: DateTime::parse_from_rfc3339(t)
+                .expect("test time")
+                .with_timezone(&Utc),
+            ingested_at: Utc::now(),
+            data: "{}".to_owned(),
+            score,
+        }
+    }
+
+    fn cells(delta: &ScoreDelta<'_>) -> Vec<(String, String, String, i64)> {
+        delta
+            .iter()
+            .map(|(c, s)| {
+                (
+                    c.game_id.to_owned(),
+                    c.key.to_string(),
+                    c.player_id.to_owned(),
+                    s,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sums_per_cell_in_the_events_own_periods() {
+        let mut level_up = score_event("p1", "g", "2026-12-31T10:00:00Z", Score::Absent);
+        level_up.event_type = "player_level_up".to_owned();
+        let events = [
+            score_event("p1", "g", "2026-12-31T23:59:59Z", Score::Integer(10)),
+            score_event("p1", "g", "2027-01-01T00:00:00Z", Score::Integer(5)),
+            score_event("p2", "g", "2027-01-04T08:00:00Z", Score::Integer(-3)),
+            score_event("p1", "g", "2027-01-01T09:00:00Z", Score::NotAnInteger),
+            level_up,
+        ];
+        let delta = ScoreDelta::of(&events).expect("no overflow");
+        assert_eq!(delta.events(), 3);
+        let got = cells(&delta);
+        let want = [
+            ("g", "alltime", "p1", 15),
+            ("g", "alltime", "p2", -3),
+            ("g", "2026-12-31", "p1", 10),
+            ("g", "2027-01-01", "p1", 5),
+            ("g", "2027-01-04", "p2", -3),
+            ("g", "2026-W53", "p1", 15),
+            ("g", "2027-W01", "p2", -3),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(g, k, p, s)| ((*g).to_owned(), (*k).to_owned(), (*p).to_owned(), *s))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(delta.games().into_iter().collect::<Vec<_>>(), vec!["g"]);
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_wrap() {
+        let events = [
+            score_event("p", "g", "2026-11-22T00:00:00Z", Score::Integer(i64::MAX)),
+            score_event("p", "g", "2026-11-22T00:00:01Z", Score::Integer(1)),
+        ];
+        let err = ScoreDelta::of(&events).expect_err("overflows");
+        assert_eq!(err.player_id, "p");
+    }
+
+    #[test]
+    fn no_score_events_no_cells() {
+        let events = [score_event(
+            "p",
+            "g",
+            "2026-11-22T00:00:00Z",
+            Score::NotAnInteger,
+        )];
+        let delta = ScoreDelta::of(&events).expect("no overflow");
+        assert!(delta.is_empty());
+        assert_eq!(delta.events(), 0);
+    }
+}

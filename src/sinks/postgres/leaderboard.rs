@@ -1,0 +1,244 @@
+//! `leaderboard_scores` (every player's score in every period: the system of record)
+//! and the CONTRACT `leaderboards` table (the top N of each game and current period).
+//!
+//! ```text
+//! sink write:  BEGIN; upsert leaderboard_scores (score += Σ) FROM UNNEST; offsets::commit; COMMIT
+//! refresh:     BEGIN; advisory lock; rank current periods per game ─► upsert top N,
+//!              delete what fell out; COMMIT                    (every refresh_interval)
+//! ```
+
+use futures::{Stream, TryStreamExt};
+use sqlx::{PgConnection, PgPool};
+
+use super::offsets;
+use crate::aggregate::period::ALLTIME_KEY;
+use crate::aggregate::scores::{Ranked, ScoreRow};
+use crate::aggregate::{Period, PeriodKey, ScoreDelta};
+use crate::sinks::{OffsetCommit, SinkError};
+
+/// Advisory lock taken by a refresh, so that refreshes of several daemons take turns
+/// instead of deadlocking on each other's rows ("gamelb" in ASCII).
+const REFRESH_LOCK: i64 = 0x6761_6d65_6c62;
+
+/// Adds `delta` to `leaderboard_scores` and commits `commits`, atomically.
+pub async fn write(
+    pool: &PgPool,
+    sink: &str,
+    topic: &str,
+    delta: &ScoreDelta<'_>,
+    commits: &[OffsetCommit],
+) -> Result<(), SinkError> {
+    let mut tx = pool.begin().await?;
+    if !delta.is_empty() {
+        upsert(&mut tx, delta).await?;
+    }
+    if !offsets::commit(&mut tx, sink, topic, commits).await? {
+        return Err(SinkError::Fenced(format!(
+            "{sink}: committed offsets of {topic} moved under this writer"
+        )));
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One statement for the batch; cells are unique and ordered in `delta`.
+async fn upsert(conn: &mut PgConnection, delta: &ScoreDelta<'_>) -> Result<(), sqlx::Error> {
+    let n = delta.len();
+    let (mut games, mut periods, mut keys, mut players, mut scores) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (cell, sum) in delta.iter() {
+        games.push(cell.game_id);
+        periods.push(cell.key.period().as_str());
+        keys.push(cell.key.to_string());
+        players.push(cell.player_id);
+        scores.push(sum);
+    }
+    sqlx::query(
+        "INSERT INTO leaderboard_scores AS s (game_id, period, period_key, player_id, score, updated_at)
+         SELECT g, per, k, p, sc, now()
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) AS u(g, per, k, p, sc)
+         ON CONFLICT (game_id, period, period_key, player_id) DO UPDATE SET
+             score = s.score + EXCLUDED.score,
+             updated_at = now()",
+    )
+    .bind(&games)
+    .bind(&periods)
+    .bind(&keys)
+    .bind(&players)
+    .bind(&scores)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Rewrites the `leaderboards` rows of `games` (all games when None) from the current
+/// day, ISO week and all time of `leaderboard_scores`: the top `top_n` of each game and
+/// period, ranked 1.. by score (ties: player id descending, as Redis's `ZRANGE REV`),
+/// each read off `idx_leaderboard_scores_top` (so the cost does not grow with the number
+/// of players). Rows that did not change are not touched; rows that fell out are
+/// deleted (including yesterday's daily rows of a game nobody played today). Returns
+/// rows changed.
+pub async fn refresh(
+    pool: &PgPool,
+    day: PeriodKey,
+    week: PeriodKey,
+    games: Option<&[String]>,
+    top_n: u32,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(REFRESH_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    // A few index probes per game: compiling them (JIT) would cost more than running them.
+    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+    let games = match games {
+        Some(games) => games.to_vec(),
+        None => all_games(&mut tx).await?,
+    };
+    let changed: i64 = sqlx::query_scalar(
+        "WITH games AS (
+             SELECT DISTINCT game_id FROM UNNEST($3::text[]) AS g(game_id)
+         ), top AS (
+             SELECT g.game_id, t.player_id, t.score, p.period,
+                    row_number() OVER (PARTITION BY g.game_id, p.period
+                                       ORDER BY t.score DESC, t.player_id COLLATE \"C\" DESC) AS rank
+             FROM games g
+             CROSS JOIN (VALUES ('alltime', 'alltime'), ('daily', $1), ('weekly', $2))
+                 AS p(period, period_key)
+             CROSS JOIN LATERAL (
+                 SELECT s.player_id, s.score FROM leaderboard_scores s
+                 WHERE s.game_id = g.game_id AND s.period = p.period AND s.period_key = p.period_key
+                 ORDER BY s.score DESC, s.player_id COLLATE \"C\" DESC
+                 LIMIT $4
+             ) t
+         ), upserted AS (
+             INSERT INTO leaderboards AS l (game_id, player_id, rank, score, period, updated_at)
+             SELECT game_id, player_id, rank, score, period, now() FROM top
+             ON CONFLICT (game_id, player_id, period) DO UPDATE
+                 SET rank = EXCLUDED.rank, score = EXCLUDED.score, updated_at = EXCLUDED.updated_at
+                 WHERE (l.rank, l.score) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.score)
+             RETURNING 1
+         ), deleted AS (
+             DELETE FROM leaderboards l
+             WHERE l.game_id IN (SELECT game_id FROM games)
+               AND NOT EXISTS (SELECT 1 FROM top t
+                               WHERE t.game_id = l.game_id AND t.player_id = l.player_id
+                                 AND t.period = l.period)
+             RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM upserted) + (SELECT count(*) FROM deleted)",
+    )
+    .bind(day.to_string())
+    .bind(week.to_string())
+    .bind(&games)
+    .bind(i64::from(top_n))
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(changed.try_into().unwrap_or_default())
+}
+
+/// Every game with a score, by a skip scan of the index (one probe per game, not a
+/// pass over every row).
+async fn all_games(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH RECURSIVE games AS (
+             (SELECT game_id FROM leaderboard_scores ORDER BY game_id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT s.game_id FROM leaderboard_scores s
+                     WHERE s.game_id > g.game_id ORDER BY s.game_id LIMIT 1)
+             FROM games g WHERE g.game_id IS NOT NULL
+         )
+         SELECT game_id FROM games WHERE game_id IS NOT NULL",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// The top `limit` of one board, from the complete scores.
+pub async fn top(
+    pool: &PgPool,
+    game_id: &str,
+    key: PeriodKey,
+    limit: i64,
+) -> Result<Vec<Ranked>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT player_id, score FROM leaderboard_scores
+         WHERE game_id = $1 AND period = $2 AND period_key = $3
+         ORDER BY score DESC, player_id COLLATE \"C\" DESC
+         LIMIT $4",
+    )
+    .bind(game_id)
+    .bind(key.period().as_str())
+    .bind(key.to_string())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(player_id, score)| Ranked { player_id, score })
+        .collect())
+}
+
+/// Whether any score of `game_id` was ever recorded (a game with none is unknown).
+pub async fn game_exists(pool: &PgPool, game_id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM leaderboard_scores WHERE game_id = $1 AND period = 'alltime')",
+    )
+    .bind(game_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// The scores Redis keeps (all time, and days and weeks from `first_day` and
+/// `first_week` on), streamed inside the caller's snapshot transaction.
+pub fn stream_recent<'c>(
+    conn: &'c mut PgConnection,
+    first_day: PeriodKey,
+    first_week: PeriodKey,
+) -> impl Stream<Item = Result<ScoreRow, sqlx::Error>> + Send + 'c {
+    sqlx::query_as::<_, (String, String, String, String, i64)>(
+        "SELECT game_id, period, period_key, player_id, score FROM leaderboard_scores
+         WHERE period = 'alltime' OR (period = 'daily' AND period_key >= $1)
+                                  OR (period = 'weekly' AND period_key >= $2)",
+    )
+    .bind(first_day.to_string())
+    .bind(first_week.to_string())
+    .fetch(conn)
+    .try_filter_map(|row| std::future::ready(Ok(score_row(row))))
+}
+
+/// A stored row as a [`ScoreRow`]; None (with a warning) if its period is unreadable.
+fn score_row(
+    (game_id, period, key, player_id, score): (String, String, String, String, i64),
+) -> Option<ScoreRow> {
+    let Some(key) = parse_key(&period, &key) else {
+        tracing::warn!(
+            game_id,
+            period,
+            key,
+            "leaderboard_scores row with an unreadable period; skipped"
+        );
+        return None;
+    };
+    Some(ScoreRow {
+        game_id,
+        key,
+        player_id,
+        score,
+    })
+}
+
+fn parse_key(period: &str, key: &str) -> Option<PeriodKey> {
+    match period.parse::<Period>().ok()? {
+        Period::AllTime if key == ALLTIME_KEY => Some(PeriodKey::AllTime),
+        Period::AllTime => None,
+        period => PeriodKey::parse(period, key).ok(),
+    }
+}

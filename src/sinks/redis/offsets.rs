@@ -1,0 +1,182 @@
+//! Committed offsets of the Redis sinks, stored in Redis beside the data.
+//!
+//! Each Redis sink keeps a hash `gamestream:offsets:{sink}:{topic}` (partition → next
+//! offset, plus [`INITIALISED_FIELD`]). Its write is one Lua script that checks the
+//! offsets, applies the batch and advances them, atomically (Redis runs a script
+//! alone), so Redis applies each record once, as Postgres does with `sink_offsets`:
+//!
+//! ```text
+//! marker missing                    → MISSING (Redis lost its data: restart and rebuild)
+//! every stored offset == expected   → apply, advance → OK
+//! every stored offset == next       → DONE (this very write already landed: a retry after a timeout)
+//! anything else                     → FENCED (another writer moved them)
+//! ```
+
+use std::collections::BTreeMap;
+
+use redis::aio::ConnectionLike;
+
+use super::keys::INITIALISED_FIELD;
+use crate::sinks::{OffsetCommit, SinkError};
+
+/// The Lua functions every sink script starts with. `KEYS[1]` is the offsets hash;
+/// `ARGV[1]` the number of commits, followed by (partition, expected or '', next)
+/// per commit. A macro, so that `concat!` can prepend it to each script at compile time.
+macro_rules! offsets_lua {
+    () => {
+        r#"
+local function offsets_state()
+  if redis.call('HEXISTS', KEYS[1], 'initialised_at') == 0 then
+    return 'MISSING', ''
+  end
+  local c = tonumber(ARGV[1])
+  local apply, done, detail = true, true, ''
+  for i = 0, c - 1 do
+    local p, expected, nxt = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+    local stored = redis.call('HGET', KEYS[1], p) or ''
+    if stored ~= expected then apply = false end
+    if stored ~= nxt then done = false end
+    detail = detail .. ' p' .. p .. ' stored=' .. stored .. ' expected=' .. expected
+  end
+  if apply then return 'APPLY', '' end
+  if done then return 'DONE', '' end
+  return 'FENCED', detail
+end
+
+local function commit_offsets()
+  local c = tonumber(ARGV[1])
+  for i = 0, c - 1 do
+    redis.call('HSET', KEYS[1], ARGV[2 + 3 * i], ARGV[4 + 3 * i])
+  end
+  return 2 + 3 * c
+end
+
+local function require_type(key, wanted)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= wanted then
+    return 'WRONGTYPE gamestream: ' .. key .. ' holds a ' .. t .. ', not a ' .. wanted
+  end
+  return nil
+end
+"#
+    };
+}
+pub(crate) use offsets_lua;
+
+/// What a sink script answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptStatus {
+    /// Applied and committed.
+    Applied,
+    /// Already applied by an earlier attempt of the same write.
+    AlreadyApplied,
+    /// The offsets hash has no marker: Redis lost its data.
+    Missing,
+    /// The stored offsets are neither the expected nor the next ones.
+    Fenced(String),
+}
+
+impl ScriptStatus {
+    /// Reads a script's reply (`OK`, `DONE`, `MISSING`, `FENCED <detail>`).
+    pub fn parse(reply: &str) -> Result<Self, SinkError> {
+        match reply.split_once(' ').unwrap_or((reply, "")) {
+            ("OK", _) => Ok(ScriptStatus::Applied),
+            ("DONE", _) => Ok(ScriptStatus::AlreadyApplied),
+            ("MISSING", _) => Ok(ScriptStatus::Missing),
+            ("FENCED", detail) => Ok(ScriptStatus::Fenced(detail.trim().to_owned())),
+            // A script that answers something else is broken for every batch, not
+            // refusing this one: crash and let the supervisor decide.
+            _ => Err(SinkError::Fatal(format!("redis script answered {reply:?}"))),
+        }
+    }
+
+    /// The write's outcome for the sink actor. MISSING and FENCED are `Fenced`: the
+    /// actor stops, the pipeline restarts from committed offsets, and the restarted sink
+    /// rebuilds Redis (MISSING) or reloads what another writer committed (FENCED).
+    pub fn into_result(self, sink: &str) -> Result<(), SinkError> {
+        match self {
+            ScriptStatus::Applied | ScriptStatus::AlreadyApplied => Ok(()),
+            ScriptStatus::Missing => Err(SinkError::Fenced(format!(
+                "{sink}: Redis has lost its data (offsets marker gone); restarting to rebuild from Postgres"
+            ))),
+            ScriptStatus::Fenced(detail) => Err(SinkError::Fenced(format!(
+                "{sink}: Redis offsets moved under this writer:{detail}"
+            ))),
+        }
+    }
+}
+
+/// The commit arguments of a sink script: count, then (partition, expected, next).
+pub fn commit_args(commits: &[OffsetCommit]) -> Vec<String> {
+    let mut args = Vec::with_capacity(1 + 3 * commits.len());
+    args.push(commits.len().to_string());
+    for c in commits {
+        args.push(c.partition.to_string());
+        args.push(c.expected.map(|e| e.to_string()).unwrap_or_default());
+        args.push(c.next.to_string());
+    }
+    args
+}
+
+/// The offsets hash, read: `None` when the marker is missing (Redis lost its data, or
+/// the sink has never run against this Redis), else the next offset per partition.
+pub async fn load(
+    conn: &mut impl ConnectionLike,
+    offsets_key: &str,
+) -> Result<Option<BTreeMap<i32, i64>>, redis::RedisError> {
+    let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(offsets_key)
+        .query_async(conn)
+        .await?;
+    if !fields.contains_key(INITIALISED_FIELD) {
+        return Ok(None);
+    }
+    Ok(Some(
+        fields
+            .iter()
+            .filter_map(|(field, value)| Some((field.parse().ok()?, value.parse().ok()?)))
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_arguments() {
+        let args = commit_args(&[
+            OffsetCommit {
+                partition: 0,
+                expected: None,
+                next: 10,
+            },
+            OffsetCommit {
+                partition: 2,
+                expected: Some(7),
+                next: 9,
+            },
+        ]);
+        assert_eq!(args, ["2", "0", "", "10", "2", "7", "9"]);
+    }
+
+    #[test]
+    fn script_replies() {
+        assert_eq!(ScriptStatus::parse("OK"), Ok(ScriptStatus::Applied));
+        assert_eq!(
+            ScriptStatus::parse("DONE"),
+            Ok(ScriptStatus::AlreadyApplied)
+        );
+        assert_eq!(ScriptStatus::parse("MISSING"), Ok(ScriptStatus::Missing));
+        assert_eq!(
+            ScriptStatus::parse("FENCED  p0 stored=5 expected=4"),
+            Ok(ScriptStatus::Fenced("p0 stored=5 expected=4".into()))
+        );
+        assert!(ScriptStatus::parse("what").is_err());
+        assert!(matches!(
+            ScriptStatus::Missing.into_result("s"),
+            Err(SinkError::Fenced(_))
+        ));
+        assert_eq!(ScriptStatus::AlreadyApplied.into_result("s"), Ok(()));
+    }
+}
