@@ -23,6 +23,9 @@ run:
 
 test:
 	$(STACK) up
+	@# The deploy-manifest tests render the kustomize overlays; without kubectl they use
+	@# deploy/tools/kustomize_lite.py, which needs PyYAML.
+	python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check pyyaml
 	eval "$$($(STACK) env)" && \
 	  if cargo nextest --version >/dev/null 2>&1; then \
 	    cargo nextest run --all-targets --no-fail-fast; \
