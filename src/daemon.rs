@@ -56,6 +56,8 @@ pub struct Running {
     /// The producer's workers (ingest mode); closed after the HTTP server drained, so
     /// requests still in flight get their acknowledgements.
     producer: Option<ProducerTasks>,
+    /// Folds histogram samples into buckets; ends on shutdown.
+    metrics_upkeep: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -67,6 +69,9 @@ impl Running {
         }
         if let Some(producer) = self.producer {
             producer.close().await;
+        }
+        if let Err(e) = self.metrics_upkeep.await {
+            tracing::error!(error = %e, "metrics upkeep task failed");
         }
         tracing::info!("stopped");
     }
@@ -81,6 +86,7 @@ pub async fn start(
     let config = Arc::new(config);
     tracing::info!(mode = ?config.mode, brokers = %config.kafka.bootstrap_servers.join(","), "starting");
     let metrics = crate::telemetry::metrics_handle();
+
     let kafka = Arc::new(crate::sinks::kafka::connect(&config.kafka).await?);
 
     let (pg, redis_pool) = if config.mode.consumes() {
@@ -125,15 +131,22 @@ pub async fn start(
             addr: addr_text.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a bindable address"),
         })?;
-    let server = http::serve(state, addr, shutdown)
+    let metrics = state.metrics.clone();
+    let server = http::serve(state, addr, shutdown.clone())
         .await
         .map_err(|source| DaemonError::Bind {
             addr: addr_text,
             source,
         })?;
+    let metrics_upkeep = crate::telemetry::spawn_metrics_upkeep(
+        metrics,
+        config.telemetry.metrics_upkeep_interval,
+        shutdown,
+    );
     Ok(Running {
         http_addr: server.local_addr,
         http_task: server.task,
         producer: producer_tasks,
+        metrics_upkeep,
     })
 }
