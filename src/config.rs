@@ -375,6 +375,10 @@ pub struct ShutdownConfig {
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
     pub log_level: String,
+    /// How often histogram samples are folded into their buckets. The Prometheus
+    /// recorder keeps raw samples until then, so without it memory grows between scrapes.
+    #[serde(with = "humantime_serde")]
+    pub metrics_upkeep_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -70,6 +70,8 @@ pub struct Running {
     /// requests still in flight get their acknowledgements.
     producer: Option<ProducerTasks>,
     grace: Duration,
+    /// Folds histogram samples into buckets; ends on shutdown.
+    metrics_upkeep: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -101,6 +103,9 @@ impl Running {
                 tracing::error!("stopped after repeated pipeline crashes")
             }
         }
+        if let Err(e) = self.metrics_upkeep.await {
+            tracing::error!(error = %e, "metrics upkeep task failed");
+        }
         outcome
     }
 }
@@ -114,6 +119,7 @@ pub async fn start(
     let config = Arc::new(config);
     tracing::info!(mode = ?config.mode, brokers = %config.kafka.bootstrap_servers.join(","), "starting");
     let metrics = crate::telemetry::metrics_handle();
+
     let kafka = Arc::new(crate::sinks::kafka::connect(&config.kafka).await?);
 
     let (pg, redis_pool) = if config.mode.consumes() {
@@ -176,17 +182,24 @@ pub async fn start(
             addr: addr_text.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a bindable address"),
         })?;
-    let server = http::serve(state, addr, shutdown)
+    let metrics = state.metrics.clone();
+    let server = http::serve(state, addr, shutdown.clone())
         .await
         .map_err(|source| DaemonError::Bind {
             addr: addr_text,
             source,
         })?;
+    let metrics_upkeep = crate::telemetry::spawn_metrics_upkeep(
+        metrics,
+        config.telemetry.metrics_upkeep_interval,
+        shutdown,
+    );
     Ok(Running {
         http_addr: server.local_addr,
         http_task: server.task,
         pipeline,
         producer: producer_tasks,
         grace: config.shutdown.grace_period,
+        metrics_upkeep,
     })
 }

@@ -75,3 +75,23 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Folds histogram samples into their buckets every `interval` until `shutdown`. The
+/// recorder built by [`metrics_handle`] holds every raw sample until a render or an
+/// upkeep, so a process nobody scrapes would otherwise grow without bound.
+pub fn spawn_metrics_upkeep(
+    handle: PrometheusHandle,
+    interval: std::time::Duration,
+    shutdown: crate::shutdown::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => handle.run_upkeep(),
+                () = shutdown.wait() => break,
+            }
+        }
+    })
+}

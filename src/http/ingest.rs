@@ -12,8 +12,11 @@
 //!
 //! Metrics: `events_received_total` counts events in every body that was read (a body
 //! that is not even JSON counts as one), `events_published_total` those acknowledged by
-//! the broker and `events_failed_total{reason}` the rest, so received = published +
-//! failed once requests have finished.
+//! the broker and `events_failed_total{reason}` those refused (a validation rule, a
+//! malformed or oversized batch) or not acknowledged (overloaded, broker timeout or
+//! error; a request that timed out counts once, as `request_timeout`). Requests refused
+//! before their body is read (401, 413, 415, 429) show in
+//! `http_request_duration_seconds` by status, not here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,10 +101,13 @@ impl Ingest {
         match tokio::time::timeout(self.request_timeout, handler).await {
             Ok(Ok(response)) => response,
             Ok(Err(response)) => *response,
-            Err(_) => self.unavailable(&format!(
-                "the request was not completed within {:?}; it may be retried",
-                self.request_timeout
-            )),
+            Err(_) => {
+                failed("request_timeout", 1);
+                self.unavailable(&format!(
+                    "the request was not completed within {:?}; it may be retried",
+                    self.request_timeout
+                ))
+            }
         }
     }
 
@@ -143,26 +149,9 @@ impl Ingest {
         drop(bytes);
         let records = events.iter().map(ProducerRecord::from_event).collect();
         let outcomes = producer.send_all(records).await;
-        let mut server_errors: Vec<(&'static str, u64)> = Vec::new();
-        for ((event, position), outcome) in events.iter().zip(positions).zip(outcomes) {
-            results[position] = match outcome {
-                Ok(_) => ItemResult::Published(event.event_id),
-                Err(e) => {
-                    match server_errors.iter_mut().find(|(kind, _)| *kind == e.kind()) {
-                        Some((_, n)) => *n += 1,
-                        None => server_errors.push((e.kind(), 1)),
-                    }
-                    ItemResult::Failed(e.to_string())
-                }
-            };
-        }
-        let unpublished: u64 = server_errors.iter().map(|(_, n)| n).sum();
-        for (kind, n) in server_errors {
-            failed(kind, n);
-        }
-        let published = events.len() - unpublished as usize;
+        let server_errors = record_outcomes(&mut results, &events, &positions, outcomes);
+        let published = events.len() - server_errors;
         self.published.increment(published as u64);
-        let server_errors = unpublished as usize;
         Ok(self.batch_reply(&results, server_errors, published))
     }
 
@@ -320,6 +309,35 @@ impl Ingest {
         }
         response
     }
+}
+
+/// Fills in the result of each published item; returns how many failed at the broker
+/// (counted in `events_failed_total` by reason).
+fn record_outcomes(
+    results: &mut [ItemResult],
+    events: &[Event],
+    positions: &[usize],
+    outcomes: Vec<Result<i64, ProduceError>>,
+) -> usize {
+    let mut failures: Vec<(&'static str, u64)> = Vec::new();
+    for ((event, &position), outcome) in events.iter().zip(positions).zip(outcomes) {
+        results[position] = match outcome {
+            Ok(_) => ItemResult::Published(event.event_id),
+            Err(e) => {
+                match failures.iter_mut().find(|(kind, _)| *kind == e.kind()) {
+                    Some((_, n)) => *n += 1,
+                    None => failures.push((e.kind(), 1)),
+                }
+                ItemResult::Failed(e.to_string())
+            }
+        };
+    }
+    let mut total = 0;
+    for (kind, n) in failures {
+        failed(kind, n);
+        total += n as usize;
+    }
+    total
 }
 
 /// A batch body after validation.
