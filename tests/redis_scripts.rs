@@ -48,6 +48,17 @@ fn commit(partition: i32, expected: Option<i64>, next: i64) -> OffsetCommit {
     }
 }
 
+/// Removes a test's keys from the shared Redis.
+async fn remove_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
+    for key in common::scan_keys(conn, &format!("{prefix}*")).await {
+        let _: i64 = redis::cmd("UNLINK")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .expect("unlink");
+    }
+}
+
 async fn mark_initialised(conn: &mut redis::aio::MultiplexedConnection, offsets: &str) {
     let _: () = redis::cmd("HSET")
         .arg(offsets)
@@ -61,7 +72,8 @@ async fn mark_initialised(conn: &mut redis::aio::MultiplexedConnection, offsets:
 #[tokio::test]
 async fn stats_script_applies_once_and_fences() {
     let mut conn = redis().await;
-    let keys = RedisKeys::new(format!("s{}:", unique_id()));
+    let prefix = format!("s{}:", unique_id());
+    let keys = RedisKeys::new(prefix.clone());
     let offsets = keys.offsets("stats-aggregator-redis", "t");
     let script = stats::script();
     let t = Utc::now();
@@ -162,12 +174,14 @@ async fn stats_script_applies_once_and_fences() {
         "no partial write"
     );
     assert_eq!(hgetall(&mut conn, &offsets).await["0"], "4");
+    remove_keys(&mut conn, &prefix).await;
 }
 
 #[tokio::test]
 async fn leaderboard_script_rolls_the_current_boards_over() {
     let mut conn = redis().await;
-    let keys = RedisKeys::new(format!("l{}:", unique_id()));
+    let prefix = format!("l{}:", unique_id());
+    let keys = RedisKeys::new(prefix.clone());
     let offsets = keys.offsets("leaderboard-manager-redis", "t");
     mark_initialised(&mut conn, &offsets).await;
     let script = leaderboard::script();
@@ -265,4 +279,5 @@ async fn leaderboard_script_rolls_the_current_boards_over() {
         .await
         .expect("ttl");
     assert_eq!(alltime_ttl, -1, "all time never expires");
+    remove_keys(&mut conn, &prefix).await;
 }

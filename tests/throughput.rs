@@ -189,13 +189,4 @@ async fn sink_writers_throughput() {
         .await
         .expect("sum");
     assert_eq!(total, n as i64);
-    // The prefix's keys stay in the shared Redis otherwise.
-    let mut conn = env.redis().await;
-    for key in common::scan_keys(&mut conn, &format!("{}*", config.redis.key_prefix)).await {
-        let _: () = redis::cmd("UNLINK")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .expect("unlink");
-    }
 }

@@ -191,6 +191,45 @@ impl TestEnv {
     }
 }
 
+/// The stats and leaderboard sinks write thousands of keys per test under the env's
+/// prefix into the *shared* Redis; a test that passed removes them (a failed one keeps
+/// them, as evidence). Synchronous, since `Drop` cannot await; the prefix's keys only.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let url = format!(
+            "redis://{}:{}/",
+            self.stack.redis_host, self.stack.redis_port
+        );
+        let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+            return;
+        };
+        let pattern = format!("{}*", self.config.redis.key_prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let Ok((next, keys)) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query::<(u64, Vec<String>)>(&mut conn)
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _ = redis::cmd("UNLINK").arg(&keys).query::<i64>(&mut conn);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+}
+
 /// Creates a database on the stack (the stack's role has CREATEDB).
 pub async fn create_database(stack: &Stack, database: &str) {
     let url = format!(

@@ -78,9 +78,10 @@ async fn upsert(conn: &mut PgConnection, delta: &ScoreDelta<'_>) -> Result<(), s
 
 /// Rewrites the `leaderboards` rows of `games` (all games when None) from the current
 /// day, ISO week and all time of `leaderboard_scores`: the top `top_n` of each game and
-/// period, ranked 1.. by score (ties: player id descending, as Redis's `ZRANGE REV`),
-/// each read off `idx_leaderboard_scores_top` (so the cost does not grow with the number
-/// of players). Rows that did not change are not touched; rows that fell out are
+/// period, ranked 1.. by score (ties: player id descending, as Redis's `ZRANGE REV`).
+/// The all-time boards are read off `idx_leaderboard_scores_alltime_top` (their cost
+/// does not grow with the number of players), the current day and week from their
+/// primary-key ranges. Rows that did not change are not touched; rows that fell out are
 /// deleted (including yesterday's daily rows of a game nobody played today). Returns
 /// rows changed.
 pub async fn refresh(
@@ -105,18 +106,32 @@ pub async fn refresh(
         "WITH games AS (
              SELECT DISTINCT game_id FROM UNNEST($3::text[]) AS g(game_id)
          ), top AS (
-             SELECT g.game_id, t.player_id, t.score, p.period,
-                    row_number() OVER (PARTITION BY g.game_id, p.period
-                                       ORDER BY t.score DESC, t.player_id COLLATE \"C\" DESC) AS rank
-             FROM games g
-             CROSS JOIN (VALUES ('alltime', 'alltime'), ('daily', $1), ('weekly', $2))
-                 AS p(period, period_key)
-             CROSS JOIN LATERAL (
-                 SELECT s.player_id, s.score FROM leaderboard_scores s
-                 WHERE s.game_id = g.game_id AND s.period = p.period AND s.period_key = p.period_key
-                 ORDER BY s.score DESC, s.player_id COLLATE \"C\" DESC
-                 LIMIT $4
-             ) t
+             SELECT game_id, player_id, score, period,
+                    row_number() OVER (PARTITION BY game_id, period
+                                       ORDER BY score DESC, player_id COLLATE \"C\" DESC) AS rank
+             FROM (
+                 -- All time: off the partial index, in ranking order.
+                 SELECT g.game_id, t.player_id, t.score, 'alltime' AS period
+                 FROM games g
+                 CROSS JOIN LATERAL (
+                     SELECT s.player_id, s.score FROM leaderboard_scores s
+                     WHERE s.game_id = g.game_id AND s.period = 'alltime'
+                     ORDER BY s.score DESC, s.player_id COLLATE \"C\" DESC
+                     LIMIT $4
+                 ) t
+                 UNION ALL
+                 -- Today and this week: the period's primary-key range, top-N sorted.
+                 SELECT g.game_id, t.player_id, t.score, p.period
+                 FROM games g
+                 CROSS JOIN (VALUES ('daily', $1), ('weekly', $2)) AS p(period, period_key)
+                 CROSS JOIN LATERAL (
+                     SELECT s.player_id, s.score FROM leaderboard_scores s
+                     WHERE s.game_id = g.game_id AND s.period = p.period
+                       AND s.period_key = p.period_key
+                     ORDER BY s.score DESC, s.player_id COLLATE \"C\" DESC
+                     LIMIT $4
+                 ) t
+             ) candidates
          ), upserted AS (
              INSERT INTO leaderboards AS l (game_id, player_id, rank, score, period, updated_at)
              SELECT game_id, player_id, rank, score, period, now() FROM top
@@ -144,15 +159,17 @@ pub async fn refresh(
     Ok(changed.try_into().unwrap_or_default())
 }
 
-/// Every game with a score, by a skip scan of the index (one probe per game, not a
-/// pass over every row).
+/// Every game with a score, by a skip scan of the all-time index (one probe per game,
+/// not a pass over every row; every game with a score has an all-time row).
 async fn all_games(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "WITH RECURSIVE games AS (
-             (SELECT game_id FROM leaderboard_scores ORDER BY game_id LIMIT 1)
+             (SELECT game_id FROM leaderboard_scores WHERE period = 'alltime'
+              ORDER BY game_id LIMIT 1)
              UNION ALL
              SELECT (SELECT s.game_id FROM leaderboard_scores s
-                     WHERE s.game_id > g.game_id ORDER BY s.game_id LIMIT 1)
+                     WHERE s.game_id > g.game_id AND s.period = 'alltime'
+                     ORDER BY s.game_id LIMIT 1)
              FROM games g WHERE g.game_id IS NOT NULL
          )
          SELECT game_id FROM games WHERE game_id IS NOT NULL",
@@ -168,18 +185,33 @@ pub async fn top(
     key: PeriodKey,
     limit: i64,
 ) -> Result<Vec<Ranked>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT player_id, score FROM leaderboard_scores
-         WHERE game_id = $1 AND period = $2 AND period_key = $3
-         ORDER BY score DESC, player_id COLLATE \"C\" DESC
-         LIMIT $4",
-    )
-    .bind(game_id)
-    .bind(key.period().as_str())
-    .bind(key.to_string())
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    // The all-time board names its period literally, so that the planner can use the
+    // partial index whatever plan it caches.
+    let rows: Vec<(String, i64)> = if key == PeriodKey::AllTime {
+        sqlx::query_as(
+            "SELECT player_id, score FROM leaderboard_scores
+             WHERE game_id = $1 AND period = 'alltime'
+             ORDER BY score DESC, player_id COLLATE \"C\" DESC
+             LIMIT $2",
+        )
+        .bind(game_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+    } else {
+        sqlx::query_as(
+            "SELECT player_id, score FROM leaderboard_scores
+             WHERE game_id = $1 AND period = $2 AND period_key = $3
+             ORDER BY score DESC, player_id COLLATE \"C\" DESC
+             LIMIT $4",
+        )
+        .bind(game_id)
+        .bind(key.period().as_str())
+        .bind(key.to_string())
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+    };
     Ok(rows
         .into_iter()
         .map(|(player_id, score)| Ranked { player_id, score })
