@@ -207,6 +207,20 @@ async fn query_answers_match_the_stores() {
     let (status, body) = get(&client, &format!("{base}/leaderboards/no-such-game")).await;
     assert_eq!(status, 404, "{body}");
 
+    // Both routes are in the served OpenAPI document, with their schemas.
+    let (status, doc) = get(&client, &format!("{base}/openapi.json")).await;
+    assert_eq!(status, 200);
+    for path in [
+        "/api/v1/players/{player_id}/stats",
+        "/api/v1/leaderboards/{game_id}",
+    ] {
+        assert!(
+            doc["paths"][path]["get"].is_object(),
+            "{path} not in openapi.json"
+        );
+    }
+    assert!(doc["components"]["schemas"]["LeaderboardEntry"].is_object());
+
     shutdown.trigger();
     running.stop().await;
 }

@@ -48,6 +48,14 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/metrics",
     },
+    Route {
+        method: "GET",
+        path: "/api/v1/players/{player_id}/stats",
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/leaderboards/{game_id}",
+    },
 ];
 
 /// The `endpoint` label of a request path.

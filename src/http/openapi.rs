@@ -54,14 +54,38 @@ pub fn document_text() -> &'static str {
     TEXT.get_or_init(|| document().to_string())
 }
 
-/// The OpenAPI 3 document.
+/// The OpenAPI 3 document: the routes described here, plus the query routes' own
+/// fragment ([`super::queries::OPENAPI_FRAGMENT`]: paths and schemas), merged in.
 pub fn document() -> Value {
+    let mut doc = base_document();
+    merge_fragment(&mut doc, super::queries::OPENAPI_FRAGMENT);
+    doc
+}
+
+/// Adds a fragment's `paths` and `components.schemas` to `doc`. The fragment is a
+/// compiled-in file checked by its own tests, so a parse failure cannot happen at run
+/// time; it would leave the document without those routes, which the route test catches.
+fn merge_fragment(doc: &mut Value, fragment: &str) {
+    let Ok(fragment) = serde_json::from_str::<Value>(fragment) else {
+        return;
+    };
+    for pointer in ["/paths", "/components/schemas"] {
+        if let (Some(Value::Object(into)), Some(Value::Object(from))) =
+            (doc.pointer_mut(pointer), fragment.pointer(pointer))
+        {
+            into.extend(from.clone());
+        }
+    }
+}
+
+/// The document without the query routes.
+fn base_document() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "gamestream",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Game event ingestion. An event is answered 2xx only after the Kafka broker acknowledged it (acks from all in-sync replicas)."
+            "description": "Game event ingestion, player statistics and leaderboards. An event is answered 2xx only after the Kafka broker acknowledged it (acks from all in-sync replicas)."
         },
         "paths": {
             "/api/v1/events": {"post": submit_one()},

@@ -121,13 +121,16 @@ fn stores(
     Ok((pg, state.redis.as_ref()))
 }
 
-fn unavailable(e: sqlx::Error) -> ApiError {
+/// 503 with `http.retry_after`, as ingestion answers when its store is away.
+fn unavailable(state: &HttpState, e: sqlx::Error) -> ApiError {
     tracing::warn!(error = %e, "query: postgres failed");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "the statistics stores are unavailable; try again shortly",
     )
-    .retry_after(1)
+    .retry_after(super::guard::retry_after_seconds(
+        state.config.http.retry_after,
+    ))
 }
 
 async fn player_stats(state: &HttpState, raw_id: &str) -> Result<PlayerStatsReply, ApiError> {
@@ -145,7 +148,10 @@ async fn player_stats(state: &HttpState, raw_id: &str) -> Result<PlayerStatsRepl
             return Ok(stats_reply(stats, "redis"));
         }
     }
-    match pg_stats::read(pg, &player_id).await.map_err(unavailable)? {
+    match pg_stats::read(pg, &player_id)
+        .await
+        .map_err(|e| unavailable(state, e))?
+    {
         Some(stats) => Ok(stats_reply(stats, "postgres")),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -276,11 +282,11 @@ async fn leaderboard(
     let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
     let entries = pg_leaderboard::top(pg, &game_id, key, limit_sql)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| unavailable(state, e))?;
     if entries.is_empty()
         && !pg_leaderboard::game_exists(pg, &game_id)
             .await
-            .map_err(unavailable)?
+            .map_err(|e| unavailable(state, e))?
     {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
