@@ -3,6 +3,7 @@
 pub mod dlq;
 pub mod events;
 pub mod leaderboard;
+pub mod leases;
 pub mod offsets;
 mod pool;
 mod schema;
