@@ -122,8 +122,9 @@ pub async fn start(
 
     let kafka = Arc::new(crate::sinks::kafka::connect(&config.kafka).await?);
 
+    let member: Arc<str> = Arc::from(crate::leases::member_id(&config.lease.member_id));
     let (pg, redis_pool) = if config.mode.consumes() {
-        let pg = postgres::connect(&config.postgres).await?;
+        let pg = postgres::connect_as(&config.postgres, &member).await?;
         if migrate {
             postgres::migrate(&pg).await?;
         } else {
@@ -147,7 +148,6 @@ pub async fn start(
         (None, None)
     };
 
-    let member: Arc<str> = Arc::from(crate::leases::member_id(&config.lease.member_id));
     let leases = config
         .mode
         .consumes()

@@ -10,5 +10,5 @@ mod schema;
 pub mod snapshot;
 pub mod stats;
 
-pub use pool::{PgError, connect, connect_options};
+pub use pool::{PgError, connect, connect_as, connect_options};
 pub use schema::{MIGRATOR, SchemaStatus, migrate, require_migrated, schema_status};
