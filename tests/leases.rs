@@ -240,6 +240,11 @@ async fn daemons_share_partitions_through_kills_pauses_and_joins() {
         wait_fair(&[&d2, &d3, &d4], Duration::from_secs(60)).await,
         "the fourth daemon did not get its share"
     );
+    assert_eq!(
+        d4.counter("gamestream_partition_owned").await,
+        2.0,
+        "the metrics say which partitions d4 owns"
+    );
 
     stop.store(true, Ordering::SeqCst);
     let sent = producer.await.expect("producer");

@@ -392,6 +392,8 @@ impl SupervisorState {
         )
         .await?;
         self.current.insert(leases.get_id(), "lease_manager");
+        // Readers start as leases come; until then this daemon reads nothing.
+        metrics::gauge!("gamestream_partitions_owned").set(0.0);
 
         self.children = Some(Children {
             dlq,
