@@ -578,13 +578,14 @@ impl SupervisorState {
                 Some(grace),
             );
             if !matches!(released.await, Ok(ractor::rpc::CallResult::Success(()))) {
-                // Not freed: it runs out after the ttl instead, and its writes are fenced.
+                // Freed all the same: what this sink still writes for it is fenced, and
+                // the next owner resumes from what was committed.
                 tracing::warn!(
                     sink = group.name,
                     partition,
-                    "sink did not flush for the handover"
+                    "sink did not flush for the handover; dropping what it holds"
                 );
-                return;
+                let _ = shard.cast(SinkMessage::Forget { partition });
             }
             metrics::gauge!("gamestream_consumer_lag", "sink" => group.name, "partition" => partition.to_string())
                 .set(0.0);
