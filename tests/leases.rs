@@ -183,7 +183,8 @@ async fn daemons_share_partitions_through_kills_pauses_and_joins() {
     let producer = load(&env, Arc::clone(&stop));
 
     let mut d1 = Daemon::spawn(&env, "d1", &[]);
-    // d2 is the one paused: its logger lingers, so it has records buffered when stopped.
+    // d2 is the one paused: its sinks linger, so that when it is stopped they hold
+    // records they have not written yet (whose writes must be refused after SIGCONT).
     let mut d2 = Daemon::spawn(
         &env,
         "d2",
@@ -192,6 +193,14 @@ async fn daemons_share_partitions_through_kills_pauses_and_joins() {
             "logger.linger=\"2s\"",
             "--set",
             "logger.batch_size=100000",
+            "--set",
+            "stats.linger=\"2s\"",
+            "--set",
+            "stats.buffer_size=100000",
+            "--set",
+            "leaderboard.linger=\"2s\"",
+            "--set",
+            "leaderboard.batch_size=100000",
         ],
     );
     let mut d3 = Daemon::spawn(&env, "d3", &[]);
@@ -413,4 +422,34 @@ async fn a_stale_epoch_cannot_commit_in_postgres_or_redis() {
         stats["total_events"], "2",
         "one write each, the late one refused"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_keeps_its_unexpired_leases() {
+    let env = TestEnv::with_overrides(&[("mode", "\"consume\"")]).await;
+    // A long lease: holding the partitions again well before it runs out means the
+    // restarted daemon adopted them (same member id), not that it took expired ones.
+    let long_ttl = ["--set", "lease.ttl=\"60s\""];
+    let mut first = Daemon::spawn(&env, "pod-0", &long_ttl);
+    let partitions = env.config.topics.player_events_partitions as usize;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            first.held().await.len() == partitions
+        })
+        .await,
+        "a lone daemon holds every partition"
+    );
+    first.child.kill().await.expect("kill -9");
+    let mut second = Daemon::spawn(&env, "pod-0", &long_ttl);
+    let held = eventually(Duration::from_secs(30), || async {
+        second.held().await.len() == partitions
+    })
+    .await;
+    // Adopted, not acquired: the old leases had not run out, and kept their epochs.
+    let adopted = second
+        .counter("gamestream_lease_changes_total{change=\"adopted\"}")
+        .await;
+    second.child.kill().await.expect("kill");
+    assert!(held, "the restarted daemon holds its partitions again");
+    assert_eq!(adopted, partitions as f64, "every lease was adopted");
 }
