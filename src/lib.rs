@@ -25,6 +25,7 @@
 //! - [`config`]: layered configuration: compiled-in defaults, file, environment, flags.
 //! - [`dead_letter`]: the dead-letter record and its `system.dlq` message.
 //! - [`event`]: the event type, its validation rules and its simd-json parsers.
+//! - [`leases`]: partition leases among several daemons: member ids, fair shares, the `/ready` view.
 //! - [`http`]: the warp server: ingestion, queries, health, metrics, OpenAPI.
 //! - [`sinks`]: the write paths per backend (Postgres, Redis, Kafka).
 //! - [`telemetry`]: logs (text or JSON) and metrics registry setup.
@@ -45,6 +46,7 @@ pub mod daemon;
 pub mod dead_letter;
 pub mod event;
 pub mod http;
+pub mod leases;
 pub mod loadgen;
 pub mod retry;
 pub mod shutdown;
