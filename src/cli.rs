@@ -56,6 +56,16 @@ pub enum Command {
     /// Send generated events to a running server at a steady rate and report successes,
     /// failures, the achieved rate and latency percentiles; exit 1 if any request failed.
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// Dead letters: list them, replay them to the raw topic once fixed.
+    Dlq {
+        #[command(subcommand)]
+        action: crate::ops::dlq::DlqAction,
+    },
+    /// The sinks' committed offsets: show them with lag, reset one sink's.
+    Offsets {
+        #[command(subcommand)]
+        action: crate::ops::offsets::OffsetsAction,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +166,8 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Check => crate::commands::check(&config).await,
         Command::Bench(args) => crate::bench::run(&config, &args).await,
         Command::Loadgen(args) => Ok(crate::loadgen::command(args, &config).await),
+        Command::Dlq { action } => Ok(crate::ops::dlq::command(action, &config).await),
+        Command::Offsets { action } => Ok(crate::ops::offsets::command(action, &config).await),
     };
     match result {
         Ok(code) => code,
