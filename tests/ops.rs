@@ -720,3 +720,53 @@ async fn reset_to_a_time_finds_the_first_record_at_or_after_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn concurrent_replays_in_one_process_share_the_letters_without_overlap() {
+    use gamestream::ops::dlq::{ReplaySelection, replay};
+    let env = TestEnv::new().await;
+    const LETTERS: usize = 40;
+    let letters: Vec<DeadLetter> = (0..LETTERS)
+        .map(|i| {
+            let payload = sample_event(i, 5, 1).to_record_value();
+            letter(
+                "event-logger",
+                "sink_rejected",
+                i as i64,
+                payload,
+                Utc::now(),
+            )
+        })
+        .collect();
+    postgres::dlq::insert(&env.pg, &letters)
+        .await
+        .expect("insert letters");
+    let selection = ReplaySelection {
+        service: Some("event-logger".into()),
+        since: Some(Utc::now() - chrono::Duration::hours(1)),
+        ..Default::default()
+    };
+    let run = || replay(&env.pg, &env.config, &selection, 1, false);
+    let reports = futures::future::join_all((0..4).map(|_| run())).await;
+    let mut replayed: Vec<i32> = Vec::new();
+    let mut published = 0;
+    for report in reports {
+        let report = report.expect("replay");
+        published += report.published;
+        replayed.extend(report.replayed);
+    }
+    replayed.sort_unstable();
+    let mut expected: Vec<i32> = ids_by_offset(&env.pg).await.into_values().collect();
+    expected.sort_unstable();
+    assert_eq!(
+        replayed, expected,
+        "each letter claimed by exactly one replay"
+    );
+    assert_eq!(published, LETTERS);
+    let on_topic = replayed_records(&env).await;
+    assert_eq!(on_topic.len(), LETTERS);
+    assert!(
+        on_topic.values().all(|copies| copies.len() == 1),
+        "once each"
+    );
+}

@@ -442,7 +442,7 @@ fn every_sql_statement_binds_its_values() {
 }
 
 #[tokio::test]
-async fn oversized_and_too_many_headers_are_refused() {
+async fn oversized_headers_and_ids_are_refused() {
     let env = TestEnv::new().await;
     let server = TestServer::start(env.config.clone()).await;
     let event = common::ingest::event_json("player_level_up", "p-1", "{}");
