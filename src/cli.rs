@@ -14,6 +14,8 @@ use crate::config::{self, Config, Mode};
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit code when a command ran and failed.
 pub const EXIT_FAILURE: u8 = 1;
+/// Log filter of `dlq` and `offsets` when RUST_LOG is not set: warnings and errors only.
+const OPS_LOG_LEVEL: &str = "warn";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -132,13 +134,19 @@ impl Cli {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match cli.load_config() {
+    let mut config = match cli.load_config() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("gamestream: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The operator tools print their results; the clients' info logs would drown them.
+    if matches!(cli.command, Command::Dlq { .. } | Command::Offsets { .. })
+        && std::env::var_os("RUST_LOG").is_none()
+    {
+        config.telemetry.log_level = OPS_LOG_LEVEL.to_owned();
+    }
     crate::telemetry::init_logs(&config.telemetry);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

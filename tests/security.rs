@@ -55,38 +55,41 @@ impl Secrets {
 /// Makes the private server ask for passwords over TCP (the socket stays trusted, so
 /// the harness can still stop it) and gives the role `password`.
 async fn require_password(pg: &PrivatePostgres, password: &str) {
-    let admin = sqlx::PgPool::connect(&format!(
+    use sqlx::Connection;
+    // One connection for every step: once the new rules are loaded, a new connection
+    // without the password would be refused.
+    let mut admin = sqlx::PgConnection::connect(&format!(
         "postgres://gamestream@127.0.0.1:{}/postgres",
         pg.port
     ))
     .await
     .expect("private postgres");
+    sqlx::query("CREATE DATABASE gs_security")
+        .execute(&mut admin)
+        .await
+        .expect("create database");
     // Utility statements take no parameters; the password is our own hex.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "ALTER ROLE gamestream PASSWORD '{password}'"
     )))
-    .execute(&admin)
+    .execute(&mut admin)
     .await
     .expect("alter role");
     let hba: String = sqlx::query_scalar("SHOW hba_file")
-        .fetch_one(&admin)
+        .fetch_one(&mut admin)
         .await
         .expect("hba file");
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "COPY (VALUES ('local all all trust'), ('host all all 127.0.0.1/32 scram-sha-256')) TO '{hba}'"
     )))
-    .execute(&admin)
+    .execute(&mut admin)
     .await
     .expect("write pg_hba.conf");
     sqlx::query("SELECT pg_reload_conf()")
-        .execute(&admin)
+        .execute(&mut admin)
         .await
         .expect("reload");
-    sqlx::query("CREATE DATABASE gs_security")
-        .execute(&admin)
-        .await
-        .expect("create database");
-    admin.close().await;
+    let _ = admin.close().await;
     let url = |pw: &str| {
         format!(
             "postgres://gamestream:{pw}@127.0.0.1:{}/gs_security",

@@ -37,6 +37,8 @@ pub const DEFAULT_LIST_LIMIT: i64 = 100;
 /// Letters claimed, published and marked per transaction by `dlq replay` when no
 /// `--chunk` is given: bounds the records held in memory and the rows locked at once.
 pub const DEFAULT_REPLAY_CHUNK: i64 = 500;
+/// Most replayed ids listed one by one in `dlq replay`'s report (more: first … last).
+const PRINTED_IDS: usize = 50;
 /// Header that says which dead letter a replayed record comes from.
 pub const REPLAY_HEADER: &str = "dlq_replay_of";
 /// The consumer that dead-letters records which are not valid events. Its letters were
@@ -440,8 +442,10 @@ async fn replay_command(args: &ReplayArgs, config: &Config) -> Result<ExitCode> 
         },
         config.topics.player_events
     );
-    if !report.replayed.is_empty() {
+    if !report.replayed.is_empty() && report.replayed.len() <= PRINTED_IDS {
         println!("ids: {}", join(&report.replayed));
+    } else if let (Some(first), Some(last)) = (report.replayed.first(), report.replayed.last()) {
+        println!("ids: {first} … {last}");
     }
     if !report.skipped.is_empty() {
         println!(
