@@ -33,6 +33,7 @@
 //! - [`shutdown`]: the one shutdown signal every task listens to.
 //! - [`daemon`]: `serve`: wires connections, the HTTP server and the pipeline together.
 //! - [`loadgen`]: `loadgen`: paced HTTP load with a progress bar and latency percentiles.
+//! - [`ops`]: operator tools: `dlq list|replay`, `offsets show|reset`.
 
 #![deny(unsafe_code, rustdoc::broken_intra_doc_links)]
 
@@ -48,6 +49,7 @@ pub mod event;
 pub mod http;
 pub mod leases;
 pub mod loadgen;
+pub mod ops;
 pub mod retry;
 pub mod shutdown;
 pub mod sinks;
