@@ -14,6 +14,8 @@ use crate::config::{self, Config, Mode};
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit code when a command ran and failed.
 pub const EXIT_FAILURE: u8 = 1;
+/// Log filter of `dlq` and `offsets` when RUST_LOG is not set: warnings and errors only.
+const OPS_LOG_LEVEL: &str = "warn";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +58,16 @@ pub enum Command {
     /// Send generated events to a running server at a steady rate and report successes,
     /// failures, the achieved rate and latency percentiles; exit 1 if any request failed.
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// Dead letters: list them, replay them to the raw topic once fixed.
+    Dlq {
+        #[command(subcommand)]
+        action: crate::ops::dlq::DlqAction,
+    },
+    /// The sinks' committed offsets: show them with lag, reset one sink's.
+    Offsets {
+        #[command(subcommand)]
+        action: crate::ops::offsets::OffsetsAction,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -122,13 +134,19 @@ impl Cli {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match cli.load_config() {
+    let mut config = match cli.load_config() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("gamestream: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The operator tools print their results; the clients' info logs would drown them.
+    if matches!(cli.command, Command::Dlq { .. } | Command::Offsets { .. })
+        && std::env::var_os("RUST_LOG").is_none()
+    {
+        config.telemetry.log_level = OPS_LOG_LEVEL.to_owned();
+    }
     crate::telemetry::init_logs(&config.telemetry);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -156,6 +174,8 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Check => crate::commands::check(&config).await,
         Command::Bench(args) => crate::bench::run(&config, &args).await,
         Command::Loadgen(args) => Ok(crate::loadgen::command(args, &config).await),
+        Command::Dlq { action } => Ok(crate::ops::dlq::command(action, &config).await),
+        Command::Offsets { action } => Ok(crate::ops::offsets::command(action, &config).await),
     };
     match result {
         Ok(code) => code,

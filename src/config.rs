@@ -67,6 +67,7 @@ pub struct Config {
     pub leaderboard: LeaderboardConfig,
     pub dlq: DlqConfig,
     pub supervisor: SupervisorConfig,
+    pub lease: LeaseConfig,
     pub shutdown: ShutdownConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -363,6 +364,22 @@ pub struct SupervisorConfig {
     pub restart_window: Duration,
     #[serde(with = "humantime_serde")]
     pub partition_refresh_interval: Duration,
+}
+
+/// Partition leases among several daemons (see [`crate::leases`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// This daemon's name among the others; empty: the host name plus a random suffix
+    /// (in Kubernetes, the pod name through the downward API).
+    pub member_id: String,
+    /// How long a lease (and a member's heartbeat) lasts without renewal: a dead
+    /// daemon's partitions are taken over after at most `ttl + renew_interval`.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How often held leases are renewed, free ones taken and extra ones handed over.
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -826,6 +843,12 @@ impl Config {
         }
         if self.leaderboard.refresh_interval.is_zero() {
             problems.push("`leaderboard.refresh_interval` must be longer than 0".to_owned());
+        }
+        if self.lease.renew_interval.is_zero() || self.lease.renew_interval >= self.lease.ttl {
+            problems.push(
+                "`lease.renew_interval` must be longer than 0 and shorter than `lease.ttl`"
+                    .to_owned(),
+            );
         }
         if self.consumer.fetch_max_bytes < 1024 {
             problems.push("`consumer.fetch_max_bytes` must be at least 1024".to_owned());

@@ -122,8 +122,9 @@ pub async fn start(
 
     let kafka = Arc::new(crate::sinks::kafka::connect(&config.kafka).await?);
 
+    let member: Arc<str> = Arc::from(crate::leases::member_id(&config.lease.member_id));
     let (pg, redis_pool) = if config.mode.consumes() {
-        let pg = postgres::connect(&config.postgres).await?;
+        let pg = postgres::connect_as(&config.postgres, &member).await?;
         if migrate {
             postgres::migrate(&pg).await?;
         } else {
@@ -147,8 +148,12 @@ pub async fn start(
         (None, None)
     };
 
-    let pipeline = match (&pg, &redis_pool) {
-        (Some(pg), Some(redis_pool)) => {
+    let leases = config
+        .mode
+        .consumes()
+        .then(|| crate::leases::LeaseView::new(&member, &config.topics.player_events));
+    let pipeline = match (&pg, &redis_pool, &leases) {
+        (Some(pg), Some(redis_pool), Some(leases)) => {
             let ctx = PipelineContext {
                 config: Arc::clone(&config),
                 kafka: Arc::clone(&kafka),
@@ -156,6 +161,8 @@ pub async fn start(
                 redis: redis_pool.clone(),
                 shutdown: shutdown.clone(),
                 escalated: Arc::new(AtomicBool::new(false)),
+                member: Arc::clone(&member),
+                leases: leases.clone(),
             };
             let pipeline = Pipeline::start(ctx)
                 .await
@@ -172,6 +179,7 @@ pub async fn start(
         redis: redis_pool,
         metrics,
         producer,
+        leases,
     };
     let addr_text = format!("{}:{}", config.http.bind, config.http.port);
     let addr: SocketAddr = tokio::net::lookup_host(&addr_text)

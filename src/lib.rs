@@ -25,6 +25,7 @@
 //! - [`config`]: layered configuration: compiled-in defaults, file, environment, flags.
 //! - [`dead_letter`]: the dead-letter record and its `system.dlq` message.
 //! - [`event`]: the event type, its validation rules and its simd-json parsers.
+//! - [`leases`]: partition leases among several daemons: member ids, fair shares, the `/ready` view.
 //! - [`http`]: the warp server: ingestion, queries, health, metrics, OpenAPI.
 //! - [`sinks`]: the write paths per backend (Postgres, Redis, Kafka).
 //! - [`telemetry`]: logs (text or JSON) and metrics registry setup.
@@ -32,6 +33,7 @@
 //! - [`shutdown`]: the one shutdown signal every task listens to.
 //! - [`daemon`]: `serve`: wires connections, the HTTP server and the pipeline together.
 //! - [`loadgen`]: `loadgen`: paced HTTP load with a progress bar and latency percentiles.
+//! - [`ops`]: operator tools: `dlq list|replay`, `offsets show|reset`.
 
 #![deny(unsafe_code, rustdoc::broken_intra_doc_links)]
 
@@ -45,7 +47,9 @@ pub mod daemon;
 pub mod dead_letter;
 pub mod event;
 pub mod http;
+pub mod leases;
 pub mod loadgen;
+pub mod ops;
 pub mod retry;
 pub mod shutdown;
 pub mod sinks;

@@ -106,6 +106,28 @@ fn deployment_secret_env() -> BTreeMap<String, (String, String)> {
     out
 }
 
+/// A pod name, for the env entries the downward API fills in.
+const POD_NAME: &str = "gamestream-7d4b9c5f6-x2k4p";
+
+/// The Deployment's env entries from the downward API (`fieldRef`): VAR → a sample value.
+fn deployment_field_env() -> BTreeMap<String, String> {
+    let text = read(&deploy().join("k8s/base/deployment.yaml"));
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- name: ") {
+            current = Some(name.to_owned());
+        } else if let (Some(var), Some(field)) = (&current, line.strip_prefix("fieldPath: ")) {
+            assert_eq!(
+                field, "metadata.name",
+                "{var}: only the pod name is expected"
+            );
+            out.insert(var.clone(), POD_NAME.to_owned());
+        }
+    }
+    out
+}
+
 /// The environment a gamestream container of an overlay gets, with the secrets'
 /// example values.
 fn k8s_env(overlay: &str) -> BTreeMap<String, String> {
@@ -119,6 +141,7 @@ fn k8s_env(overlay: &str) -> BTreeMap<String, String> {
         .get("gamestream-db")
         .expect("gamestream-db in secrets.example.yaml");
     env.extend(db.clone());
+    env.extend(deployment_field_env());
     for (var, (secret, key)) in deployment_secret_env() {
         let value = secrets
             .get(&secret)
@@ -196,6 +219,10 @@ fn manifest_and_compose_env_is_read_by_gamestream() {
             config.http.port,
             container_port(),
             "k8s/{overlay}: the daemon's port is the containerPort"
+        );
+        assert_eq!(
+            config.lease.member_id, POD_NAME,
+            "k8s/{overlay}: the lease member id is the pod name"
         );
         if overlay == "prod" {
             assert_eq!(

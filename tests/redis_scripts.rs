@@ -45,6 +45,7 @@ fn commit(partition: i32, expected: Option<i64>, next: i64) -> OffsetCommit {
         partition,
         expected,
         next,
+        epoch: None,
     }
 }
 

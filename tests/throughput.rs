@@ -82,6 +82,7 @@ async fn drive<W: SinkWriter>(
                 partition: *partition,
                 expected: committed.get(partition).copied(),
                 next: *next,
+                epoch: None,
             })
             .collect();
         let batch = WriteBatch {

@@ -139,6 +139,30 @@ impl SinkWriter for LeaderboardRedisWriter {
             .await
     }
 
+    async fn claim(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: i64,
+    ) -> Result<Option<i64>, SinkError> {
+        let source = RebuildSource {
+            sink: LEADERBOARD_REDIS,
+            postgres_sink: LEADERBOARD,
+            topic,
+            store: Store::Leaderboard,
+        };
+        rebuild::claim_or_rebuild(
+            &self.redis,
+            &self.pg,
+            &self.keys,
+            &self.settings,
+            source,
+            partition,
+            epoch,
+        )
+        .await
+    }
+
     async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
         // Only a batch whose sums leave the i64 range fails here; the sink actor then
         // applies its records one at a time, which cannot overflow.

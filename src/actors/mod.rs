@@ -8,6 +8,7 @@
 //!             ├─ SinkActor<LeaderboardPgWriter>         ──► Postgres `leaderboard_scores`
 //!             ├─ SinkActor<LeaderboardRedisWriter>      ──► Redis `leaderboard:*`
 //!             ├─ LeaderboardRefresher                   ──► Postgres `leaderboards`
+//!             ├─ LeaseManager                           ──► Postgres `partition_leases`, `lease_members`
 //!             └─ DlqActor ◄── dead letters ── sinks
 //! ```
 //!
@@ -19,6 +20,7 @@
 //! - [`leaderboard`]: the sink writers of the leaderboard manager (Postgres and Redis).
 //! - [`leaderboard_refresher`]: keeps the `leaderboards` top-N table in step.
 //! - [`analytics`]: spawns the stats and leaderboard actors for the supervisor.
+//! - [`lease_manager`]: the partition leases this daemon holds (renew, take, hand over).
 //! - [`dlq`]: stores dead letters in `system.dlq` and `dlq_events`.
 //! - [`record`]: what readers hand to sinks.
 
@@ -26,6 +28,7 @@ pub mod analytics;
 pub mod dlq;
 pub mod leaderboard;
 pub mod leaderboard_refresher;
+pub mod lease_manager;
 pub mod logger;
 pub mod partition_reader;
 pub mod record;

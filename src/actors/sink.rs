@@ -15,6 +15,12 @@
 //! A permanent write error is isolated record by record: the records that still fail
 //! are dead-lettered and their offsets committed past, so the partition goes on.
 //!
+//! Leases ([`crate::leases`]): a sink writes a partition only after the supervisor
+//! `Claim`ed it for a lease epoch (the sink then reloads where the partition stands,
+//! since another daemon may have moved it), and every commit carries that epoch. A
+//! write refused for a lost lease ([`SinkError::LeaseLost`]) drops those partitions'
+//! records unwritten, tells the supervisor, and writes the rest of the batch again.
+//!
 //! Supervised by the [`Supervisor`](super::supervisor): a crash restarts the whole
 //! pipeline from committed offsets, so nothing buffered here needs saving.
 
@@ -29,6 +35,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use super::dlq::DlqMessage;
 use super::partition_reader::ReaderMessage;
 use super::record::{ParsedBatch, ParsedRecord};
+use super::supervisor::SupervisorMessage;
 use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use crate::retry::Backoff;
@@ -62,6 +69,20 @@ pub trait SinkWriter: Send + Sync + 'static {
         &self,
         topic: &str,
     ) -> impl Future<Output = Result<BTreeMap<i32, i64>, SinkError>> + Send;
+
+    /// Takes over `partition` for lease `epoch` (a writer with an older epoch must be
+    /// refused from now on) and returns the next offset to apply, from the destination.
+    /// By default the offsets are just reloaded: a Postgres commit is fenced by the
+    /// lease row itself.
+    fn claim(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: i64,
+    ) -> impl Future<Output = Result<Option<i64>, SinkError>> + Send {
+        let _ = epoch;
+        async move { Ok(self.committed(topic).await?.get(&partition).copied()) }
+    }
 
     /// Applies the records and commits the offsets, atomically.
     fn write(
@@ -119,6 +140,20 @@ pub enum SinkMessage {
     Linger(u64),
     /// Flush everything buffered, then reply (graceful stop).
     Drain(RpcReplyPort<()>),
+    /// This daemon now holds `partition` under lease `epoch`: reload where it stands
+    /// and fence its writes with `epoch`. Replies with the error if that failed.
+    Claim {
+        partition: i32,
+        epoch: i64,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Hand `partition` over (its reader has stopped): flush, then forget it.
+    Release {
+        partition: i32,
+        reply: RpcReplyPort<()>,
+    },
+    /// `partition` is no longer this daemon's: drop what is buffered for it, unwritten.
+    Forget { partition: i32 },
 }
 
 /// Batching and retry settings of a sink.
@@ -135,6 +170,8 @@ pub struct SinkArgs<W> {
     pub topic: Arc<str>,
     pub settings: SinkSettings,
     pub dlq: ActorRef<DlqMessage>,
+    /// Told when a write finds a partition's lease lost.
+    pub supervisor: ActorRef<SupervisorMessage>,
 }
 
 /// The generic sink actor; `W` decides where records go.
@@ -161,6 +198,9 @@ pub struct SinkState<W> {
     /// Generation of the current buffer; a linger timer of an older one is ignored.
     generation: u64,
     linger_armed: bool,
+    /// Per claimed partition, the lease epoch its commits are fenced with.
+    epochs: BTreeMap<i32, i64>,
+    supervisor: ActorRef<SupervisorMessage>,
 }
 
 struct Buffered {
@@ -212,6 +252,8 @@ impl<W: SinkWriter> Actor for SinkActor<W> {
             received,
             generation: 0,
             linger_armed: false,
+            epochs: BTreeMap::new(),
+            supervisor: args.supervisor,
         })
     }
 
@@ -247,6 +289,20 @@ impl<W: SinkWriter> Actor for SinkActor<W> {
                 state.flush().await?;
                 let _ = reply.send(());
             }
+            SinkMessage::Claim {
+                partition,
+                epoch,
+                reply,
+            } => {
+                let result = state.claim(partition, epoch).await;
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+            SinkMessage::Release { partition, reply } => {
+                state.flush().await?;
+                state.forget(partition);
+                let _ = reply.send(());
+            }
+            SinkMessage::Forget { partition } => state.forget(partition),
         }
         Ok(())
     }
@@ -286,35 +342,77 @@ impl<W: SinkWriter> SinkState<W> {
         });
     }
 
-    /// Writes everything buffered: dead letters, then records and offsets.
+    /// Writes everything buffered: dead letters, then records and offsets. Partitions
+    /// whose lease turns out lost are dropped and the rest written again.
     async fn flush(&mut self) -> Result<(), ActorProcessingErr> {
         self.generation += 1;
         self.linger_armed = false;
-        if self.buffer.is_empty() {
-            return Ok(());
+        let mut send_letters = true;
+        while !self.buffer.is_empty() {
+            let buffered = std::mem::take(&mut self.buffer);
+            self.buffered_records = 0;
+            match self.write_buffered(&buffered, send_letters).await? {
+                None => {
+                    for b in &buffered {
+                        ack(&b.reader, self.writer.name(), &b.batch);
+                    }
+                    return Ok(());
+                }
+                Some(lost) => {
+                    // The dead letters of this buffer are stored already.
+                    send_letters = false;
+                    self.buffer = buffered;
+                    self.buffered_records = self
+                        .buffer
+                        .iter()
+                        .map(|b| b.batch.records.len() - b.from)
+                        .sum();
+                    self.lease_lost(&lost);
+                }
+            }
         }
-        let buffered = std::mem::take(&mut self.buffer);
-        self.buffered_records = 0;
+        Ok(())
+    }
+
+    /// One attempt at writing `buffered`. `Some(partitions)` when the leases of those
+    /// partitions are lost (nothing was written).
+    async fn write_buffered(
+        &mut self,
+        buffered: &[Buffered],
+        send_letters: bool,
+    ) -> Result<Option<Vec<i32>>, ActorProcessingErr> {
         let name = self.writer.name();
         let started = Instant::now();
 
         let mut commits: BTreeMap<i32, i64> = BTreeMap::new();
         let mut records = Vec::new();
         let mut letters = Vec::new();
-        for b in &buffered {
+        for b in buffered {
             commits.insert(b.batch.partition, b.batch.next_offset);
             for record in &b.batch.records[b.from..] {
                 self.classify(&b.batch, record, &mut records, &mut letters);
             }
         }
+        // A partition never claimed (or forgotten) has no lease to write under.
+        let unclaimed: Vec<i32> = commits
+            .keys()
+            .copied()
+            .filter(|p| !self.epochs.contains_key(p))
+            .collect();
+        if !unclaimed.is_empty() {
+            return Ok(Some(unclaimed));
+        }
         let count = records.len();
-        self.dead_letter(letters).await?;
+        if send_letters {
+            self.dead_letter(letters).await?;
+        }
         let commits = commits
             .into_iter()
             .map(|(partition, next)| OffsetCommit {
                 partition,
                 expected: self.committed.get(&partition).copied(),
                 next,
+                epoch: self.epochs.get(&partition).copied(),
             })
             .collect();
         let batch = WriteBatch {
@@ -324,6 +422,7 @@ impl<W: SinkWriter> SinkState<W> {
         };
         match write_with_retry(&mut self.writer, &mut self.backoff, &batch).await {
             Ok(()) => {}
+            Err(SinkError::LeaseLost(lost)) => return Ok(Some(lost)),
             Err(SinkError::Permanent(e)) => {
                 tracing::warn!(sink = name, error = %e, records = count, "batch refused; isolating the record that causes it");
                 let (letters, commits) =
@@ -349,10 +448,60 @@ impl<W: SinkWriter> SinkState<W> {
         metrics::histogram!("gamestream_sink_batch_records", "sink" => name).record(count as f64);
         metrics::histogram!("gamestream_sink_write_duration_seconds", "sink" => name)
             .record(started.elapsed().as_secs_f64());
-        drop(batch);
-        for b in &buffered {
-            ack(&b.reader, name, &b.batch);
+        Ok(None)
+    }
+
+    /// A write was refused because these partitions' leases are gone: count it, drop
+    /// them, and tell the supervisor (which stops their readers and frees the leases).
+    fn lease_lost(&mut self, partitions: &[i32]) {
+        let name = self.writer.name();
+        metrics::counter!("gamestream_lease_fenced_writes_total", "sink" => name).increment(1);
+        tracing::warn!(sink = name, partitions = ?partitions, "write refused: lease lost; dropping the partitions");
+        for &partition in partitions {
+            self.forget(partition);
+            let _ = self
+                .supervisor
+                .cast(SupervisorMessage::PartitionFenced { partition });
         }
+    }
+
+    /// Drops everything this sink knows about `partition`: its buffered records (not
+    /// acknowledged: the reader is gone), its offsets and its lease epoch.
+    fn forget(&mut self, partition: i32) {
+        self.buffer.retain(|b| b.batch.partition != partition);
+        self.buffered_records = self
+            .buffer
+            .iter()
+            .map(|b| b.batch.records.len() - b.from)
+            .sum();
+        self.received.remove(&partition);
+        self.committed.remove(&partition);
+        self.epochs.remove(&partition);
+    }
+
+    /// Takes `partition` over at lease `epoch`: reloads where the destination has it.
+    async fn claim(&mut self, partition: i32, epoch: i64) -> Result<(), SinkError> {
+        self.forget(partition);
+        let name = self.writer.name();
+        let next = loop {
+            match self.writer.claim(&self.topic, partition, epoch).await {
+                Ok(next) => break next,
+                Err(SinkError::Transient(e)) => {
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(sink = name, partition, error = %e, retry_in = ?delay, "claiming a partition failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.backoff.reset();
+        if let Some(next) = next {
+            self.received.insert(partition, next);
+            self.committed.insert(partition, next);
+            metrics::gauge!("gamestream_sink_committed_offset", "sink" => name, "partition" => partition.to_string())
+                .set(next as f64);
+        }
+        self.epochs.insert(partition, epoch);
         Ok(())
     }
 
@@ -480,6 +629,11 @@ async fn isolate<W: SinkWriter>(
                 partition: record.partition,
                 expected: *slot,
                 next: record.offset + 1,
+                epoch: batch
+                    .commits
+                    .iter()
+                    .find(|c| c.partition == record.partition)
+                    .and_then(|c| c.epoch),
             }],
         };
         match write_with_retry(writer, backoff, &single).await {

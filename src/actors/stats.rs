@@ -102,6 +102,30 @@ impl SinkWriter for StatsRedisWriter {
             .await
     }
 
+    async fn claim(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: i64,
+    ) -> Result<Option<i64>, SinkError> {
+        let source = RebuildSource {
+            sink: STATS_REDIS,
+            postgres_sink: STATS,
+            topic,
+            store: Store::Stats,
+        };
+        rebuild::claim_or_rebuild(
+            &self.redis,
+            &self.pg,
+            &self.keys,
+            &self.settings,
+            source,
+            partition,
+            epoch,
+        )
+        .await
+    }
+
     async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
         let delta = StatsDelta::of(batch.records.iter().map(|r| r.event));
         let offsets_key = self.keys.offsets(STATS_REDIS, batch.topic);

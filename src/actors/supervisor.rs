@@ -5,7 +5,8 @@
 //!  ├── DlqActor
 //!  ├── SinkActor<LoggerWriter>        (and the stats and leaderboard sinks, see analytics)
 //!  ├── LeaderboardRefresher
-//!  └── PartitionReader p0 .. pN       (one per partition of the raw topic)
+//!  ├── LeaseManager                   (which partitions this daemon holds)
+//!  └── PartitionReader p .. q         (one per partition whose lease it holds)
 //! ```
 //!
 //! It spawns every child with `spawn_linked`, so their crashes come back here as
@@ -17,9 +18,15 @@
 //! `supervisor.restart_window` escalate: the supervisor stops, the daemon shuts down and
 //! exits non-zero instead of spinning.
 //!
-//! Partitions added to the topic are picked up every `partition_refresh_interval`.
+//! Partitions: the [`LeaseManager`] says which ones this daemon holds. An acquired
+//! lease is claimed in every sink (which reloads where the partition stands), then its
+//! reader starts; a lost one stops its reader and the sinks drop what they buffered
+//! for it; a lease handed over (rebalance) stops its reader, flushes and commits the
+//! sinks, and only then frees the row: no gap, no overlap. The partition count is
+//! re-read every `partition_refresh_interval` for the lease manager.
 //! A graceful stop ([`SupervisorMessage::Drain`]) stops the readers first, then flushes
-//! every sink, then stops them.
+//! every sink, then releases the leases (so other daemons take over at once), then
+//! stops them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -32,10 +39,12 @@ use ractor::{
 
 use super::dlq::{DlqActor, DlqArgs, DlqMessage};
 use super::leaderboard_refresher::RefresherMessage;
+use super::lease_manager::{LeaseArgs, LeaseManager, LeaseMessage};
 use super::logger::LoggerWriter;
 use super::partition_reader::{PartitionReader, ReaderArgs, ReaderMessage};
 use super::sink::{SinkActor, SinkArgs, SinkMessage, SinkSettings, SinkWriter};
 use crate::config::Config;
+use crate::leases::{Lease, LeaseView};
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 use crate::sinks::redis::RedisPool;
@@ -51,6 +60,10 @@ pub struct PipelineContext {
     pub shutdown: Shutdown,
     /// Set when the supervisor gave up (the daemon's exit code says so).
     pub escalated: Arc<AtomicBool>,
+    /// This daemon's member id among the daemons sharing the partitions.
+    pub member: Arc<str>,
+    /// The leases held, for `/ready`.
+    pub leases: LeaseView,
 }
 
 pub enum SupervisorMessage {
@@ -60,6 +73,16 @@ pub enum SupervisorMessage {
     RefreshPartitions,
     /// Graceful stop: readers, then a flush of every sink, then the sinks.
     Drain(RpcReplyPort<()>),
+    /// The lease manager of `generation` holds `lease` (new or adopted): claim it in
+    /// the sinks and start its reader.
+    LeaseAcquired { lease: Lease, generation: u64 },
+    /// The lease manager lost `lease`: stop its reader; the sinks drop its records.
+    LeaseLost { lease: Lease, generation: u64 },
+    /// Hand `lease` over (rebalance): stop its reader, flush the sinks, then tell the
+    /// lease manager to free it.
+    Surrender { lease: Lease, generation: u64 },
+    /// A sink's write for `partition` was refused: its lease is gone.
+    PartitionFenced { partition: i32 },
 }
 
 pub struct Supervisor;
@@ -76,12 +99,16 @@ pub struct SupervisorState {
     /// Set while children are being stopped on purpose (their exits are not crashes).
     stopping: bool,
     refresh_timer: Option<tokio::task::JoinHandle<()>>,
+    /// Counts generations; lease news of an older one is ignored.
+    generation: u64,
 }
 
 struct Children {
     dlq: ActorRef<DlqMessage>,
     sinks: Vec<SinkGroup>,
-    readers: BTreeMap<i32, ActorRef<ReaderMessage>>,
+    /// The reader of each held partition, with the lease epoch it reads under.
+    readers: BTreeMap<i32, (ActorRef<ReaderMessage>, i64)>,
+    leases: ActorRef<LeaseMessage>,
     /// Refreshes the `leaderboards` table; drained after the sinks.
     refresher: ActorRef<RefresherMessage>,
 }
@@ -119,6 +146,7 @@ impl Actor for Supervisor {
             crashes: VecDeque::new(),
             stopping: false,
             refresh_timer: None,
+            generation: 0,
         };
         // The first generation must start: a failure here fails `Pipeline::start`, so a
         // daemon that cannot consume at all says so at startup.
@@ -165,6 +193,32 @@ impl Actor for Supervisor {
             SupervisorMessage::Drain(reply) => {
                 state.drain().await;
                 let _ = reply.send(());
+            }
+            SupervisorMessage::LeaseAcquired { lease, generation } => {
+                if generation == state.generation && !state.stopping {
+                    state.take_over(&myself, lease).await?;
+                }
+            }
+            SupervisorMessage::LeaseLost { lease, generation } => {
+                if generation == state.generation {
+                    state
+                        .stop_partition(lease.partition, Some(lease.epoch))
+                        .await;
+                }
+            }
+            SupervisorMessage::Surrender { lease, generation } => {
+                if generation == state.generation && !state.stopping {
+                    state.hand_over(lease).await;
+                }
+            }
+            SupervisorMessage::PartitionFenced { partition } => {
+                if let Some(epoch) = state.stop_partition(partition, None).await
+                    && let Some(children) = &state.children
+                {
+                    let _ = children
+                        .leases
+                        .cast(LeaseMessage::Drop(Lease { partition, epoch }));
+                }
             }
         }
         Ok(())
@@ -237,9 +291,10 @@ impl SupervisorState {
         self.stopping = true;
         self.current.clear();
         if let Some(children) = self.children.take() {
-            for reader in children.readers.values() {
+            for (reader, _) in children.readers.values() {
                 reader.stop(None);
             }
+            children.leases.stop(None);
             for sink in children.sinks.iter().flat_map(|g| &g.shards) {
                 sink.stop(None);
             }
@@ -252,7 +307,8 @@ impl SupervisorState {
         &mut self,
         myself: &ActorRef<SupervisorMessage>,
     ) -> Result<(), ActorProcessingErr> {
-        let config = &self.ctx.config;
+        self.generation += 1;
+        let config = Arc::clone(&self.ctx.config);
         let supervisor: ActorCell = myself.get_cell();
         let retry = Backoff::new(
             config.consumer.retry_initial_backoff,
@@ -316,13 +372,37 @@ impl SupervisorState {
                 .await?,
         );
 
+        // Last: its first round may at once hand partitions to the sinks above.
+        let partitions = crate::sinks::kafka::partition_count(&self.ctx.kafka, &self.topic).await?;
+        let (leases, _) = Actor::spawn_linked(
+            None,
+            LeaseManager,
+            LeaseArgs {
+                pg: self.ctx.pg.clone(),
+                topic: Arc::clone(&self.topic),
+                member: Arc::clone(&self.ctx.member),
+                ttl: config.lease.ttl,
+                renew_interval: config.lease.renew_interval,
+                partitions,
+                supervisor: myself.clone(),
+                generation: self.generation,
+                view: self.ctx.leases.clone(),
+            },
+            supervisor.clone(),
+        )
+        .await?;
+        self.current.insert(leases.get_id(), "lease_manager");
+        // Readers start as leases come; until then this daemon reads nothing.
+        metrics::gauge!("gamestream_partitions_owned").set(0.0);
+
         self.children = Some(Children {
             dlq,
             sinks,
             readers: BTreeMap::new(),
+            leases,
             refresher,
         });
-        self.spawn_new_partitions(myself).await
+        Ok(())
     }
 
     /// Spawns one sink actor per writer; together they serve every partition.
@@ -342,6 +422,7 @@ impl SupervisorState {
                 topic: Arc::clone(&self.topic),
                 settings: settings.clone(),
                 dlq: dlq.clone(),
+                supervisor: supervisor.clone().into(),
             };
             let (shard, _) =
                 Actor::spawn_linked(None, SinkActor::<W>::default(), args, supervisor.clone())
@@ -352,48 +433,166 @@ impl SupervisorState {
         Ok(SinkGroup { name, shards })
     }
 
-    /// Spawns a reader for every partition that has none.
+    /// Re-reads the partition count for the lease manager (added partitions get
+    /// leases, and so readers, at its next round).
     async fn spawn_new_partitions(
         &mut self,
-        myself: &ActorRef<SupervisorMessage>,
+        _myself: &ActorRef<SupervisorMessage>,
     ) -> Result<(), ActorProcessingErr> {
         if self.stopping || self.children.is_none() {
             return Ok(());
         }
         let count = crate::sinks::kafka::partition_count(&self.ctx.kafka, &self.topic).await?;
+        if let Some(children) = &self.children {
+            children.leases.cast(LeaseMessage::PartitionCount(count))?;
+        }
+        Ok(())
+    }
+
+    /// Claims `lease` in every sink serving its partition, then starts its reader.
+    async fn take_over(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+        lease: Lease,
+    ) -> Result<(), ActorProcessingErr> {
+        let partition = lease.partition;
+        let existing = self
+            .children
+            .as_ref()
+            .and_then(|c| c.readers.get(&partition).map(|(_, epoch)| *epoch));
+        match existing {
+            Some(epoch) if epoch == lease.epoch => return Ok(()),
+            Some(_) => {
+                self.stop_partition(partition, None).await;
+            }
+            None => {}
+        }
         let config = Arc::clone(&self.ctx.config);
+        let grace = config.shutdown.grace_period;
         let Some(children) = self.children.as_mut() else {
             return Ok(());
         };
-        for partition in 0..count {
-            if children.readers.contains_key(&partition) {
-                continue;
-            }
-            let args = ReaderArgs {
-                kafka: Arc::clone(&self.ctx.kafka),
-                topic: Arc::clone(&self.topic),
-                partition,
-                sinks: children
-                    .sinks
-                    .iter()
-                    .map(|group| (group.name, group.shard_for(partition)))
-                    .collect(),
-                max_in_flight_records: config.consumer.max_in_flight_records,
-                detach_after: config.consumer.detach_after,
-                fetch_max_bytes: config.consumer.fetch_max_bytes,
-                fetch_max_wait: config.consumer.fetch_max_wait,
-                backoff: Backoff::new(
-                    config.consumer.retry_initial_backoff,
-                    config.consumer.retry_max_backoff,
-                ),
+        for group in &children.sinks {
+            let shard = group.shard_for(partition);
+            let claim = shard.call(
+                |reply| SinkMessage::Claim {
+                    partition,
+                    epoch: lease.epoch,
+                    reply,
+                },
+                Some(grace),
+            );
+            let failure = match claim.await {
+                Ok(ractor::rpc::CallResult::Success(Ok(()))) => continue,
+                Ok(ractor::rpc::CallResult::Success(Err(e))) => e,
+                Ok(other) => format!("{:?}", other.map(|_| ())),
+                Err(e) => e.to_string(),
             };
-            let (reader, _) =
-                Actor::spawn_linked(None, PartitionReader, args, myself.get_cell()).await?;
-            self.current.insert(reader.get_id(), "partition_reader");
-            children.readers.insert(partition, reader);
+            tracing::warn!(sink = group.name, partition, epoch = lease.epoch, error = %failure, "claiming the partition failed; giving the lease up");
+            for group in &children.sinks {
+                let _ = group
+                    .shard_for(partition)
+                    .cast(SinkMessage::Forget { partition });
+            }
+            children.leases.cast(LeaseMessage::Drop(lease))?;
+            return Ok(());
         }
+        let args = ReaderArgs {
+            kafka: Arc::clone(&self.ctx.kafka),
+            topic: Arc::clone(&self.topic),
+            partition,
+            sinks: children
+                .sinks
+                .iter()
+                .map(|group| (group.name, group.shard_for(partition)))
+                .collect(),
+            max_in_flight_records: config.consumer.max_in_flight_records,
+            detach_after: config.consumer.detach_after,
+            fetch_max_bytes: config.consumer.fetch_max_bytes,
+            fetch_max_wait: config.consumer.fetch_max_wait,
+            backoff: Backoff::new(
+                config.consumer.retry_initial_backoff,
+                config.consumer.retry_max_backoff,
+            ),
+        };
+        let (reader, _) =
+            Actor::spawn_linked(None, PartitionReader, args, myself.get_cell()).await?;
+        self.current.insert(reader.get_id(), "partition_reader");
+        children.readers.insert(partition, (reader, lease.epoch));
+        tracing::info!(partition, epoch = lease.epoch, "partition taken over");
         metrics::gauge!("gamestream_partitions_owned").set(children.readers.len() as f64);
         Ok(())
+    }
+
+    /// Stops the reader of `partition` (if it reads under `epoch`, when given) and has
+    /// the sinks drop what they buffered for it. Returns the epoch it read under.
+    async fn stop_partition(&mut self, partition: i32, epoch: Option<i64>) -> Option<i64> {
+        let grace = self.ctx.config.shutdown.grace_period;
+        let children = self.children.as_mut()?;
+        let stopped = match children.readers.get(&partition) {
+            Some((_, e)) if epoch.is_none_or(|want| want == *e) => {
+                children.readers.remove(&partition)
+            }
+            _ => None,
+        };
+        let stopped_epoch = stopped.as_ref().map(|(_, e)| *e);
+        if let Some((reader, _)) = stopped {
+            // Not a crash: forget it before it exits.
+            self.current.remove(&reader.get_id());
+            if let Err(e) = reader.stop_and_wait(None, Some(grace)).await {
+                tracing::warn!(partition, error = %e, "reader did not stop in time");
+            }
+        }
+        for group in &children.sinks {
+            let _ = group
+                .shard_for(partition)
+                .cast(SinkMessage::Forget { partition });
+            // This daemon no longer reports lag for a partition it does not read.
+            metrics::gauge!("gamestream_consumer_lag", "sink" => group.name, "partition" => partition.to_string())
+                .set(0.0);
+        }
+        metrics::gauge!("gamestream_partitions_owned").set(children.readers.len() as f64);
+        if stopped_epoch.is_some() {
+            tracing::warn!(partition, "partition stopped: its lease is gone");
+        }
+        stopped_epoch
+    }
+
+    /// Rebalance: stop the reader, let every sink flush and commit, then free the lease.
+    async fn hand_over(&mut self, lease: Lease) {
+        let grace = self.ctx.config.shutdown.grace_period;
+        let Some(children) = self.children.as_mut() else {
+            return;
+        };
+        let partition = lease.partition;
+        if let Some((reader, _)) = children.readers.remove(&partition) {
+            self.current.remove(&reader.get_id());
+            if let Err(e) = reader.stop_and_wait(None, Some(grace)).await {
+                tracing::warn!(partition, error = %e, "reader did not stop in time");
+            }
+        }
+        for group in &children.sinks {
+            let shard = group.shard_for(partition);
+            let released = shard.call(
+                |reply| SinkMessage::Release { partition, reply },
+                Some(grace),
+            );
+            if !matches!(released.await, Ok(ractor::rpc::CallResult::Success(()))) {
+                // Freed all the same: what this sink still writes for it is fenced, and
+                // the next owner resumes from what was committed.
+                tracing::warn!(
+                    sink = group.name,
+                    partition,
+                    "sink did not flush for the handover; dropping what it holds"
+                );
+                let _ = shard.cast(SinkMessage::Forget { partition });
+            }
+            metrics::gauge!("gamestream_consumer_lag", "sink" => group.name, "partition" => partition.to_string())
+                .set(0.0);
+        }
+        metrics::gauge!("gamestream_partitions_owned").set(children.readers.len() as f64);
+        tracing::info!(partition, epoch = lease.epoch, "partition handed over");
+        let _ = children.leases.cast(LeaseMessage::HandedOver(lease));
     }
 
     /// Graceful stop: no more fetching, every buffer flushed and committed.
@@ -404,7 +603,7 @@ impl SupervisorState {
         };
         self.current.clear();
         let grace = self.ctx.config.shutdown.grace_period;
-        for (partition, reader) in &children.readers {
+        for (partition, (reader, _)) in &children.readers {
             if let Err(e) = reader.stop_and_wait(None, Some(grace)).await {
                 tracing::warn!(partition, error = %e, "reader did not stop in time");
             }
@@ -423,6 +622,11 @@ impl SupervisorState {
             }
             let _ = sink.stop_and_wait(None, Some(grace)).await;
         }
+        // After the final commits: free the leases so that other daemons take over now.
+        if let Err(e) = children.leases.call(LeaseMessage::Leave, Some(grace)).await {
+            tracing::warn!(error = %e, "leases were not released; they run out by themselves");
+        }
+        let _ = children.leases.stop_and_wait(None, Some(grace)).await;
         // After the sinks: their last writes are in the final refresh.
         match children
             .refresher

@@ -5,7 +5,9 @@
 //!   (readiness). 200 or 503, with one entry per dependency saying what failed.
 //!   In `all` mode Postgres and Redis are reported but do not gate readiness: a pod
 //!   whose Redis is away still ingests (its sinks wait and catch up), so it must stay
-//!   in the Service.
+//!   in the Service. In consume mode the body also says which partitions this daemon
+//!   holds (`leases`: member id, live members, partition → lease epoch); holding none
+//!   (more daemons than partitions) is not a reason to be unready.
 
 use std::time::Duration;
 
@@ -94,7 +96,10 @@ async fn ready(state: &HttpState) -> warp::reply::WithStatus<warp::reply::Json> 
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks});
+    let mut body = json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks});
+    if let Some(leases) = &state.leases {
+        body["leases"] = json!(leases.snapshot());
+    }
     warp::reply::with_status(warp::reply::json(&body), status)
 }
 

@@ -95,9 +95,11 @@ fn respond<T: Serialize>(result: Result<T, ApiError>) -> warp::reply::Response {
     }
 }
 
-/// A path segment, percent-decoded (`player%201` is `player 1`).
-fn decode(segment: &str, what: &str) -> Result<String, ApiError> {
-    percent_decode_str(segment)
+/// A path segment, percent-decoded (`player%201` is `player 1`), held to the events'
+/// rule for ids (at most `MAX_ID_CHARS` characters, no control characters): any other
+/// id names nothing stored, and must not become a Redis key.
+fn decode(segment: &str, what: &'static str) -> Result<String, ApiError> {
+    let id = percent_decode_str(segment)
         .decode_utf8()
         .map(|s| s.into_owned())
         .map_err(|_| {
@@ -105,7 +107,19 @@ fn decode(segment: &str, what: &str) -> Result<String, ApiError> {
                 StatusCode::BAD_REQUEST,
                 format!("`{what}` is not valid percent-encoded UTF-8"),
             )
-        })
+        })?;
+    let chars = id.chars().count();
+    let refused = if chars > crate::event::MAX_ID_CHARS {
+        Some(crate::event::EventError::TooLong { field: what, chars })
+    } else if id.chars().any(char::is_control) {
+        Some(crate::event::EventError::ControlCharacter(what))
+    } else {
+        None
+    };
+    match refused {
+        Some(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
+        None => Ok(id),
+    }
 }
 
 /// The stores, or 503 in a process that does not consume (it has neither).
@@ -414,5 +428,8 @@ mod tests {
             Some("player 1/x".to_owned())
         );
         assert!(decode("%ff", "player_id").is_err());
+        assert!(decode(&"é".repeat(100), "player_id").is_ok());
+        assert!(decode(&"a".repeat(101), "player_id").is_err());
+        assert!(decode("p%0Aflushall", "player_id").is_err());
     }
 }

@@ -21,4 +21,6 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     /// Present when this process ingests (`mode` all or ingest).
     pub producer: Option<KafkaProducer>,
+    /// Present in consume mode: the partitions this daemon holds, for `/ready`.
+    pub leases: Option<crate::leases::LeaseView>,
 }

@@ -23,6 +23,10 @@ pub enum SinkError {
     /// This process no longer owns the partition (its lease moved to another daemon);
     /// the write was refused and must not be retried.
     Fenced(String),
+    /// This daemon's lease on these partitions ended (another daemon took them, or it
+    /// ran out while the daemon was paused): nothing was written. The sink drops the
+    /// partitions; the rest of its batch is written again without them.
+    LeaseLost(Vec<i32>),
 }
 
 impl fmt::Display for SinkError {
@@ -32,6 +36,7 @@ impl fmt::Display for SinkError {
             SinkError::Permanent(m) => write!(f, "permanent: {m}"),
             SinkError::Fatal(m) => write!(f, "fatal: {m}"),
             SinkError::Fenced(m) => write!(f, "fenced: {m}"),
+            SinkError::LeaseLost(p) => write!(f, "lease lost on partitions {p:?}"),
         }
     }
 }
@@ -46,6 +51,7 @@ impl SinkError {
             SinkError::Permanent(_) => "permanent",
             SinkError::Fatal(_) => "fatal",
             SinkError::Fenced(_) => "fenced",
+            SinkError::LeaseLost(_) => "lease_lost",
         }
     }
 }

@@ -19,4 +19,7 @@ pub struct OffsetCommit {
     pub partition: i32,
     pub expected: Option<i64>,
     pub next: i64,
+    /// The epoch of the partition lease this write runs under (the fencing token): the
+    /// commit applies only while that lease is still held. None: unfenced (tools, tests).
+    pub epoch: Option<i64>,
 }

@@ -630,7 +630,7 @@ impl PrivateBroker {
 }
 
 /// The tansu binary: `$TANSU`, else `~/.cargo/bin/tansu`, else `tansu` on PATH.
-fn tansu_binary() -> String {
+pub fn tansu_binary() -> String {
     if let Ok(path) = std::env::var("TANSU") {
         return path;
     }

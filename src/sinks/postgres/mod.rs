@@ -3,11 +3,12 @@
 pub mod dlq;
 pub mod events;
 pub mod leaderboard;
+pub mod leases;
 pub mod offsets;
 mod pool;
 mod schema;
 pub mod snapshot;
 pub mod stats;
 
-pub use pool::{PgError, connect, connect_options};
+pub use pool::{PgError, connect, connect_as, connect_options};
 pub use schema::{MIGRATOR, SchemaStatus, migrate, require_migrated, schema_status};

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use sqlx::{PgConnection, PgPool};
 
-use crate::sinks::OffsetCommit;
+use super::leases::{self, Lease};
+use crate::sinks::{OffsetCommit, SinkError};
 
 /// The next offset to apply, per partition, that `sink` committed for `topic`.
 pub async fn load(
@@ -30,14 +31,31 @@ pub async fn load(
 /// Records the next offsets inside the caller's transaction, compare-and-set: returns
 /// `false` (and changes nothing the caller should keep) if any partition's stored
 /// offset is not what the commit expects; the caller must then roll back.
+///
+/// Commits that carry a lease epoch are fenced first, in the same transaction: if this
+/// daemon no longer holds any of those leases, [`SinkError::LeaseLost`] names them and
+/// the caller rolls back (see [`leases::lost_in_tx`]).
 pub async fn commit(
     conn: &mut PgConnection,
     sink: &str,
     topic: &str,
     commits: &[OffsetCommit],
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, SinkError> {
     if commits.is_empty() {
         return Ok(true);
+    }
+    let fences: Vec<Lease> = commits
+        .iter()
+        .filter_map(|c| {
+            c.epoch.map(|epoch| Lease {
+                partition: c.partition,
+                epoch,
+            })
+        })
+        .collect();
+    let lost = leases::lost_in_tx(&mut *conn, topic, &fences).await?;
+    if !lost.is_empty() {
+        return Err(SinkError::LeaseLost(lost));
     }
     let partitions: Vec<i32> = commits.iter().map(|c| c.partition).collect();
     let expected: Vec<Option<i64>> = commits.iter().map(|c| c.expected).collect();

@@ -57,11 +57,20 @@ pub fn connect_options(config: &PostgresConfig) -> PgConnectOptions {
 /// Opens the pool and proves it with one round-trip, so a wrong host or password
 /// fails here with the address in the message.
 pub async fn connect(config: &PostgresConfig) -> Result<PgPool, PgError> {
+    connect_as(config, "gamestream").await
+}
+
+/// [`connect`], with the connections' `application_name` (the daemon's lease member
+/// id, so that `pg_stat_activity` and audits say which daemon wrote).
+pub async fn connect_as(
+    config: &PostgresConfig,
+    application_name: &str,
+) -> Result<PgPool, PgError> {
     let addr = format!("{}:{}/{}", config.host, config.port, config.database);
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
-        .connect_with(connect_options(config))
+        .connect_with(connect_options(config).application_name(application_name))
         .await
         .map_err(|source| PgError::Connect {
             addr: addr.clone(),

@@ -39,7 +39,7 @@ const SCRIPT: &str = concat!(
     r#"
 local state, detail = offsets_state()
 if state ~= 'APPLY' then return state .. detail end
-local j = 2 + 3 * tonumber(ARGV[1])
+local j = args_start()
 local rollovers = tonumber(ARGV[j])
 local groups_at = j + 1 + 2 * rollovers
 local groups = tonumber(ARGV[groups_at])
@@ -425,10 +425,11 @@ mod tests {
             partition: 0,
             expected: None,
             next: 3,
+            epoch: None,
         }];
         let args = plan.script_args("o", &commits);
         assert_eq!(args.keys, ["o"]);
-        assert_eq!(args.args, ["1", "0", "", "3", "0", "0"]);
+        assert_eq!(args.args, ["1", "0", "", "3", "", "0", "0"]);
     }
 
     #[test]

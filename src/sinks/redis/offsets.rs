@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! marker missing                    → MISSING (Redis lost its data: restart and rebuild)
+//! a stored lease epoch > the commit's → LEASE p,.. (this daemon lost those partitions)
 //! every stored offset == expected   → apply, advance → OK
 //! every stored offset == next       → DONE (this very write already landed: a retry after a timeout)
 //! anything else                     → FENCED (another writer moved them)
@@ -20,24 +21,43 @@ use super::keys::INITIALISED_FIELD;
 use crate::sinks::{OffsetCommit, SinkError};
 
 /// The Lua functions every sink script starts with. `KEYS[1]` is the offsets hash;
-/// `ARGV[1]` the number of commits, followed by (partition, expected or '', next)
-/// per commit. A macro, so that `concat!` can prepend it to each script at compile time.
+/// `ARGV[1]` the number of commits, followed by (partition, expected or '', next,
+/// lease epoch or '') per commit; a script's own arguments start at `args_start()`.
+/// A macro, so that `concat!` can prepend it to each script at compile time.
+///
+/// The lease fence: the hash keeps `epoch:{partition}`, the highest lease epoch that
+/// wrote (or claimed) the partition. A commit with a lower epoch is refused (`LEASE`
+/// and the partitions), so a daemon that lost its lease cannot write once the new
+/// owner has claimed the partition ([`CLAIM_SCRIPT`]), even where the offsets match.
 macro_rules! offsets_lua {
     () => {
         r#"
+local STRIDE = 4
+local function args_start()
+  return 2 + STRIDE * tonumber(ARGV[1])
+end
+
 local function offsets_state()
   if redis.call('HEXISTS', KEYS[1], 'initialised_at') == 0 then
     return 'MISSING', ''
   end
   local c = tonumber(ARGV[1])
-  local apply, done, detail = true, true, ''
+  local apply, done, detail, lost = true, true, '', ''
   for i = 0, c - 1 do
-    local p, expected, nxt = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+    local p, expected, nxt, epoch = ARGV[2 + STRIDE * i], ARGV[3 + STRIDE * i], ARGV[4 + STRIDE * i], ARGV[5 + STRIDE * i]
+    if epoch ~= '' then
+      local stored_epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch:' .. p) or '-1')
+      if stored_epoch > tonumber(epoch) then
+        if lost ~= '' then lost = lost .. ',' end
+        lost = lost .. p
+      end
+    end
     local stored = redis.call('HGET', KEYS[1], p) or ''
     if stored ~= expected then apply = false end
     if stored ~= nxt then done = false end
     detail = detail .. ' p' .. p .. ' stored=' .. stored .. ' expected=' .. expected
   end
+  if lost ~= '' then return 'LEASE', ' ' .. lost end
   if apply then return 'APPLY', '' end
   if done then return 'DONE', '' end
   return 'FENCED', detail
@@ -46,9 +66,11 @@ end
 local function commit_offsets()
   local c = tonumber(ARGV[1])
   for i = 0, c - 1 do
-    redis.call('HSET', KEYS[1], ARGV[2 + 3 * i], ARGV[4 + 3 * i])
+    local p, epoch = ARGV[2 + STRIDE * i], ARGV[5 + STRIDE * i]
+    redis.call('HSET', KEYS[1], p, ARGV[4 + STRIDE * i])
+    if epoch ~= '' then redis.call('HSET', KEYS[1], 'epoch:' .. p, epoch) end
   end
-  return 2 + 3 * c
+  return args_start()
 end
 
 local function require_type(key, wanted)
@@ -63,6 +85,54 @@ end
 }
 pub(crate) use offsets_lua;
 
+/// Claims a partition for a new lease epoch in a Redis sink's offsets hash, before
+/// the sink reads where to resume: from then on a writer with an older epoch is
+/// refused. KEYS[1]: the offsets hash; ARGV: partition, epoch. Answers `MISSING`
+/// (Redis lost its data: rebuild first), `LEASE` (a newer epoch already claimed it),
+/// or `OK <next offset or ''>`.
+pub const CLAIM_SCRIPT: &str = r#"
+if redis.call('HEXISTS', KEYS[1], 'initialised_at') == 0 then return 'MISSING' end
+local field = 'epoch:' .. ARGV[1]
+local stored = tonumber(redis.call('HGET', KEYS[1], field) or '-1')
+if stored > tonumber(ARGV[2]) then return 'LEASE ' .. ARGV[1] end
+redis.call('HSET', KEYS[1], field, ARGV[2])
+return 'OK ' .. (redis.call('HGET', KEYS[1], ARGV[1]) or '')
+"#;
+
+/// What the claim script answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Claimed; the partition's next offset, if Redis has one.
+    Claimed(Option<i64>),
+    /// The offsets hash has no marker: rebuild, then claim again.
+    Missing,
+}
+
+/// Claims `partition` at `epoch` in `offsets_key` (see [`CLAIM_SCRIPT`]).
+pub async fn claim(
+    conn: &mut impl ConnectionLike,
+    offsets_key: &str,
+    partition: i32,
+    epoch: i64,
+) -> Result<Claim, SinkError> {
+    let reply: String = redis::Script::new(CLAIM_SCRIPT)
+        .key(offsets_key)
+        .arg(partition)
+        .arg(epoch)
+        .invoke_async(conn)
+        .await?;
+    match reply.split_once(' ').unwrap_or((reply.as_str(), "")) {
+        ("MISSING", _) => Ok(Claim::Missing),
+        ("LEASE", _) => Err(SinkError::LeaseLost(vec![partition])),
+        ("OK", "") => Ok(Claim::Claimed(None)),
+        ("OK", next) => next
+            .parse()
+            .map(|n| Claim::Claimed(Some(n)))
+            .map_err(|_| SinkError::Fatal(format!("claim script answered {reply:?}"))),
+        _ => Err(SinkError::Fatal(format!("claim script answered {reply:?}"))),
+    }
+}
+
 /// What a sink script answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScriptStatus {
@@ -74,6 +144,8 @@ pub enum ScriptStatus {
     Missing,
     /// The stored offsets are neither the expected nor the next ones.
     Fenced(String),
+    /// A newer lease epoch holds these partitions.
+    LeaseLost(Vec<i32>),
 }
 
 impl ScriptStatus {
@@ -84,6 +156,12 @@ impl ScriptStatus {
             ("DONE", _) => Ok(ScriptStatus::AlreadyApplied),
             ("MISSING", _) => Ok(ScriptStatus::Missing),
             ("FENCED", detail) => Ok(ScriptStatus::Fenced(detail.trim().to_owned())),
+            ("LEASE", list) => Ok(ScriptStatus::LeaseLost(
+                list.trim()
+                    .split(',')
+                    .filter_map(|p| p.parse().ok())
+                    .collect(),
+            )),
             // A script that answers something else is broken for every batch, not
             // refusing this one: crash and let the supervisor decide.
             _ => Err(SinkError::Fatal(format!("redis script answered {reply:?}"))),
@@ -102,18 +180,21 @@ impl ScriptStatus {
             ScriptStatus::Fenced(detail) => Err(SinkError::Fenced(format!(
                 "{sink}: Redis offsets moved under this writer:{detail}"
             ))),
+            ScriptStatus::LeaseLost(partitions) => Err(SinkError::LeaseLost(partitions)),
         }
     }
 }
 
-/// The commit arguments of a sink script: count, then (partition, expected, next).
+/// The commit arguments of a sink script: count, then (partition, expected, next,
+/// epoch) per commit ('' for an absent expected offset or epoch).
 pub fn commit_args(commits: &[OffsetCommit]) -> Vec<String> {
-    let mut args = Vec::with_capacity(1 + 3 * commits.len());
+    let mut args = Vec::with_capacity(1 + 4 * commits.len());
     args.push(commits.len().to_string());
     for c in commits {
         args.push(c.partition.to_string());
         args.push(c.expected.map(|e| e.to_string()).unwrap_or_default());
         args.push(c.next.to_string());
+        args.push(c.epoch.map(|e| e.to_string()).unwrap_or_default());
     }
     args
 }
@@ -150,14 +231,16 @@ mod tests {
                 partition: 0,
                 expected: None,
                 next: 10,
+                epoch: None,
             },
             OffsetCommit {
                 partition: 2,
                 expected: Some(7),
                 next: 9,
+                epoch: Some(3),
             },
         ]);
-        assert_eq!(args, ["2", "0", "", "10", "2", "7", "9"]);
+        assert_eq!(args, ["2", "0", "", "10", "", "2", "7", "9", "3"]);
     }
 
     #[test]
@@ -171,6 +254,10 @@ mod tests {
         assert_eq!(
             ScriptStatus::parse("FENCED  p0 stored=5 expected=4"),
             Ok(ScriptStatus::Fenced("p0 stored=5 expected=4".into()))
+        );
+        assert_eq!(
+            ScriptStatus::parse("LEASE 1,4"),
+            Ok(ScriptStatus::LeaseLost(vec![1, 4]))
         );
         assert!(ScriptStatus::parse("what").is_err());
         assert!(matches!(

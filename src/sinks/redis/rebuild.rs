@@ -112,6 +112,35 @@ pub async fn committed_or_rebuild(
     result
 }
 
+/// Claims `partition` for lease `epoch` in the sink's offsets hash (so that a writer
+/// with an older epoch is refused from now on) and returns where to resume it;
+/// rebuilds Redis from Postgres first if it lost its data.
+pub async fn claim_or_rebuild(
+    pool: &RedisPool,
+    pg: &sqlx::PgPool,
+    keys: &RedisKeys,
+    settings: &RedisSinkSettings,
+    source: RebuildSource<'_>,
+    partition: i32,
+    epoch: i64,
+) -> Result<Option<i64>, SinkError> {
+    let offsets_key = keys.offsets(source.sink, source.topic);
+    let mut conn = connection(pool, settings.timeout).await?;
+    if let offsets::Claim::Claimed(next) =
+        offsets::claim(&mut conn, &offsets_key, partition, epoch).await?
+    {
+        return Ok(next);
+    }
+    committed_or_rebuild(pool, pg, keys, settings, source).await?;
+    match offsets::claim(&mut conn, &offsets_key, partition, epoch).await? {
+        offsets::Claim::Claimed(next) => Ok(next),
+        offsets::Claim::Missing => Err(SinkError::Transient(format!(
+            "{}: Redis lost its data again while claiming partition {partition}",
+            source.sink
+        ))),
+    }
+}
+
 async fn rebuild(
     conn: &mut MultiplexedConnection,
     pg: &sqlx::PgPool,

@@ -39,7 +39,7 @@ for k = 2, #KEYS do
   local wrong = require_type(KEYS[k], 'hash')
   if wrong then return redis.error_reply(wrong) end
 end
-local j = 2 + 3 * tonumber(ARGV[1])
+local j = args_start()
 for k = 2, #KEYS do
   local key = KEYS[k]
   redis.call('HINCRBY', key, 'total_events', ARGV[j])
@@ -197,6 +197,7 @@ mod tests {
             partition: 1,
             expected: Some(3),
             next: 6,
+            epoch: None,
         }];
         let args = script_args(&RedisKeys::new("x:"), "x:offsets", &delta, &commits);
         assert_eq!(
@@ -209,7 +210,8 @@ mod tests {
                 "1",
                 "1",
                 "3",
-                "6", // commits
+                "6",
+                "", // commits (no lease epoch)
                 "1",
                 "2026-11-22T10:00:01.000000Z",
                 "1",
