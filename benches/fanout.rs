@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use gamestream::actors::SupervisorMessage;
 use gamestream::actors::dlq::DlqMessage;
 use gamestream::actors::partition_reader::{PartitionReader, ReaderArgs};
 use gamestream::actors::sink::{SinkActor, SinkArgs, SinkSettings, SinkWriter, WriteBatch};
@@ -59,6 +60,24 @@ impl SinkWriter for MemoryWriter {
     async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
         self.applied
             .fetch_add(batch.records.len(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Stands in for the supervisor: sinks tell it when a write finds a lease lost, which
+/// the in-memory writers never do.
+struct NoSupervisor;
+
+impl Actor for NoSupervisor {
+    type Msg = SupervisorMessage;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<SupervisorMessage>,
+        _: (),
+    ) -> Result<(), ActorProcessingErr> {
         Ok(())
     }
 }
@@ -144,6 +163,9 @@ async fn fixture() -> Result<Fixture, String> {
 /// from spawn to the last sink's last write.
 async fn drain(f: &Fixture, batch_size: usize, credit: usize) -> Duration {
     let (dlq, dlq_join) = Actor::spawn(None, NoDlq, ()).await.expect("spawn dlq");
+    let (supervisor, supervisor_join) = Actor::spawn(None, NoSupervisor, ())
+        .await
+        .expect("spawn supervisor stand-in");
     let started = Instant::now();
     let settings = SinkSettings {
         batch_size,
@@ -161,6 +183,7 @@ async fn drain(f: &Fixture, batch_size: usize, credit: usize) -> Duration {
             topic: Arc::clone(&f.topic),
             settings: settings.clone(),
             dlq: dlq.clone(),
+            supervisor: supervisor.clone(),
         };
         let (sink, join) = Actor::spawn(None, SinkActor::<MemoryWriter>::default(), args)
             .await
@@ -203,6 +226,8 @@ async fn drain(f: &Fixture, batch_size: usize, credit: usize) -> Duration {
     }
     dlq.stop(None);
     let _ = dlq_join.await;
+    supervisor.stop(None);
+    let _ = supervisor_join.await;
     elapsed
 }
 
