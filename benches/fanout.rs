@@ -6,7 +6,8 @@
 //! scratch topic (pre-filled once, 3 partitions)
 //!   └─ PartitionReader p0..p2 ──Arc<ParsedBatch>──► SinkActor<MemoryWriter> × 3
 //!                              ◄──────── Ack ──────┘ (credits)
-//! one iteration = spawn the tree, drain the topic to its end in every sink, stop
+//! one iteration = spawn the tree, claim every partition (as the lease manager would),
+//! drain the topic to its end in every sink, stop
 //! ```
 //!
 //! So this is the ceiling the pipeline's own machinery (fetch, parse, fan-out,
@@ -28,7 +29,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use gamestream::actors::SupervisorMessage;
 use gamestream::actors::dlq::DlqMessage;
 use gamestream::actors::partition_reader::{PartitionReader, ReaderArgs};
-use gamestream::actors::sink::{SinkActor, SinkArgs, SinkSettings, SinkWriter, WriteBatch};
+use gamestream::actors::sink::{
+    SinkActor, SinkArgs, SinkMessage, SinkSettings, SinkWriter, WriteBatch,
+};
 use gamestream::bench::bench_event;
 use gamestream::config::{self, Config, Sources};
 use gamestream::retry::Backoff;
@@ -41,6 +44,8 @@ const PARTITIONS: i32 = 3;
 const SINKS: [&str; 3] = ["memory-a", "memory-b", "memory-c"];
 /// How often the driver looks whether every sink has everything.
 const POLL: Duration = Duration::from_millis(1);
+/// A drain that takes this long is stuck (a sink refusing to write), not slow.
+const GIVE_UP: Duration = Duration::from_secs(120);
 
 /// A sink that applies records by counting them.
 struct MemoryWriter {
@@ -190,6 +195,25 @@ async fn drain(f: &Fixture, batch_size: usize, credit: usize) -> Duration {
             .expect("spawn sink");
         sinks.push((name, sink, join));
     }
+    // Sinks write only the partitions this daemon holds a lease of.
+    for (_, sink, _) in &sinks {
+        for partition in 0..PARTITIONS {
+            let claimed = sink
+                .call(
+                    |reply| SinkMessage::Claim {
+                        partition,
+                        epoch: 1,
+                        reply,
+                    },
+                    None,
+                )
+                .await;
+            assert!(
+                matches!(claimed, Ok(ractor::rpc::CallResult::Success(Ok(())))),
+                "a memory sink claims every partition"
+            );
+        }
+    }
     let mut readers = Vec::new();
     for partition in 0..PARTITIONS {
         let args = ReaderArgs {
@@ -213,6 +237,10 @@ async fn drain(f: &Fixture, batch_size: usize, credit: usize) -> Duration {
         );
     }
     while counters.iter().any(|c| c.load(Ordering::Relaxed) < EVENTS) {
+        assert!(
+            started.elapsed() < GIVE_UP,
+            "the sinks did not drain the topic within {GIVE_UP:?}"
+        );
         tokio::time::sleep(POLL).await;
     }
     let elapsed = started.elapsed();
