@@ -243,6 +243,8 @@ pub struct PostgresConfig {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// Whether a commit waits for its WAL flush (PostgreSQL's `synchronous_commit`).
+    pub synchronous_commit: bool,
 }
 
 /// libpq's `sslmode` values.

@@ -29,6 +29,15 @@ pub fn connect_options(config: &PostgresConfig) -> PgConnectOptions {
         .database(&config.database)
         .username(&config.user)
         .application_name("gamestream")
+        // Safe off: offsets commit with the rows (see `postgres.synchronous_commit`).
+        .options([(
+            "synchronous_commit",
+            if config.synchronous_commit {
+                "on"
+            } else {
+                "off"
+            },
+        )])
         .ssl_mode(match config.sslmode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,

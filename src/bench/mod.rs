@@ -1,0 +1,341 @@
+//! `gamestream bench`: what the whole pipeline does on this hardware, next to what the
+//! hardware itself allows.
+//!
+//! ```text
+//! prefill N events ─► limits: raw fetch (rskafka, records/s)          limits.rs
+//!                             COPY (same rows, identically indexed table, rows/s)
+//!                  ─► throughput: `gamestream serve --mode consume` as a child, timed
+//!                     until every sink committed the end offsets; its peak RSS  throughput.rs
+//!                  ─► latency: a child in `all` mode, POST /api/v1/events at a fixed
+//!                     rate, request → row visible in `events`: p50/p95/p99   latency.rs
+//!                  ─► table and JSON                                        report.rs
+//! ```
+//!
+//! Everything runs against the configured services in a scratch database and scratch
+//! topics (removed afterwards unless `--keep`), so it never touches production names.
+//! Output: a table, and JSON (`--json FILE`) for comparing commits. A smoke run (a few
+//! thousand events, every phase) is `tests/bench_smoke.rs`.
+
+pub mod latency;
+pub mod limits;
+pub mod report;
+pub mod throughput;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::daemon::DaemonError;
+use crate::event::{Event, Score};
+use crate::sinks::{kafka, postgres};
+pub use report::{BenchReport, LatencyReport, Percentiles, RowCounts};
+
+/// Options of `gamestream bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Events to pre-fill the raw topic with.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Distinct players in the generated events.
+    #[arg(long, default_value_t = 20_000)]
+    pub players: usize,
+    /// Distinct games in the generated events.
+    #[arg(long, default_value_t = 100)]
+    pub games: usize,
+    /// Partitions of the scratch raw topic.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// Write the results as JSON to this file too.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Keep the scratch database and topics for inspection.
+    #[arg(long)]
+    pub keep: bool,
+    /// Give up waiting for the pipeline (and for the latency phase's rows) after this long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Latency phase: events per second sent to POST /api/v1/events.
+    #[arg(long, default_value_t = 5000.0)]
+    pub latency_rate: f64,
+    /// Latency phase: how long to send for (0 skips the phase).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub latency_duration: Duration,
+    /// Latency phase: most requests in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub latency_concurrency: usize,
+    /// Latency phase: how often `events` is polled for the rows sent (the resolution
+    /// of the latency figures).
+    #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+}
+
+/// The sinks that commit offsets to Postgres `sink_offsets`, which the benchmark waits for.
+pub const POSTGRES_SINKS: &[&str] = &[
+    crate::actors::logger::LOGGER,
+    crate::actors::stats::STATS,
+    crate::actors::leaderboard::LEADERBOARD,
+];
+
+/// The sinks that commit offsets to Redis, which the benchmark waits for too.
+pub const REDIS_SINKS: &[&str] = &[
+    crate::actors::stats::STATS_REDIS,
+    crate::actors::leaderboard::LEADERBOARD_REDIS,
+];
+
+/// Runs the benchmark.
+pub async fn run(config: &Config, args: &BenchArgs) -> Result<ExitCode, DaemonError> {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let scratch = Scratch::create(config, &id, args.partitions).await?;
+    let report = measure(config, &scratch, args).await;
+    if !args.keep {
+        scratch.remove(config).await;
+    }
+    let report = report?;
+    report::print_table(&report);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, json) {
+            eprintln!("gamestream bench: cannot write {}: {e}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Scratch names and connections.
+struct Scratch {
+    config: Config,
+    kafka: Arc<rskafka::client::Client>,
+    pg: sqlx::PgPool,
+    /// The Redis sinks' offsets are read here; their keys (under the scratch prefix) are
+    /// removed with the rest.
+    redis: crate::sinks::redis::RedisPool,
+}
+
+impl Scratch {
+    async fn create(base: &Config, id: &str, partitions: i32) -> Result<Self, DaemonError> {
+        let mut config = base.clone();
+        config.postgres.database = format!("gamestream_bench_{id}");
+        for (topic, name) in [
+            (&mut config.topics.player_events, "player.events.raw"),
+            (
+                &mut config.topics.processed_events,
+                "player.events.processed",
+            ),
+            (&mut config.topics.statistics, "player.statistics"),
+            (&mut config.topics.leaderboards, "game.leaderboards"),
+            (&mut config.topics.dlq, "system.dlq"),
+        ] {
+            *topic = format!("bench-{id}.{name}");
+        }
+        config.topics.player_events_partitions = partitions;
+        config.redis.key_prefix = format!("bench-{id}:");
+        let admin = postgres::connect(&base.postgres).await?;
+        let create = format!("CREATE DATABASE \"{}\"", config.postgres.database);
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let pg = postgres::connect(&config.postgres).await?;
+        postgres::migrate(&pg).await?;
+        let kafka = Arc::new(kafka::connect(&config.kafka).await?);
+        kafka::create_topics(&kafka, &config.topics).await?;
+        let redis = crate::sinks::redis::connect(&config.redis).await?;
+        Ok(Self {
+            config,
+            kafka,
+            pg,
+            redis,
+        })
+    }
+
+    /// The next offset per partition a Postgres sink has committed.
+    async fn pg_committed(&self, sink: &str) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
+        crate::sinks::postgres::offsets::load(&self.pg, sink, &self.config.topics.player_events)
+            .await
+    }
+
+    /// The next offset per partition a Redis sink has committed (empty before its start).
+    async fn redis_committed(&self, sink: &str) -> BTreeMap<i32, i64> {
+        let key = crate::sinks::redis::RedisKeys::new(self.config.redis.key_prefix.clone())
+            .offsets(sink, &self.config.topics.player_events);
+        let Ok(mut conn) = self.redis.get().await else {
+            return BTreeMap::new();
+        };
+        crate::sinks::redis::offsets::load(&mut *conn, &key)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Deletes every Redis key under the scratch prefix.
+    async fn remove_redis_keys(&self) {
+        let Ok(mut conn) = self.redis.get().await else {
+            return;
+        };
+        let pattern =
+            crate::sinks::redis::RedisKeys::new(self.config.redis.key_prefix.clone()).pattern("");
+        let mut cursor: u64 = 0;
+        loop {
+            let scanned: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(self.config.redis.rebuild_batch_size)
+                .query_async(&mut *conn)
+                .await;
+            let Ok((next, keys)) = scanned else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut *conn)
+                    .await;
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+
+    async fn row_counts(&self) -> Result<RowCounts, sqlx::Error> {
+        let (events, statistics_total_events): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM events),
+                    (SELECT COALESCE(sum(total_events), 0)::int8 FROM player_statistics)",
+        )
+        .fetch_one(&self.pg)
+        .await?;
+        Ok(RowCounts {
+            events,
+            statistics_total_events,
+        })
+    }
+
+    async fn remove(self, base: &Config) {
+        self.remove_redis_keys().await;
+        self.pg.close().await;
+        if let Ok(controller) = self.kafka.controller_client() {
+            for (topic, _) in self.config.topics.all() {
+                let _ = controller.delete_topic(topic, 10_000).await;
+            }
+        }
+        if let Ok(admin) = postgres::connect(&base.postgres).await {
+            let drop = format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.config.postgres.database
+            );
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+        }
+    }
+}
+
+async fn measure(
+    base: &Config,
+    scratch: &Scratch,
+    args: &BenchArgs,
+) -> Result<BenchReport, DaemonError> {
+    let _ = base; // the children inherit this process's environment, so its connections
+    let load_average_start = report::load_average();
+    let events: Vec<Event> = (0..args.events)
+        .map(|i| bench_event(i, args.players, args.games))
+        .collect();
+    eprintln!(
+        "bench: pre-filling {} events over {} partitions",
+        events.len(),
+        args.partitions
+    );
+    let started = Instant::now();
+    throughput::prefill(scratch, &events).await?;
+    let prefill_rate = events.len() as f64 / started.elapsed().as_secs_f64();
+
+    eprintln!("bench: raw fetch limit");
+    let raw_fetch = limits::raw_fetch_rate(scratch).await?;
+    eprintln!("bench: COPY limit");
+    let copy = limits::copy_rate(scratch, &events).await?;
+    drop(events);
+
+    eprintln!("bench: pipeline");
+    let run = throughput::run_pipeline(scratch, args).await?;
+    let latency = if args.latency_duration.is_zero() {
+        None
+    } else {
+        eprintln!(
+            "bench: latency at {} events/s for {:?}",
+            args.latency_rate, args.latency_duration
+        );
+        Some(latency::run(scratch, args).await?)
+    };
+    let rows = scratch.row_counts().await?;
+    let n = args.events as f64;
+    let slowest = run.sink_seconds.values().copied().fold(0.0, f64::max);
+    let pipeline_rate = if slowest > 0.0 { n / slowest } else { 0.0 };
+    Ok(BenchReport {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average_start,
+        load_average_end: report::load_average(),
+        events: args.events,
+        partitions: args.partitions,
+        prefill_events_per_sec: prefill_rate,
+        raw_fetch_records_per_sec: raw_fetch,
+        copy_rows_per_sec: copy,
+        sink_events_per_sec: run
+            .sink_seconds
+            .iter()
+            .map(|(k, s)| (k.clone(), n / s))
+            .collect(),
+        sink_seconds: run.sink_seconds,
+        sink_committed_offsets: run.sink_committed,
+        end_offsets: run.end_offsets,
+        pipeline_events_per_sec: pipeline_rate,
+        ratio_to_copy: pipeline_rate / copy,
+        ratio_to_raw_fetch: pipeline_rate / raw_fetch,
+        daemon_peak_rss_mb: run.peak_rss_mb,
+        latency,
+        rows,
+    })
+}
+
+/// A realistic mix: 30% scores, many players and games, small `data` objects.
+pub fn bench_event(i: usize, players: usize, games: usize) -> Event {
+    // A cheap deterministic scramble so players and games do not advance in lockstep.
+    let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let kinds = [
+        "player_level_up",
+        "quest_completed",
+        "achievement_unlocked",
+        "boss_defeated",
+    ];
+    let (event_type, data, score) = if h % 10 < 3 {
+        let score = (h >> 20) % 1000;
+        (
+            "player_score".to_owned(),
+            format!(r#"{{"score":{score},"combo":{}}}"#, h % 7),
+            Score::Integer(score as i64),
+        )
+    } else {
+        let kind = kinds[(h >> 8) as usize % kinds.len()];
+        (
+            kind.to_owned(),
+            format!(r#"{{"level":{},"zone":"z{}"}}"#, h % 60, h % 13),
+            Score::Absent,
+        )
+    };
+    let base =
+        chrono::DateTime::<chrono::Utc>::from_timestamp(1_763_800_000, 0).unwrap_or_default();
+    Event {
+        event_id: uuid::Uuid::new_v4(),
+        event_type,
+        player_id: format!("player-{}", (h >> 16) as usize % players.max(1)),
+        game_id: format!("game-{}", (h >> 40) as usize % games.max(1)),
+        timestamp: base + chrono::Duration::milliseconds(i as i64 * 7),
+        ingested_at: base + chrono::Duration::milliseconds(i as i64 * 7 + 3),
+        data,
+        score,
+    }
+}

@@ -1,0 +1,202 @@
+//! The benchmark's results: the table it prints and the JSON it writes (for comparing
+//! commits), and the percentile arithmetic behind the latency figures.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::loadgen::percentile;
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub cores: usize,
+    /// `/proc/loadavg` (1, 5, 15 min) when the run started and when it ended: the
+    /// machine is shared, so every figure needs its load next to it.
+    pub load_average_start: [f64; 3],
+    pub load_average_end: [f64; 3],
+    pub events: usize,
+    pub partitions: i32,
+    pub prefill_events_per_sec: f64,
+    pub raw_fetch_records_per_sec: f64,
+    pub copy_rows_per_sec: f64,
+    /// Seconds from daemon start until each sink committed the end of every partition.
+    pub sink_seconds: BTreeMap<String, f64>,
+    pub sink_events_per_sec: BTreeMap<String, f64>,
+    /// Per sink, the sum over partitions of the next offsets it committed.
+    pub sink_committed_offsets: BTreeMap<String, i64>,
+    /// Sum over partitions of the topic's end offsets (what every sink must reach).
+    pub end_offsets: i64,
+    /// Events/s until the last sink finished.
+    pub pipeline_events_per_sec: f64,
+    pub ratio_to_copy: f64,
+    pub ratio_to_raw_fetch: f64,
+    pub daemon_peak_rss_mb: f64,
+    /// None with `--latency-duration 0`.
+    pub latency: Option<LatencyReport>,
+    /// Rows in the scratch tables at the end (both phases).
+    pub rows: RowCounts,
+}
+
+/// The latency phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyReport {
+    pub target_rate: f64,
+    pub achieved_rate: f64,
+    /// Requests sent, accepted (2xx with an event id), and seen in Postgres.
+    pub sent: usize,
+    pub accepted: usize,
+    pub samples: usize,
+    /// From the request to the row visible in `events`.
+    pub percentiles_ms: Percentiles,
+    pub poll_interval_ms: f64,
+    /// The resolution of a sample: mean time between two polls.
+    pub mean_poll_cycle_ms: f64,
+}
+
+/// Nearest-rank percentiles in milliseconds (0 for no samples).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Of ascending `sorted` samples.
+    pub fn of(sorted: &[Duration]) -> Self {
+        let ms = |p: f64| percentile(sorted, p).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        Self {
+            p50: ms(50.0),
+            p95: ms(95.0),
+            p99: ms(99.0),
+            max: ms(100.0),
+        }
+    }
+}
+
+/// Row counts of the scratch database after the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RowCounts {
+    pub events: i64,
+    /// Sum of `player_statistics.total_events`.
+    pub statistics_total_events: i64,
+}
+
+/// `/proc/loadavg`'s three averages (zeros where unavailable).
+pub fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut values = text.split_whitespace().map(|v| v.parse().unwrap_or(0.0));
+    [(); 3].map(|()| values.next().unwrap_or(0.0))
+}
+
+pub fn print_table(r: &BenchReport) {
+    println!(
+        "gamestream bench: {} events, {} partitions, {} cores, load {:.2} {:.2} {:.2} → {:.2} {:.2} {:.2}",
+        r.events,
+        r.partitions,
+        r.cores,
+        r.load_average_start[0],
+        r.load_average_start[1],
+        r.load_average_start[2],
+        r.load_average_end[0],
+        r.load_average_end[1],
+        r.load_average_end[2],
+    );
+    let row = |name: &str, value: String| println!("{name:<40} {value:>14}");
+    row("measure", "value".to_owned());
+    row(
+        "prefill (events/s)",
+        format!("{:.0}", r.prefill_events_per_sec),
+    );
+    row(
+        "limit: raw fetch (records/s)",
+        format!("{:.0}", r.raw_fetch_records_per_sec),
+    );
+    row(
+        "limit: plain COPY (rows/s)",
+        format!("{:.0}", r.copy_rows_per_sec),
+    );
+    for (sink, rate) in &r.sink_events_per_sec {
+        row(&format!("sink {sink} (events/s)"), format!("{rate:.0}"));
+    }
+    row(
+        "pipeline, all sinks (events/s)",
+        format!("{:.0}", r.pipeline_events_per_sec),
+    );
+    row("ratio to COPY limit", format!("{:.2}", r.ratio_to_copy));
+    row(
+        "ratio to raw fetch limit",
+        format!("{:.2}", r.ratio_to_raw_fetch),
+    );
+    row(
+        "daemon peak RSS (MB)",
+        format!("{:.1}", r.daemon_peak_rss_mb),
+    );
+    if let Some(l) = &r.latency {
+        row(
+            "latency: rate target/achieved (ev/s)",
+            format!("{:.0}/{:.0}", l.target_rate, l.achieved_rate),
+        );
+        row(
+            "latency: sent/accepted/seen",
+            format!("{}/{}/{}", l.sent, l.accepted, l.samples),
+        );
+        let p = l.percentiles_ms;
+        row("latency HTTP→Postgres p50 (ms)", format!("{:.1}", p.p50));
+        row("latency HTTP→Postgres p95 (ms)", format!("{:.1}", p.p95));
+        row("latency HTTP→Postgres p99 (ms)", format!("{:.1}", p.p99));
+        row("latency HTTP→Postgres max (ms)", format!("{:.1}", p.max));
+        row(
+            "latency: poll interval/cycle (ms)",
+            format!("{:.1}/{:.1}", l.poll_interval_ms, l.mean_poll_cycle_ms),
+        );
+    }
+    row("rows in events", r.rows.events.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(values: impl IntoIterator<Item = u64>) -> Vec<Duration> {
+        let mut v: Vec<Duration> = values.into_iter().map(Duration::from_millis).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let p = Percentiles::of(&ms(1..=100));
+        assert_eq!((p.p50, p.p95, p.p99, p.max), (50.0, 95.0, 99.0, 100.0));
+        // 1,000 samples: p99 is the 990th, so the ten slowest do not hide in it.
+        let mut samples: Vec<u64> = vec![5; 989];
+        samples.extend([7; 1]);
+        samples.extend([40; 10]);
+        let p = Percentiles::of(&ms(samples));
+        assert_eq!((p.p50, p.p99, p.max), (5.0, 7.0, 40.0));
+    }
+
+    #[test]
+    fn percentiles_of_one_and_of_none() {
+        let p = Percentiles::of(&ms([12]));
+        assert_eq!((p.p50, p.p95, p.p99, p.max), (12.0, 12.0, 12.0, 12.0));
+        assert_eq!(
+            Percentiles::of(&[]),
+            Percentiles {
+                p50: 0.0,
+                p95: 0.0,
+                p99: 0.0,
+                max: 0.0
+            }
+        );
+    }
+
+    #[test]
+    fn load_average_has_three_figures() {
+        let load = load_average();
+        assert!(load.iter().all(|v| *v >= 0.0));
+    }
+}

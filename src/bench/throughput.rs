@@ -1,0 +1,222 @@
+//! The throughput phase: pre-fill the scratch raw topic, then run the daemon as a child
+//! until every sink has committed the end offsets.
+//!
+//! ```text
+//! events ─► produce to the scratch topic (murmur2 partitions, as our producer does)
+//! `gamestream serve` (child, scratch names) ─► poll sink_offsets (Postgres sinks) and
+//!     the Redis offsets hash (Redis sinks) every POLL until each reaches the end of
+//!     every partition; sample the child's VmHWM meanwhile ─► SIGTERM
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+
+use super::{BenchArgs, POSTGRES_SINKS, REDIS_SINKS, Scratch};
+use crate::config::Mode;
+use crate::daemon::DaemonError;
+use crate::event::Event;
+use crate::sinks::kafka;
+
+/// Records per produce request of the pre-fill.
+const PREFILL_CHUNK: usize = 2000;
+/// How often the committed offsets are polled.
+const POLL: Duration = Duration::from_millis(50);
+/// How long a stopped daemon may take to drain and exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// What the pipeline run measured.
+pub(super) struct PipelineRun {
+    /// Seconds from daemon start until each sink committed the end of every partition.
+    pub sink_seconds: BTreeMap<String, f64>,
+    /// Per sink, the sum over partitions of its committed next offsets at the end.
+    pub sink_committed: BTreeMap<String, i64>,
+    /// Sum of the partitions' end offsets.
+    pub end_offsets: i64,
+    pub peak_rss_mb: f64,
+}
+
+/// Produces `events` to the scratch raw topic, keyed and partitioned as our producer does.
+pub(super) async fn prefill(scratch: &Scratch, events: &[Event]) -> Result<(), DaemonError> {
+    let topic = &scratch.config.topics.player_events;
+    let partitions = scratch.config.topics.player_events_partitions;
+    let mut by_partition: Vec<Vec<rskafka::record::Record>> =
+        (0..partitions).map(|_| Vec::new()).collect();
+    for event in events {
+        let p = kafka::partition_for_key(event.player_id.as_bytes(), partitions) as usize;
+        by_partition[p].push(rskafka::record::Record {
+            key: Some(event.player_id.clone().into_bytes()),
+            value: Some(event.to_record_value()),
+            headers: BTreeMap::new(),
+            timestamp: event.ingested_at,
+        });
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (p, records) in by_partition.into_iter().enumerate() {
+        let client = scratch
+            .kafka
+            .partition_client(topic.clone(), p as i32, UnknownTopicHandling::Retry)
+            .await
+            .map_err(kafka::KafkaError::from)?;
+        tasks.spawn(async move {
+            let mut records = records.into_iter().peekable();
+            while records.peek().is_some() {
+                let chunk: Vec<_> = records.by_ref().take(PREFILL_CHUNK).collect();
+                client.produce(chunk, Compression::NoCompression).await?;
+            }
+            Ok::<(), rskafka::client::error::Error>(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result
+            .map_err(|e| DaemonError::Pipeline(e.to_string()))?
+            .map_err(kafka::KafkaError::from)?;
+    }
+    Ok(())
+}
+
+/// A child `gamestream serve` on the scratch names. It inherits this process's
+/// environment, and so its connection settings.
+pub(super) fn daemon(
+    scratch: &Scratch,
+    mode: Mode,
+    port: u16,
+) -> Result<tokio::process::Child, DaemonError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| DaemonError::Pipeline(format!("cannot find own binary: {e}")))?;
+    let mode = match mode {
+        Mode::All => "all",
+        Mode::Ingest => "ingest",
+        Mode::Consume => "consume",
+    };
+    let config = &scratch.config;
+    let sets = [
+        ("mode", format!("\"{mode}\"")),
+        ("http.port", port.to_string()),
+        ("http.bind", "\"127.0.0.1\"".to_owned()),
+        ("http.rate_limit_per_second", "0".to_owned()),
+        (
+            "postgres.database",
+            format!("\"{}\"", config.postgres.database),
+        ),
+        (
+            "topics.player_events",
+            format!("\"{}\"", config.topics.player_events),
+        ),
+        ("topics.dlq", format!("\"{}\"", config.topics.dlq)),
+        (
+            "redis.key_prefix",
+            format!("\"{}\"", config.redis.key_prefix),
+        ),
+    ];
+    let mut cmd = tokio::process::Command::new(exe);
+    for (key, value) in &sets {
+        cmd.arg("--set").arg(format!("{key}={value}"));
+    }
+    cmd.arg("serve")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd.spawn()
+        .map_err(|e| DaemonError::Pipeline(format!("cannot start the daemon: {e}")))
+}
+
+/// SIGTERM, then wait for the drain (killed on drop after [`STOP_GRACE`]).
+pub(super) async fn stop(mut child: tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let _ = tokio::time::timeout(STOP_GRACE, child.wait()).await;
+}
+
+/// Runs the daemon (consume mode) until every sink has committed the end of every
+/// partition.
+pub(super) async fn run_pipeline(
+    scratch: &Scratch,
+    args: &BenchArgs,
+) -> Result<PipelineRun, DaemonError> {
+    let ends = end_offsets(scratch).await?;
+    let started = Instant::now();
+    let mut child = daemon(scratch, Mode::Consume, 0)?;
+    let pid = child.id().unwrap_or(0);
+    let mut done: BTreeMap<String, f64> = BTreeMap::new();
+    let mut committed: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    let mut peak_rss_kb = 0_u64;
+    while done.len() < POSTGRES_SINKS.len() + REDIS_SINKS.len() {
+        if started.elapsed() > args.timeout {
+            return Err(DaemonError::Pipeline(format!(
+                "pipeline did not finish within {:?}",
+                args.timeout
+            )));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(DaemonError::Pipeline(format!(
+                "the daemon exited early: {status}"
+            )));
+        }
+        peak_rss_kb = peak_rss_kb.max(rss_kb(pid, "VmHWM:"));
+        for sink in POSTGRES_SINKS {
+            if !done.contains_key(*sink) {
+                committed.insert((*sink).to_owned(), scratch.pg_committed(sink).await?);
+            }
+        }
+        for sink in REDIS_SINKS {
+            if !done.contains_key(*sink) {
+                committed.insert((*sink).to_owned(), scratch.redis_committed(sink).await);
+            }
+        }
+        for (sink, offsets) in &committed {
+            let complete = ends
+                .iter()
+                .all(|(p, end)| *end == 0 || offsets.get(p).is_some_and(|o| o >= end));
+            if complete && !done.contains_key(sink) {
+                done.insert(sink.clone(), started.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    peak_rss_kb = peak_rss_kb.max(rss_kb(pid, "VmHWM:"));
+    stop(child).await;
+    Ok(PipelineRun {
+        sink_seconds: done,
+        sink_committed: committed
+            .into_iter()
+            .map(|(sink, offsets)| (sink, offsets.values().sum()))
+            .collect(),
+        end_offsets: ends.iter().map(|(_, end)| end).sum(),
+        peak_rss_mb: peak_rss_kb as f64 / 1024.0,
+    })
+}
+
+/// A `/proc/PID/status` field in kB (0 where unavailable).
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// The high watermark of each partition (from Fetch, which every broker answers right).
+pub(super) async fn end_offsets(scratch: &Scratch) -> Result<Vec<(i32, i64)>, DaemonError> {
+    let topic = &scratch.config.topics.player_events;
+    let mut ends = Vec::new();
+    for p in 0..scratch.config.topics.player_events_partitions {
+        let client = scratch
+            .kafka
+            .partition_client(topic.clone(), p, UnknownTopicHandling::Retry)
+            .await
+            .map_err(kafka::KafkaError::from)?;
+        let (_, hw) = client
+            .fetch_records(0, 1..1024, 10)
+            .await
+            .map_err(kafka::KafkaError::from)?;
+        ends.push((p, hw));
+    }
+    Ok(ends)
+}
