@@ -248,6 +248,12 @@ pub async fn replay(
         let publisher = RawPublisher::connect(config).await?;
         loop {
             let mut tx = pool.begin().await?;
+            // The daemon's connections commit asynchronously (`postgres.synchronous_commit`);
+            // a replay mark must be durable before it is reported, or a Postgres crash
+            // could forget it and a later replay would publish the letter again.
+            sqlx::query("SET LOCAL synchronous_commit = on")
+                .execute(&mut *tx)
+                .await?;
             let rows = claim(&mut tx, selection, chunk, true).await?;
             if rows.is_empty() {
                 break;
