@@ -333,9 +333,12 @@ impl<W: SinkWriter> SinkState<W> {
             }
         }
         let count = records.len();
-        self.dead_letter(letters)
-            .instrument(child_span(span, "dead_letter", name))
-            .await?;
+        let letters_span = if letters.is_empty() {
+            tracing::Span::none()
+        } else {
+            child_span(span, "dead_letter", name)
+        };
+        self.dead_letter(letters).instrument(letters_span).await?;
         let commits = commits
             .into_iter()
             .map(|(partition, next)| OffsetCommit {

@@ -14,7 +14,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::actors::leaderboard::{LEADERBOARD, LEADERBOARD_REDIS};
 use crate::actors::logger::LOGGER;
 use crate::actors::stats::{STATS, STATS_REDIS};
-use crate::telemetry::traces::DROPPED_METRIC;
 
 /// Every sink, as labelled in `sink` (and `actor`) labels.
 const SINKS: [&str; 5] = [LOGGER, STATS, STATS_REDIS, LEADERBOARD, LEADERBOARD_REDIS];
@@ -95,7 +94,7 @@ pub fn register_metrics() {
         "Failed fetches (retried)."
     );
     describe_counter!(
-        DROPPED_METRIC,
+        "gamestream_trace_export_dropped_total",
         "Spans dropped instead of exported: queue_full or export_failed."
     );
 
@@ -118,7 +117,7 @@ pub fn register_metrics() {
         metrics::counter!("gamestream_redis_rebuilds_total", "sink" => sink).increment(0);
     }
     for reason in ["queue_full", "export_failed"] {
-        metrics::counter!(DROPPED_METRIC, "reason" => reason).increment(0);
+        metrics::counter!("gamestream_trace_export_dropped_total", "reason" => reason).increment(0);
     }
 }
 

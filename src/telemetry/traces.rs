@@ -41,8 +41,6 @@ use tracing_subscriber::Registry;
 
 use crate::config::TelemetryConfig;
 
-/// The name of the drop counter (dashboard and README use it).
-pub const DROPPED_METRIC: &str = "gamestream_trace_export_dropped_total";
 /// Service name when `OTEL_SERVICE_NAME` is not set.
 const DEFAULT_SERVICE_NAME: &str = "gamestream";
 /// The W3C header that marks a record as carrying a trace context.
@@ -258,7 +256,8 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
         self.queued.fetch_sub(count, Ordering::Relaxed);
         let result = self.inner.export(batch).await;
         if result.is_err() {
-            metrics::counter!(DROPPED_METRIC, "reason" => "export_failed").increment(count as u64);
+            metrics::counter!("gamestream_trace_export_dropped_total", "reason" => "export_failed")
+                .increment(count as u64);
         }
         result
     }
@@ -294,7 +293,8 @@ impl SpanProcessor for BoundedProcessor {
     fn on_end(&self, span: SpanData) {
         if self.queued.fetch_add(1, Ordering::Relaxed) >= self.limit {
             self.queued.fetch_sub(1, Ordering::Relaxed);
-            metrics::counter!(DROPPED_METRIC, "reason" => "queue_full").increment(1);
+            metrics::counter!("gamestream_trace_export_dropped_total", "reason" => "queue_full")
+                .increment(1);
             return;
         }
         self.inner.on_end(span);
