@@ -128,7 +128,9 @@ impl Daemon {
     async fn spawn(env: &TestEnv, otel: &[(&str, &str)]) -> Self {
         let port = common::free_port();
         let mut cmd = env.command(&["--set", &format!("http.port={port}"), "serve"]);
-        cmd.env("RUST_LOG", "warn").envs(otel.iter().copied());
+        cmd.env("RUST_LOG", "warn")
+            .envs(otel.iter().copied())
+            .stderr(std::process::Stdio::piped());
         let child = cmd.spawn().expect("spawn gamestream serve");
         let daemon = Self {
             child,
@@ -176,6 +178,22 @@ impl Daemon {
 
     async fn metrics(&self) -> String {
         self.get("/metrics").await.expect("GET /metrics").1
+    }
+
+    /// Stops the daemon (SIGTERM, so it flushes) and returns what it logged.
+    async fn stop_and_read_logs(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let mut logs = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = tokio::time::timeout(WAIT, stderr.read_to_string(&mut logs)).await;
+        }
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+        logs
     }
 
     /// Names of the process's threads (`/proc/PID/task/*/comm`, at most 15 chars).
@@ -237,6 +255,9 @@ async fn one_event_is_one_trace_from_http_request_to_logger_write() {
             ("OTEL_TRACES_SAMPLER", "always_on"),
             ("OTEL_SERVICE_NAME", "gamestream-under-test"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            // JSON logs, with the sink's per-batch debug line, to join with the trace.
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "warn,gamestream::actors::sink=debug"),
         ],
     )
     .await;
@@ -246,6 +267,7 @@ async fn one_event_is_one_trace_from_http_request_to_logger_write() {
         daemon.threads()
     );
     let (status, answer) = daemon.post_event(&event_body("p-traced")).await;
+    let mut daemon = daemon;
     assert_eq!(status, 200, "{answer}");
     let id = event_id(&answer);
     assert!(
@@ -356,6 +378,21 @@ async fn one_event_is_one_trace_from_http_request_to_logger_write() {
         ),
         0.0,
         "nothing dropped with a healthy collector"
+    );
+    // The logger's JSON log line of that batch names the trace and its span.
+    let logs = daemon.stop_and_read_logs().await;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let joined = logs.lines().any(|line| {
+        serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+            v["message"] == "batch written"
+                && v["sink"] == "event-logger"
+                && v["trace_id"] == hex(&logger.trace_id).as_str()
+                && v["span_id"] == hex(&logger.span_id).as_str()
+        })
+    });
+    assert!(
+        joined,
+        "a JSON log line carries the logger span's ids:\n{logs}"
     );
 }
 

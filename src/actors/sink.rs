@@ -381,6 +381,7 @@ impl<W: SinkWriter> SinkState<W> {
             metrics::gauge!("gamestream_sink_committed_offset", "sink" => name, "partition" => commit.partition.to_string())
                 .set(commit.next as f64);
         }
+        tracing::debug!(sink = name, records = count, "batch written");
         metrics::counter!("gamestream_sink_records_total", "sink" => name).increment(count as u64);
         metrics::histogram!("gamestream_sink_batch_records", "sink" => name).record(count as f64);
         metrics::histogram!("gamestream_sink_write_duration_seconds", "sink" => name)

@@ -10,9 +10,11 @@
 
 use std::fmt;
 
+use opentelemetry::trace::TraceContextExt;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -75,20 +77,25 @@ where
         line.insert("level".into(), Value::String(meta.level().to_string()));
         line.insert("target".into(), Value::String(meta.target().to_owned()));
         event.record(&mut JsonFields(&mut line));
-        if let Some(span) = ctx.lookup_current() {
-            line.insert("span".into(), Value::String(span.name().to_owned()));
-            // The innermost span with an OTel context carries the ids (spans of other
-            // crates, filtered out of the OTel layer, have none).
-            for span in span.scope() {
-                let extensions = span.extensions();
-                let Some(data) = extensions.get::<tracing_opentelemetry::OtelData>() else {
-                    continue;
-                };
-                if let (Some(trace_id), Some(span_id)) = (data.trace_id(), data.span_id()) {
-                    line.insert("trace_id".into(), Value::String(trace_id.to_string()));
-                    line.insert("span_id".into(), Value::String(span_id.to_string()));
-                    break;
-                }
+        let _ = ctx;
+        // The registry's current span, not the log layer's: spans this layer's filter
+        // hides (RUST_LOG=warn hides info spans) still name the trace the line is in.
+        let current = tracing::Span::current();
+        if let Some(meta) = current.metadata() {
+            line.insert("span".into(), Value::String(meta.name().to_owned()));
+        }
+        if super::traces::enabled() && !current.is_none() {
+            let cx = current.context();
+            let span_context = cx.span().span_context().clone();
+            if span_context.is_valid() {
+                line.insert(
+                    "trace_id".into(),
+                    Value::String(span_context.trace_id().to_string()),
+                );
+                line.insert(
+                    "span_id".into(),
+                    Value::String(span_context.span_id().to_string()),
+                );
             }
         }
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
