@@ -147,7 +147,6 @@ pub fn main() -> ExitCode {
     {
         config.telemetry.log_level = OPS_LOG_LEVEL.to_owned();
     }
-    crate::telemetry::init_logs(&config.telemetry);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -158,7 +157,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    runtime.block_on(run(cli.command, config))
+    // Inside the runtime's context: the OTLP/gRPC exporter's channel lives on it.
+    let telemetry = {
+        let _context = runtime.enter();
+        crate::telemetry::init(&config.telemetry)
+    };
+    let code = runtime.block_on(run(cli.command, config));
+    // Outside block_on, runtime still up: flushing may wait on the gRPC channel.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(command: Command, config: Config) -> ExitCode {

@@ -398,6 +398,12 @@ pub struct TelemetryConfig {
     /// recorder keeps raw samples until then, so without it memory grows between scrapes.
     #[serde(with = "humantime_serde")]
     pub metrics_upkeep_interval: Duration,
+    /// Most span links on one sink batch-write span (one per traced record of the
+    /// batch); the rest of a large batch's records are not linked. Count.
+    pub trace_max_links: usize,
+    /// Finished spans held for export at most; past it spans are dropped and counted in
+    /// `gamestream_trace_export_dropped_total`. Count.
+    pub trace_max_queue_spans: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -28,7 +28,8 @@
 //! - [`leases`]: partition leases among several daemons: member ids, fair shares, the `/ready` view.
 //! - [`http`]: the warp server: ingestion, queries, health, metrics, OpenAPI.
 //! - [`sinks`]: the write paths per backend (Postgres, Redis, Kafka).
-//! - [`telemetry`]: logs (text or JSON) and metrics registry setup.
+//! - [`telemetry`]: logs (text or JSON with trace ids), Prometheus metrics, OTLP traces and
+//!   W3C trace-context propagation through Kafka headers.
 //! - [`retry`]: exponential backoff for transient failures.
 //! - [`shutdown`]: the one shutdown signal every task listens to.
 //! - [`daemon`]: `serve`: wires connections, the HTTP server and the pipeline together.

@@ -33,6 +33,7 @@ use super::record::{ParsedBatch, ParsedRecord, Poison};
 use super::sink::SinkMessage;
 use crate::event::{self, EventError};
 use crate::retry::Backoff;
+use crate::telemetry::traces;
 
 pub enum ReaderMessage {
     /// Fetch the next records, if credits allow. The number is the fetch loop's token:
@@ -145,6 +146,9 @@ impl Actor for PartitionReader {
         // Every sink starts at the common minimum; a sink that is further on skips what
         // it already has (the sink dedupes by offset), so they share fetches at once.
         tracing::info!(topic = %args.topic, partition = args.partition, offset = next_offset, "reader starting");
+        // At zero from the start, so the series exists before the first error.
+        metrics::counter!("gamestream_reader_fetch_errors_total", "partition" => args.partition.to_string())
+            .increment(0);
         Ok(ReaderState {
             client,
             partition_label: args.partition.to_string(),
@@ -320,10 +324,19 @@ impl ReaderState {
             if r.offset < cursor {
                 continue; // a fetch may start at the beginning of a stored record batch
             }
+            let trace = traces::extract(&r.record.headers).map(|remote| {
+                Box::new(traces::consume(
+                    remote,
+                    &self.topic,
+                    self.partition,
+                    r.offset,
+                ))
+            });
             let parsed = parse(&mut self.scratch, r.record.key, r.record.value);
             records.push(ParsedRecord {
                 offset: r.offset,
                 parsed,
+                trace,
             });
         }
         let Some(last) = records.last() else {

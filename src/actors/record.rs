@@ -2,8 +2,13 @@
 //!
 //! A reader parses each fetched record once into a [`ParsedBatch`] and sends the same
 //! `Arc` to every sink, so three sinks cost one parse and no copies.
+//!
+//! A record that arrived with a W3C `traceparent` (and traces are exported) keeps the
+//! context of its `kafka.consume` span, so each sink's batch-write span can link to it.
 
 use std::sync::Arc;
+
+use opentelemetry::trace::SpanContext;
 
 use crate::event::{Event, EventError};
 
@@ -23,6 +28,9 @@ pub struct ParsedBatch {
 pub struct ParsedRecord {
     pub offset: i64,
     pub parsed: Result<Event, Poison>,
+    /// The record's trace context; `None` (one word, no allocation) unless traces are
+    /// exported and the record carried one.
+    pub trace: Option<Box<SpanContext>>,
 }
 
 /// A record that cannot become an event. It is dead-lettered with its bytes.

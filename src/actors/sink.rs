@@ -12,6 +12,10 @@
 //!                          ──► Ack to each reader (frees its credits)
 //! ```
 //!
+//! Traces: each flush is a `sink.write_batch` span linked to the trace contexts of its
+//! records, with `sink.write` and `dead_letter` children (see
+//! [`traces::batch_span`](crate::telemetry::traces::batch_span)).
+//!
 //! A permanent write error is isolated record by record: the records that still fail
 //! are dead-lettered and their offsets committed past, so the partition goes on.
 //!
@@ -31,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 
 use super::dlq::DlqMessage;
 use super::partition_reader::ReaderMessage;
@@ -40,6 +45,7 @@ use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use crate::retry::Backoff;
 use crate::sinks::{OffsetCommit, SinkError};
+use crate::telemetry::traces;
 
 /// The destination-specific part of a sink.
 pub trait SinkWriter: Send + Sync + 'static {
@@ -350,8 +356,20 @@ impl<W: SinkWriter> SinkState<W> {
         let mut send_letters = true;
         while !self.buffer.is_empty() {
             let buffered = std::mem::take(&mut self.buffer);
+            let span = traces::batch_span(
+                self.writer.name(),
+                self.buffered_records,
+                buffered
+                    .iter()
+                    .flat_map(|b| &b.batch.records[b.from..])
+                    .filter_map(|r| r.trace.as_deref()),
+            );
             self.buffered_records = 0;
-            match self.write_buffered(&buffered, send_letters).await? {
+            match self
+                .write_buffered(&buffered, send_letters, &span)
+                .instrument(span.clone())
+                .await?
+            {
                 None => {
                     for b in &buffered {
                         ack(&b.reader, self.writer.name(), &b.batch);
@@ -374,12 +392,13 @@ impl<W: SinkWriter> SinkState<W> {
         Ok(())
     }
 
-    /// One attempt at writing `buffered`. `Some(partitions)` when the leases of those
+    /// One attempt at writing `buffered`, inside the batch span `span`. `Some(partitions)` when the leases of those
     /// partitions are lost (nothing was written).
     async fn write_buffered(
         &mut self,
         buffered: &[Buffered],
         send_letters: bool,
+        span: &tracing::Span,
     ) -> Result<Option<Vec<i32>>, ActorProcessingErr> {
         let name = self.writer.name();
         let started = Instant::now();
@@ -404,7 +423,12 @@ impl<W: SinkWriter> SinkState<W> {
         }
         let count = records.len();
         if send_letters {
-            self.dead_letter(letters).await?;
+            let letters_span = if letters.is_empty() {
+                tracing::Span::none()
+            } else {
+                child_span(span, "dead_letter", name)
+            };
+            self.dead_letter(letters).instrument(letters_span).await?;
         }
         let commits = commits
             .into_iter()
@@ -420,14 +444,20 @@ impl<W: SinkWriter> SinkState<W> {
             records,
             commits,
         };
-        match write_with_retry(&mut self.writer, &mut self.backoff, &batch).await {
+        let write = child_span(span, "sink.write", name);
+        match write_with_retry(&mut self.writer, &mut self.backoff, &batch)
+            .instrument(write)
+            .await
+        {
             Ok(()) => {}
             Err(SinkError::LeaseLost(lost)) => return Ok(Some(lost)),
             Err(SinkError::Permanent(e)) => {
                 tracing::warn!(sink = name, error = %e, records = count, "batch refused; isolating the record that causes it");
                 let (letters, commits) =
                     isolate(&mut self.writer, &mut self.backoff, &batch, &e).await?;
-                send_dead_letters(&self.dlq, letters).await?;
+                send_dead_letters(&self.dlq, letters)
+                    .instrument(child_span(span, "dead_letter", name))
+                    .await?;
                 let rest = WriteBatch {
                     topic: batch.topic,
                     records: Vec::new(),
@@ -444,6 +474,7 @@ impl<W: SinkWriter> SinkState<W> {
             metrics::gauge!("gamestream_sink_committed_offset", "sink" => name, "partition" => commit.partition.to_string())
                 .set(commit.next as f64);
         }
+        tracing::debug!(sink = name, records = count, "batch written");
         metrics::counter!("gamestream_sink_records_total", "sink" => name).increment(count as u64);
         metrics::histogram!("gamestream_sink_batch_records", "sink" => name).record(count as f64);
         metrics::histogram!("gamestream_sink_write_duration_seconds", "sink" => name)
@@ -549,6 +580,28 @@ impl<W: SinkWriter> SinkState<W> {
 
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), ActorProcessingErr> {
         send_dead_letters(&self.dlq, letters).await
+    }
+}
+
+/// A child of the batch span `parent` (`sink.write`: the destination call; `dead_letter`:
+/// the DLQ hand-off). Disabled when the parent is: an unsampled batch gets no children.
+fn child_span(parent: &tracing::Span, name: &'static str, sink: &'static str) -> tracing::Span {
+    if parent.is_disabled() {
+        return tracing::Span::none();
+    }
+    // The Redis stores of a consumer are the sinks named `…-redis`.
+    let db_system = if sink.ends_with("-redis") {
+        "redis"
+    } else {
+        "postgresql"
+    };
+    match name {
+        "dead_letter" => {
+            tracing::info_span!(parent: parent, "dead_letter", otel.kind = "internal", sink)
+        }
+        _ => {
+            tracing::info_span!(parent: parent, "sink.write", otel.kind = "client", db.system = db_system, sink)
+        }
     }
 }
 

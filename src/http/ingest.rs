@@ -25,6 +25,7 @@ use chrono::Utc;
 use futures::Stream;
 use metrics::Counter;
 use simd_json::BorrowedValue;
+use tracing::Instrument;
 use uuid::Uuid;
 use warp::Filter;
 use warp::http::{HeaderValue, StatusCode, header};
@@ -49,7 +50,8 @@ pub fn routes(
         .and(warp::body::stream())
         .then(move |head, body| {
             let ingest = Arc::clone(&single_ingest);
-            async move { ingest.bounded(ingest.single(head, body)).await }
+            let span = request_span(SINGLE_ROUTE);
+            async move { traced(&span, ingest.bounded(ingest.single(head, body))).await }
         });
     let batch = warp::path!("api" / "v1" / "events" / "batch")
         .and(warp::post())
@@ -57,9 +59,36 @@ pub fn routes(
         .and(warp::body::stream())
         .then(move |head, body| {
             let ingest = Arc::clone(&ingest);
-            async move { ingest.bounded(ingest.batch(head, body)).await }
+            let span = request_span(BATCH_ROUTE);
+            async move { traced(&span, ingest.bounded(ingest.batch(head, body))).await }
         });
     single.or(batch).unify()
+}
+
+/// Route templates, as the request spans name them.
+const SINGLE_ROUTE: &str = "/api/v1/events";
+const BATCH_ROUTE: &str = "/api/v1/events/batch";
+
+/// The server span of one ingest request; a disabled span (no cost) when traces are off.
+fn request_span(route: &'static str) -> tracing::Span {
+    if !crate::telemetry::traces::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "http.request",
+        otel.name = format!("POST {route}"),
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    )
+}
+
+/// Runs `handler` inside `span` and records the response status on it.
+async fn traced(span: &tracing::Span, handler: impl Future<Output = Response>) -> Response {
+    let response = handler.instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// What the ingest handlers share.

@@ -33,14 +33,18 @@ use rskafka::client::partition::Compression;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use tracing::Instrument;
+
 use super::partitioner::partition_for_key;
 use super::worker::{PartitionWorker, Pending, WorkerSettings};
 use super::{KafkaError, partition_count};
 use crate::config::{CompressionConfig, ProducerConfig};
 use crate::event::Event;
+use crate::telemetry::traces;
 
-/// Record headers: name to raw bytes. Callers extend the map before sending (the place
-/// where a W3C `traceparent` header goes once tracing propagates through Kafka).
+/// Record headers: name to raw bytes. [`KafkaProducer::publish`] and
+/// [`KafkaProducer::send_all`] add the W3C `traceparent`/`tracestate` of their
+/// `kafka.produce` span when traces are exported.
 pub type RecordHeaders = BTreeMap<String, Vec<u8>>;
 
 /// Bytes counted for a record besides its key, value and headers: Kafka's per-record
@@ -204,6 +208,11 @@ impl KafkaProducer {
             workers.push(tokio::spawn(worker.run()));
         }
         tracing::info!(topic, partitions, "kafka producer started");
+        // At zero from the start, so dashboards see the series before the first error.
+        for reason in ["overloaded", "broker_error", "broker_timeout"] {
+            metrics::counter!("producer_errors_total", "topic" => topic.to_owned(), "reason" => reason)
+                .increment(0);
+        }
         let shared = Arc::new(Shared {
             topic: topic.to_owned(),
             queues,
@@ -226,8 +235,28 @@ impl KafkaProducer {
     }
 
     /// Publishes one event; resolves to its offset once the broker acknowledged it.
+    /// Traced as a `kafka.produce` span whose context travels in the record headers.
     pub async fn publish(&self, event: &Event) -> Result<i64> {
-        self.send(ProducerRecord::from_event(event)).await
+        let mut record = ProducerRecord::from_event(event);
+        let span = self.produce_span(1);
+        traces::inject(&span, &mut record.headers);
+        self.send(record).instrument(span).await
+    }
+
+    /// The producer span of `records` records; disabled (no cost) when traces are off.
+    fn produce_span(&self, records: usize) -> tracing::Span {
+        if !traces::enabled() {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            "kafka.produce",
+            otel.name = format!("{} publish", self.shared.topic),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "publish",
+            messaging.destination.name = %self.shared.topic,
+            messaging.batch.message_count = records,
+        )
     }
 
     /// Publishes one record; resolves to its offset once the broker acknowledged it.
@@ -241,11 +270,24 @@ impl KafkaProducer {
 
     /// Publishes several records at once, grouped per partition so each partition's
     /// share travels as one unit. One result per record, in order.
-    pub async fn send_all(&self, records: Vec<ProducerRecord>) -> Vec<Result<i64>> {
+    /// Traced as one `kafka.produce` span whose context every record carries.
+    pub async fn send_all(&self, mut records: Vec<ProducerRecord>) -> Vec<Result<i64>> {
         let count = records.len();
         if count == 0 {
             return Vec::new();
         }
+        let span = self.produce_span(count);
+        for record in &mut records {
+            traces::inject(&span, &mut record.headers);
+        }
+        self.send_all_traced(records, count).instrument(span).await
+    }
+
+    async fn send_all_traced(
+        &self,
+        records: Vec<ProducerRecord>,
+        count: usize,
+    ) -> Vec<Result<i64>> {
         let total: usize = records.iter().map(ProducerRecord::size).sum();
         let mut permit = match self.acquire(total) {
             Ok(permit) => permit,

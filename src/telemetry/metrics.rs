@@ -1,0 +1,183 @@
+//! The Prometheus recorder behind `/metrics`, and the metrics registered at startup.
+//!
+//! Everything records through the `metrics` facade; the recorder renders Prometheus
+//! text. Counters and gauges that would only appear at their first increment (errors,
+//! dead letters, restarts, rebuilds, trace drops) are described and set to zero by
+//! [`register_metrics`], so dashboards and alerts see a series from the first scrape.
+//! The README's Metrics section documents every name.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::actors::leaderboard::{LEADERBOARD, LEADERBOARD_REDIS};
+use crate::actors::logger::LOGGER;
+use crate::actors::stats::{STATS, STATS_REDIS};
+
+/// Every sink, as labelled in `sink` (and `actor`) labels.
+const SINKS: [&str; 5] = [LOGGER, STATS, STATS_REDIS, LEADERBOARD, LEADERBOARD_REDIS];
+/// The consumers named in dead letters (`consumer` label).
+const CONSUMERS: [&str; 3] = [LOGGER, STATS, LEADERBOARD];
+/// The Redis sinks that rebuild from Postgres.
+const REDIS_SINKS: [&str; 2] = [STATS_REDIS, LEADERBOARD_REDIS];
+
+/// Describes the daemon's metrics and creates, at zero, the counters that otherwise
+/// appear only at their first increment. Idempotent (it only adds zero).
+pub fn register_metrics() {
+    describe_counter!("events_received_total", "Events received over HTTP.");
+    describe_counter!(
+        "events_published_total",
+        "Events acknowledged by the broker."
+    );
+    describe_counter!(
+        "events_failed_total",
+        "Events refused or not published, by reason."
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency by route template, method and status."
+    );
+    describe_counter!(
+        "producer_errors_total",
+        "Produce errors by topic and reason."
+    );
+    describe_gauge!(
+        "producer_in_flight_bytes",
+        metrics::Unit::Bytes,
+        "Bytes accepted by the producer and not yet acknowledged."
+    );
+    describe_gauge!(
+        "gamestream_consumer_lag",
+        "Records a sink has not made durable, per partition."
+    );
+    describe_gauge!(
+        "gamestream_sink_committed_offset",
+        "Next offset a sink will apply, per partition."
+    );
+    describe_gauge!(
+        "gamestream_partition_high_watermark",
+        "End of the partition at the last fetch."
+    );
+    describe_gauge!(
+        "gamestream_partitions_owned",
+        "Partitions this daemon reads."
+    );
+    describe_counter!(
+        "gamestream_sink_records_total",
+        "Records applied by a sink."
+    );
+    describe_histogram!(
+        "gamestream_sink_write_duration_seconds",
+        metrics::Unit::Seconds,
+        "Duration of one sink write and offset commit."
+    );
+    describe_counter!(
+        "gamestream_sink_write_errors_total",
+        "Failed sink writes by kind."
+    );
+    describe_counter!(
+        "gamestream_dead_letters_total",
+        "Records dead-lettered, by consumer and reason."
+    );
+    describe_counter!(
+        "gamestream_actor_restarts_total",
+        "Pipeline restarts caused by a crashed actor."
+    );
+    describe_counter!(
+        "gamestream_redis_rebuilds_total",
+        "Redis stores rebuilt from Postgres."
+    );
+    describe_counter!(
+        "gamestream_reader_fetch_errors_total",
+        "Failed fetches (retried)."
+    );
+    describe_counter!(
+        "gamestream_trace_export_dropped_total",
+        "Spans dropped instead of exported: queue_full or export_failed."
+    );
+
+    metrics::counter!("events_received_total").increment(0);
+    metrics::counter!("events_published_total").increment(0);
+    for sink in SINKS {
+        metrics::counter!("gamestream_sink_records_total", "sink" => sink).increment(0);
+        metrics::counter!("gamestream_sink_write_errors_total", "sink" => sink, "kind" => "transient")
+            .increment(0);
+        metrics::counter!("gamestream_actor_restarts_total", "actor" => sink).increment(0);
+    }
+    for actor in ["dlq", "partition_reader"] {
+        metrics::counter!("gamestream_actor_restarts_total", "actor" => actor).increment(0);
+    }
+    for consumer in CONSUMERS {
+        metrics::counter!("gamestream_dead_letters_total", "consumer" => consumer, "reason" => "sink_rejected")
+            .increment(0);
+    }
+    for sink in REDIS_SINKS {
+        metrics::counter!("gamestream_redis_rebuilds_total", "sink" => sink).increment(0);
+    }
+    for reason in ["queue_full", "export_failed"] {
+        metrics::counter!("gamestream_trace_export_dropped_total", "reason" => reason).increment(0);
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ])
+                .unwrap_or_else(|_| unreachable!("the bucket list above is not empty"))
+                .set_buckets_for_metric(
+                    Matcher::Full("producer_batch_records".to_owned()),
+                    &[
+                        1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+                        5000.0,
+                    ],
+                )
+                .unwrap_or_else(|_| unreachable!("the bucket list above is not empty"))
+                .set_buckets_for_metric(
+                    Matcher::Full("producer_batch_bytes".to_owned()),
+                    &[
+                        1024.0,
+                        4096.0,
+                        16384.0,
+                        65536.0,
+                        262_144.0,
+                        1_048_576.0,
+                        4_194_304.0,
+                    ],
+                )
+                .unwrap_or_else(|_| unreachable!("the bucket list above is not empty"))
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only when another recorder is installed; then ours is simply unused.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Folds histogram samples into their buckets every `interval` until `shutdown`. The
+/// recorder built by [`metrics_handle`] holds every raw sample until a render or an
+/// upkeep, so a process nobody scrapes would otherwise grow without bound.
+pub fn spawn_metrics_upkeep(
+    handle: PrometheusHandle,
+    interval: std::time::Duration,
+    shutdown: crate::shutdown::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => handle.run_upkeep(),
+                () = shutdown.wait() => break,
+            }
+        }
+    })
+}
