@@ -99,6 +99,8 @@ pub enum EventError {
     BadTime { field: &'static str, value: String },
     #[error("`event_id` must be a UUID, got {0:?}")]
     BadEventId(String),
+    #[error("duplicate key {0:?} in a JSON object: each key may appear once")]
+    DuplicateKey(String),
 }
 
 impl EventError {
@@ -116,6 +118,7 @@ impl EventError {
             EventError::NulInData => "nul_in_data",
             EventError::BadTime { .. } => "bad_timestamp",
             EventError::BadEventId(_) => "bad_event_id",
+            EventError::DuplicateKey(_) => "duplicate_key",
         }
     }
 }
@@ -165,13 +168,66 @@ pub fn parse_record(bytes: &mut [u8]) -> Result<Event> {
 }
 
 /// Parses a JSON document with simd-json, turning its errors into client words.
+///
+/// The document goes through simd-json's tape first, where repeated object keys are
+/// still visible (the value tree keeps or drops them silently, depending on the object's
+/// size), so a duplicate key is refused here, for every object at every depth.
 pub fn parse_json(bytes: &mut [u8]) -> Result<BorrowedValue<'_>> {
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(EventError::NotUtf8(e.valid_up_to()));
     }
-    PARSE_BUFFERS
-        .with_borrow_mut(|buffers| simd_json::borrowed::to_value_with_buffers(bytes, buffers))
-        .map_err(|e| EventError::MalformedJson(describe_json_error(&e)))
+    PARSE_BUFFERS.with_borrow_mut(|buffers| {
+        let tape = simd_json::to_tape_with_buffers(bytes, buffers)
+            .map_err(|e| EventError::MalformedJson(describe_json_error(&e)))?;
+        if let Err(key) = skip_checking_keys(&tape.0, 0) {
+            return Err(EventError::DuplicateKey(truncate(key, MAX_ID_CHARS)));
+        }
+        Ok(simd_json::value::lazy::Value::from_tape(tape.as_value()).into_value())
+    })
+}
+
+/// Objects with at most this many keys are checked for duplicates by comparing keys
+/// pairwise (no allocation beyond a small vector); larger ones use a hash set.
+const PAIRWISE_KEY_CHECK_MAX: usize = 16;
+
+/// Walks the value starting at `nodes[at]`, refusing an object that repeats a key (the
+/// key is the error); returns the index just past the value. simd-json's depth limit
+/// (1024) bounds the recursion.
+fn skip_checking_keys<'a>(nodes: &[simd_json::Node<'a>], at: usize) -> Result<usize, &'a str> {
+    use simd_json::Node;
+    match nodes.get(at) {
+        Some(Node::Object { len, .. }) => {
+            let mut next = at + 1;
+            let mut small: Vec<&str> = Vec::new();
+            let mut large: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            for _ in 0..*len {
+                let Some(Node::String(key)) = nodes.get(next) else {
+                    return Ok(nodes.len());
+                };
+                let repeated = if *len <= PAIRWISE_KEY_CHECK_MAX {
+                    let seen = small.contains(key);
+                    small.push(key);
+                    seen
+                } else {
+                    !large.insert(key)
+                };
+                if repeated {
+                    return Err(key);
+                }
+                next = skip_checking_keys(nodes, next + 1)?;
+            }
+            Ok(next)
+        }
+        Some(Node::Array { len, .. }) => {
+            let mut next = at + 1;
+            for _ in 0..*len {
+                next = skip_checking_keys(nodes, next)?;
+            }
+            Ok(next)
+        }
+        Some(Node::String(_) | Node::Static(_)) => Ok(at + 1),
+        None => Ok(nodes.len()),
+    }
 }
 
 thread_local! {
@@ -195,6 +251,10 @@ fn describe_json_error(e: &simd_json::Error) -> String {
         T::ExpectedObjectColon => "expected ':' after an object key".to_owned(),
         T::ExpectedMapComma | T::ExpectedArrayComma => "expected ','".to_owned(),
         T::KeyMustBeAString | T::BadKeyType => "object keys must be strings".to_owned(),
+        T::DepthLimitExceeded => format!(
+            "values are nested deeper than {} levels",
+            simd_json::DEFAULT_MAX_DEPTH
+        ),
         other => format!("{other:?}"),
     };
     match e.character() {
@@ -526,6 +586,46 @@ mod tests {
                 .expect_err("bad id")
                 .kind(),
             "bad_event_id"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth_and_size() {
+        let dup = |json: &str| parse_json(&mut json.as_bytes().to_vec()).map(|_| ());
+        assert_eq!(
+            dup(r#"{"a":1,"b":2,"a":3}"#),
+            Err(EventError::DuplicateKey("a".into()))
+        );
+        assert_eq!(
+            dup(r#"[{"x":{"k":[{"deep":1,"deep":2}]}}]"#),
+            Err(EventError::DuplicateKey("deep".into()))
+        );
+        let many: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let mut large = format!("{{{},\"k7\":0}}", many.join(","));
+        assert_eq!(
+            dup(&large),
+            Err(EventError::DuplicateKey("k7".into())),
+            "hash-backed objects too"
+        );
+        large = format!("{{{}}}", many.join(","));
+        assert_eq!(dup(&large), Ok(()));
+        assert_eq!(dup(r#"{"a":{"a":1},"b":[{"a":2},{"a":3}]}"#), Ok(()));
+        let err = sub(r#"{"event_type":"x","player_id":"p","player_id":"q","game_id":"g","timestamp":"2024-01-15T10:30:00Z"}"#)
+            .expect_err("duplicate");
+        assert_eq!(err.kind(), "duplicate_key");
+        assert_eq!(
+            err.to_string(),
+            "duplicate key \"player_id\" in a JSON object: each key may appear once"
+        );
+    }
+
+    #[test]
+    fn parsing_keeps_values_of_every_shape() {
+        let mut json = br#"{"a":[1,-2.5,"s",true,null,{"b":{}}],"c":"\u00e9"}"#.to_vec();
+        let value = parse_json(&mut json).expect("valid");
+        assert_eq!(
+            value.encode(),
+            r#"{"a":[1,-2.5,"s",true,null,{"b":{}}],"c":"é"}"#
         );
     }
 }
