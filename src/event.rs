@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use simd_json::BorrowedValue;
 use simd_json::prelude::*;
 use uuid::Uuid;
@@ -97,6 +97,8 @@ pub enum EventError {
     NulInData,
     #[error("`{field}` must be an RFC 3339 time such as 2024-01-15T10:30:00Z, got {value:?}")]
     BadTime { field: &'static str, value: String },
+    #[error("`{field}` must fall within years 0000 to 9999 once converted to UTC, got {value:?}")]
+    TimeOutOfRange { field: &'static str, value: String },
     #[error("`event_id` must be a UUID, got {0:?}")]
     BadEventId(String),
     #[error("duplicate key {0:?} in a JSON object: each key may appear once")]
@@ -116,7 +118,7 @@ impl EventError {
             EventError::TooLong { .. } => "field_too_long",
             EventError::ControlCharacter(_) => "control_character",
             EventError::NulInData => "nul_in_data",
-            EventError::BadTime { .. } => "bad_timestamp",
+            EventError::BadTime { .. } | EventError::TimeOutOfRange { .. } => "bad_timestamp",
             EventError::BadEventId(_) => "bad_event_id",
             EventError::DuplicateKey(_) => "duplicate_key",
         }
@@ -144,6 +146,34 @@ pub fn submission_from_value(value: &BorrowedValue<'_>) -> Result<Submission> {
         data,
         score,
     })
+}
+
+/// Why a whole batch body (`POST /api/v1/events/batch`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// Not JSON at all (or not UTF-8, or a duplicate key).
+    #[error(transparent)]
+    Invalid(#[from] EventError),
+    #[error("the body must be a JSON array of events, got {0}")]
+    NotAnArray(&'static str),
+    #[error("a batch holds at most {limit} events, got {got}")]
+    TooMany { limit: usize, got: usize },
+}
+
+/// Parses a batch body: a JSON array of at most `limit` submissions, each validated on
+/// its own (one bad item does not refuse the others).
+pub fn parse_batch(bytes: &mut [u8], limit: usize) -> Result<Vec<Result<Submission>>, BatchError> {
+    let value = parse_json(bytes)?;
+    let BorrowedValue::Array(items) = value else {
+        return Err(BatchError::NotAnArray(type_name(&value)));
+    };
+    if items.len() > limit {
+        return Err(BatchError::TooMany {
+            limit,
+            got: items.len(),
+        });
+    }
+    Ok(items.iter().map(submission_from_value).collect())
 }
 
 /// Parses and validates a record value read from `player.events.raw`: the client's
@@ -308,14 +338,24 @@ impl<'v, 'a> Fields<'v, 'a> {
         Ok(s.to_owned())
     }
 
+    /// An RFC 3339 time, in UTC. Its UTC form must itself be RFC 3339 (years 0000 to
+    /// 9999): `9999-12-31T23:59:59-01:00` is year 10000 in UTC, which the record could
+    /// not carry, so the reader would dead-letter what ingestion had accepted.
     fn time(&self, field: &'static str) -> Result<DateTime<Utc>> {
         let s = self.string(field)?;
-        DateTime::parse_from_rfc3339(s)
+        let t = DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|_| EventError::BadTime {
                 field,
                 value: truncate(s, 64),
-            })
+            })?;
+        if !(0..=9999).contains(&t.year()) {
+            return Err(EventError::TimeOutOfRange {
+                field,
+                value: truncate(s, 64),
+            });
+        }
+        Ok(t)
     }
 
     /// `data`: an object (default `{}`), as compact JSON, plus its `score`.

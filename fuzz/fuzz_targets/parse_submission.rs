@@ -1,0 +1,7 @@
+//! Fuzz target: see `src/checks.rs` for the property (`submission`).
+#![no_main]
+
+#[path = "../src/checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::submission(data));
