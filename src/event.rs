@@ -77,6 +77,8 @@ pub enum EventError {
     MalformedJson(String),
     #[error("the body is not valid UTF-8 (invalid byte at offset {0})")]
     NotUtf8(usize),
+    #[error("the body starts with a byte order mark (EF BB BF): send UTF-8 JSON without it")]
+    ByteOrderMark,
     #[error("the event must be a JSON object, got {0}")]
     NotAnObject(&'static str),
     #[error("`{0}` is required")]
@@ -111,6 +113,7 @@ impl EventError {
         match self {
             EventError::MalformedJson(_) => "malformed_json",
             EventError::NotUtf8(_) => "not_utf8",
+            EventError::ByteOrderMark => "byte_order_mark",
             EventError::NotAnObject(_) => "not_an_object",
             EventError::Missing(_) => "missing_field",
             EventError::WrongType { .. } => "wrong_type",
@@ -130,8 +133,7 @@ pub type Result<T, E = EventError> = std::result::Result<T, E>;
 /// Parses and validates one client submission (the body of `POST /api/v1/events`).
 /// simd-json parses in place, so the buffer is scratch space afterwards.
 pub fn parse_submission(bytes: &mut [u8]) -> Result<Submission> {
-    let value = parse_json(bytes)?;
-    submission_from_value(&value)
+    with_json(bytes, submission_from_value)
 }
 
 /// Validates one already-parsed item (an element of a batch body).
@@ -163,24 +165,28 @@ pub enum BatchError {
 /// Parses a batch body: a JSON array of at most `limit` submissions, each validated on
 /// its own (one bad item does not refuse the others).
 pub fn parse_batch(bytes: &mut [u8], limit: usize) -> Result<Vec<Result<Submission>>, BatchError> {
-    let value = parse_json(bytes)?;
-    let BorrowedValue::Array(items) = value else {
-        return Err(BatchError::NotAnArray(type_name(&value)));
-    };
-    if items.len() > limit {
-        return Err(BatchError::TooMany {
-            limit,
-            got: items.len(),
-        });
-    }
-    Ok(items.iter().map(submission_from_value).collect())
+    with_json(bytes, |value| {
+        let BorrowedValue::Array(items) = value else {
+            return Err(BatchError::NotAnArray(type_name(value)));
+        };
+        if items.len() > limit {
+            return Err(BatchError::TooMany {
+                limit,
+                got: items.len(),
+            });
+        }
+        Ok(items.iter().map(submission_from_value).collect())
+    })
 }
 
 /// Parses and validates a record value read from `player.events.raw`: the client's
 /// fields plus `event_id` and `ingested_at`.
 pub fn parse_record(bytes: &mut [u8]) -> Result<Event> {
-    let value = parse_json(bytes)?;
-    let fields = Fields::of(&value)?;
+    with_json(bytes, record_from_value)
+}
+
+fn record_from_value(value: &BorrowedValue<'_>) -> Result<Event> {
+    let fields = Fields::of(value)?;
     let (data, score) = fields.data()?;
     let raw_id = fields.string("event_id")?;
     let event_id =
@@ -197,24 +203,46 @@ pub fn parse_record(bytes: &mut [u8]) -> Result<Event> {
     })
 }
 
-/// Parses a JSON document with simd-json, turning its errors into client words.
+/// Parses a JSON document with simd-json and hands its value to `then`; parse errors
+/// become client words.
 ///
 /// The document goes through simd-json's tape first, where repeated object keys are
 /// still visible (the value tree keeps or drops them silently, depending on the object's
-/// size), so a duplicate key is refused here, for every object at every depth.
-pub fn parse_json(bytes: &mut [u8]) -> Result<BorrowedValue<'_>> {
+/// size), so a duplicate key is refused here, for every object at every depth. The value
+/// is lent to `then` rather than returned so that, on a parse error, the input can be
+/// read again to describe it.
+pub fn with_json<T, E: From<EventError>>(
+    bytes: &mut [u8],
+    then: impl FnOnce(&BorrowedValue<'_>) -> Result<T, E>,
+) -> Result<T, E> {
     if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(EventError::NotUtf8(e.valid_up_to()));
+        return Err(EventError::NotUtf8(e.valid_up_to()).into());
     }
-    PARSE_BUFFERS.with_borrow_mut(|buffers| {
-        let tape = simd_json::to_tape_with_buffers(bytes, buffers)
-            .map_err(|e| EventError::MalformedJson(describe_json_error(&e)))?;
-        if let Err(key) = skip_checking_keys(&tape.0, 0) {
-            return Err(EventError::DuplicateKey(truncate(key, MAX_ID_CHARS)));
-        }
-        Ok(simd_json::value::lazy::Value::from_tape(tape.as_value()).into_value())
+    if bytes.starts_with(UTF8_BOM) {
+        return Err(EventError::ByteOrderMark.into());
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(EventError::MalformedJson("the body is empty".to_owned()).into());
+    }
+    // simd-json unescapes strings in place, so after a failed parse the input is only
+    // still the client's when it held no escape at all.
+    let pristine = !bytes.contains(&b'\\');
+    let parsed = PARSE_BUFFERS.with_borrow_mut(|buffers| {
+        simd_json::to_tape_with_buffers(bytes, buffers).map(|tape| {
+            if let Err(key) = skip_checking_keys(&tape.0, 0) {
+                return Err(EventError::DuplicateKey(truncate(key, MAX_ID_CHARS)).into());
+            }
+            then(&simd_json::value::lazy::Value::from_tape(tape.as_value()).into_value())
+        })
+    });
+    parsed.unwrap_or_else(|e| {
+        let original = pristine.then_some(&*bytes);
+        Err(EventError::MalformedJson(describe_json_error(&e, original)).into())
     })
 }
+
+/// The UTF-8 encoding of U+FEFF, which some clients put before a JSON text.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Objects with at most this many keys are checked for duplicates by comparing keys
 /// pairwise (no allocation beyond a small vector); larger ones use a hash set.
@@ -269,23 +297,50 @@ thread_local! {
         std::cell::RefCell::new(simd_json::Buffers::default());
 }
 
-fn describe_json_error(e: &simd_json::Error) -> String {
+/// Words for a parse error. simd-json's errors are terse and some of its positions are
+/// relative to a string, so when the input is still as the client sent it, serde_json
+/// (on this error path only) says what and where; the depth limit and numbers beyond 64
+/// bits are simd-json's own rules, described here.
+fn describe_json_error(e: &simd_json::Error, original: Option<&[u8]>) -> String {
     use simd_json::ErrorType as T;
     let what = match e.error() {
-        T::Eof => "unexpected end of input".to_owned(),
-        T::TrailingData => "unexpected data after the JSON value".to_owned(),
-        T::InvalidNumber | T::InvalidExponent => "invalid number".to_owned(),
-        T::InvalidEscape | T::InvalidUnicodeEscape | T::InvalidUnicodeCodepoint => {
-            "invalid escape in a string".to_owned()
+        T::DepthLimitExceeded => {
+            return format!(
+                "values are nested deeper than {} levels",
+                simd_json::DEFAULT_MAX_DEPTH
+            );
         }
-        T::ExpectedObjectColon => "expected ':' after an object key".to_owned(),
-        T::ExpectedMapComma | T::ExpectedArrayComma => "expected ','".to_owned(),
-        T::KeyMustBeAString | T::BadKeyType => "object keys must be strings".to_owned(),
-        T::DepthLimitExceeded => format!(
-            "values are nested deeper than {} levels",
-            simd_json::DEFAULT_MAX_DEPTH
-        ),
-        other => format!("{other:?}"),
+        T::InvalidNumber | T::InvalidExponent => {
+            "invalid number, or a number beyond 64 bits (integers up to 18446744073709551615, \
+             fractions up to about 1.8e308)"
+                .to_owned()
+        }
+        _ => {
+            if let Some(Err(precise)) =
+                original.map(serde_json::from_slice::<serde::de::IgnoredAny>)
+            {
+                return precise.to_string();
+            }
+            match e.error() {
+                T::Eof => "unexpected end of input".to_owned(),
+                T::TrailingData => "unexpected data after the JSON value".to_owned(),
+                // simd-json places these within the string, not the body: no position.
+                T::InvalidEscape => {
+                    return match e.character() {
+                        Some(c) => format!("invalid escape \\{c} in a string"),
+                        None => "invalid escape in a string".to_owned(),
+                    };
+                }
+                T::InvalidUnicodeEscape | T::InvalidUnicodeCodepoint => {
+                    return "invalid \\u escape in a string (bad hex digits or a lone surrogate)"
+                        .to_owned();
+                }
+                T::ExpectedObjectColon => "expected ':' after an object key".to_owned(),
+                T::ExpectedMapComma | T::ExpectedArrayComma => "expected ','".to_owned(),
+                T::KeyMustBeAString | T::BadKeyType => "object keys must be strings".to_owned(),
+                _ => "invalid JSON".to_owned(),
+            }
+        }
     };
     match e.character() {
         Some(c) => format!("{what} at byte {} ({c:?})", e.index()),
@@ -595,7 +650,7 @@ mod tests {
     fn malformed_json_says_where() {
         let err = sub(r#"{"event_type": "x",, }"#).expect_err("malformed");
         assert_eq!(err.kind(), "malformed_json");
-        assert!(err.to_string().contains("at byte"), "{err}");
+        assert!(err.to_string().contains("at line 1 column 20"), "{err}");
         let err = parse_submission(&mut [b'{', 0xff, b'}']).expect_err("not utf8");
         assert_eq!(err, EventError::NotUtf8(1));
     }
@@ -631,7 +686,8 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_refused_at_any_depth_and_size() {
-        let dup = |json: &str| parse_json(&mut json.as_bytes().to_vec()).map(|_| ());
+        let dup =
+            |json: &str| with_json(&mut json.as_bytes().to_vec(), |_| Ok::<_, EventError>(()));
         assert_eq!(
             dup(r#"{"a":1,"b":2,"a":3}"#),
             Err(EventError::DuplicateKey("a".into()))
@@ -662,10 +718,8 @@ mod tests {
     #[test]
     fn parsing_keeps_values_of_every_shape() {
         let mut json = br#"{"a":[1,-2.5,"s",true,null,{"b":{}}],"c":"\u00e9"}"#.to_vec();
-        let value = parse_json(&mut json).expect("valid");
-        assert_eq!(
-            value.encode(),
-            r#"{"a":[1,-2.5,"s",true,null,{"b":{}}],"c":"é"}"#
-        );
+        let encoded =
+            with_json(&mut json, |value| Ok::<_, EventError>(value.encode())).expect("valid");
+        assert_eq!(encoded, r#"{"a":[1,-2.5,"s",true,null,{"b":{}}],"c":"é"}"#);
     }
 }
