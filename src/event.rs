@@ -222,7 +222,7 @@ pub fn with_json<T, E: From<EventError>>(
         return Err(EventError::ByteOrderMark.into());
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(EventError::MalformedJson("the body is empty".to_owned()).into());
+        return Err(EventError::MalformedJson("the body is empty at byte 0".to_owned()).into());
     }
     // simd-json unescapes strings in place, so after a failed parse the input is only
     // still the client's when it held no escape at all.
@@ -316,10 +316,13 @@ fn describe_json_error(e: &simd_json::Error, original: Option<&[u8]>) -> String 
                 .to_owned()
         }
         _ => {
-            if let Some(Err(precise)) =
-                original.map(serde_json::from_slice::<serde::de::IgnoredAny>)
-            {
-                return precise.to_string();
+            if let Some((input, Err(precise))) = original.map(|input| {
+                (
+                    input,
+                    serde_json::from_slice::<serde::de::IgnoredAny>(input),
+                )
+            }) {
+                return serde_json_words(&precise, input);
             }
             match e.error() {
                 T::Eof => "unexpected end of input".to_owned(),
@@ -346,6 +349,27 @@ fn describe_json_error(e: &simd_json::Error, original: Option<&[u8]>) -> String 
         Some(c) => format!("{what} at byte {} ({c:?})", e.index()),
         None => format!("{what} at byte {}", e.index()),
     }
+}
+
+/// serde_json's description of `e`, with its line and column turned into the byte
+/// offset the other messages give.
+fn serde_json_words(e: &serde_json::Error, input: &[u8]) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let what = text.strip_suffix(&suffix).unwrap_or(&text);
+    let line_start = match e.line() {
+        0 | 1 => 0,
+        line => input
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(line - 2)
+            .map_or(input.len(), |(at, _)| at + 1),
+    };
+    format!(
+        "{what} at byte {}",
+        line_start + e.column().saturating_sub(1)
+    )
 }
 
 /// Field access on a JSON object with the contract's rules and messages.
@@ -650,7 +674,7 @@ mod tests {
     fn malformed_json_says_where() {
         let err = sub(r#"{"event_type": "x",, }"#).expect_err("malformed");
         assert_eq!(err.kind(), "malformed_json");
-        assert!(err.to_string().contains("at line 1 column 20"), "{err}");
+        assert!(err.to_string().contains("at byte 19"), "{err}");
         let err = parse_submission(&mut [b'{', 0xff, b'}']).expect_err("not utf8");
         assert_eq!(err, EventError::NotUtf8(1));
     }
