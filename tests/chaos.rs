@@ -326,8 +326,10 @@ impl Rig {
         kafka::create_topics(&client, &config.topics)
             .await
             .expect("create topics");
+        // `CHAOS_KEEP_LOG=1` keeps the daemon's log after the run, to read how it recovered.
         let dir = tempfile::Builder::new()
             .prefix("gs-chaos-")
+            .disable_cleanup(std::env::var_os("CHAOS_KEEP_LOG").is_some())
             .tempdir()
             .expect("tempdir");
         let log = dir.path().join("daemon.log");
@@ -793,6 +795,7 @@ async fn chaos_under_load_loses_and_duplicates_nothing() {
     });
     problems.extend(store_problems);
     print_table(&rows, &tally, landed.len(), began.elapsed());
+    println!("daemon log: {}", rig.log.display());
     for p in problems.iter().take(20) {
         println!("  {p}");
     }
