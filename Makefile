@@ -11,7 +11,7 @@ STACK := deploy/local/stack.sh
 # One target dir for every build of this checkout (tests, benches, the daemon).
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: run test stack-up stack-down stack-status build lint bench
+.PHONY: run test stack-up stack-down stack-status build lint bench fuzz
 
 run:
 	STACK_KAFKA_STORAGE=$${STACK_KAFKA_STORAGE:-sqlite} $(STACK) up
@@ -32,6 +32,14 @@ test:
 	  else \
 	    cargo test --all-targets --no-fail-fast; \
 	  fi
+
+# The long fuzz run (README "Fuzzing"); `make test` replays the corpus instead.
+FUZZ_SECONDS ?= 300
+fuzz:
+	cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
+	cd fuzz && for target in parse_submission parse_record batch_body; do \
+	  cargo +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 lint:
 	cargo fmt --all -- --check

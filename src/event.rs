@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use simd_json::BorrowedValue;
 use simd_json::prelude::*;
 use uuid::Uuid;
@@ -77,6 +77,8 @@ pub enum EventError {
     MalformedJson(String),
     #[error("the body is not valid UTF-8 (invalid byte at offset {0})")]
     NotUtf8(usize),
+    #[error("the body starts with a byte order mark (EF BB BF): send UTF-8 JSON without it")]
+    ByteOrderMark,
     #[error("the event must be a JSON object, got {0}")]
     NotAnObject(&'static str),
     #[error("`{0}` is required")]
@@ -97,8 +99,12 @@ pub enum EventError {
     NulInData,
     #[error("`{field}` must be an RFC 3339 time such as 2024-01-15T10:30:00Z, got {value:?}")]
     BadTime { field: &'static str, value: String },
+    #[error("`{field}` must fall within years 0000 to 9999 once converted to UTC, got {value:?}")]
+    TimeOutOfRange { field: &'static str, value: String },
     #[error("`event_id` must be a UUID, got {0:?}")]
     BadEventId(String),
+    #[error("duplicate key {0:?} in a JSON object: each key may appear once")]
+    DuplicateKey(String),
 }
 
 impl EventError {
@@ -107,6 +113,7 @@ impl EventError {
         match self {
             EventError::MalformedJson(_) => "malformed_json",
             EventError::NotUtf8(_) => "not_utf8",
+            EventError::ByteOrderMark => "byte_order_mark",
             EventError::NotAnObject(_) => "not_an_object",
             EventError::Missing(_) => "missing_field",
             EventError::WrongType { .. } => "wrong_type",
@@ -114,8 +121,9 @@ impl EventError {
             EventError::TooLong { .. } => "field_too_long",
             EventError::ControlCharacter(_) => "control_character",
             EventError::NulInData => "nul_in_data",
-            EventError::BadTime { .. } => "bad_timestamp",
+            EventError::BadTime { .. } | EventError::TimeOutOfRange { .. } => "bad_timestamp",
             EventError::BadEventId(_) => "bad_event_id",
+            EventError::DuplicateKey(_) => "duplicate_key",
         }
     }
 }
@@ -125,8 +133,7 @@ pub type Result<T, E = EventError> = std::result::Result<T, E>;
 /// Parses and validates one client submission (the body of `POST /api/v1/events`).
 /// simd-json parses in place, so the buffer is scratch space afterwards.
 pub fn parse_submission(bytes: &mut [u8]) -> Result<Submission> {
-    let value = parse_json(bytes)?;
-    submission_from_value(&value)
+    with_json(bytes, submission_from_value)
 }
 
 /// Validates one already-parsed item (an element of a batch body).
@@ -143,11 +150,43 @@ pub fn submission_from_value(value: &BorrowedValue<'_>) -> Result<Submission> {
     })
 }
 
+/// Why a whole batch body (`POST /api/v1/events/batch`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// Not JSON at all (or not UTF-8, or a duplicate key).
+    #[error(transparent)]
+    Invalid(#[from] EventError),
+    #[error("the body must be a JSON array of events, got {0}")]
+    NotAnArray(&'static str),
+    #[error("a batch holds at most {limit} events, got {got}")]
+    TooMany { limit: usize, got: usize },
+}
+
+/// Parses a batch body: a JSON array of at most `limit` submissions, each validated on
+/// its own (one bad item does not refuse the others).
+pub fn parse_batch(bytes: &mut [u8], limit: usize) -> Result<Vec<Result<Submission>>, BatchError> {
+    with_json(bytes, |value| {
+        let BorrowedValue::Array(items) = value else {
+            return Err(BatchError::NotAnArray(type_name(value)));
+        };
+        if items.len() > limit {
+            return Err(BatchError::TooMany {
+                limit,
+                got: items.len(),
+            });
+        }
+        Ok(items.iter().map(submission_from_value).collect())
+    })
+}
+
 /// Parses and validates a record value read from `player.events.raw`: the client's
 /// fields plus `event_id` and `ingested_at`.
 pub fn parse_record(bytes: &mut [u8]) -> Result<Event> {
-    let value = parse_json(bytes)?;
-    let fields = Fields::of(&value)?;
+    with_json(bytes, record_from_value)
+}
+
+fn record_from_value(value: &BorrowedValue<'_>) -> Result<Event> {
+    let fields = Fields::of(value)?;
     let (data, score) = fields.data()?;
     let raw_id = fields.string("event_id")?;
     let event_id =
@@ -164,14 +203,89 @@ pub fn parse_record(bytes: &mut [u8]) -> Result<Event> {
     })
 }
 
-/// Parses a JSON document with simd-json, turning its errors into client words.
-pub fn parse_json(bytes: &mut [u8]) -> Result<BorrowedValue<'_>> {
+/// Parses a JSON document with simd-json and hands its value to `then`; parse errors
+/// become client words.
+///
+/// The document goes through simd-json's tape first, where repeated object keys are
+/// still visible (the value tree keeps or drops them silently, depending on the object's
+/// size), so a duplicate key is refused here, for every object at every depth. The value
+/// is lent to `then` rather than returned so that, on a parse error, the input can be
+/// read again to describe it.
+pub fn with_json<T, E: From<EventError>>(
+    bytes: &mut [u8],
+    then: impl FnOnce(&BorrowedValue<'_>) -> Result<T, E>,
+) -> Result<T, E> {
     if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(EventError::NotUtf8(e.valid_up_to()));
+        return Err(EventError::NotUtf8(e.valid_up_to()).into());
     }
-    PARSE_BUFFERS
-        .with_borrow_mut(|buffers| simd_json::borrowed::to_value_with_buffers(bytes, buffers))
-        .map_err(|e| EventError::MalformedJson(describe_json_error(&e)))
+    if bytes.starts_with(UTF8_BOM) {
+        return Err(EventError::ByteOrderMark.into());
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(EventError::MalformedJson("the body is empty at byte 0".to_owned()).into());
+    }
+    // simd-json unescapes strings in place, so after a failed parse the input is only
+    // still the client's when it held no escape at all.
+    let pristine = !bytes.contains(&b'\\');
+    let parsed = PARSE_BUFFERS.with_borrow_mut(|buffers| {
+        simd_json::to_tape_with_buffers(bytes, buffers).map(|tape| {
+            if let Err(key) = skip_checking_keys(&tape.0, 0) {
+                return Err(EventError::DuplicateKey(truncate(key, MAX_ID_CHARS)).into());
+            }
+            then(&simd_json::value::lazy::Value::from_tape(tape.as_value()).into_value())
+        })
+    });
+    parsed.unwrap_or_else(|e| {
+        let original = pristine.then_some(&*bytes);
+        Err(EventError::MalformedJson(describe_json_error(&e, original)).into())
+    })
+}
+
+/// The UTF-8 encoding of U+FEFF, which some clients put before a JSON text.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Objects with at most this many keys are checked for duplicates by comparing keys
+/// pairwise (no allocation beyond a small vector); larger ones use a hash set.
+const PAIRWISE_KEY_CHECK_MAX: usize = 16;
+
+/// Walks the value starting at `nodes[at]`, refusing an object that repeats a key (the
+/// key is the error); returns the index just past the value. simd-json's depth limit
+/// (1024) bounds the recursion.
+fn skip_checking_keys<'a>(nodes: &[simd_json::Node<'a>], at: usize) -> Result<usize, &'a str> {
+    use simd_json::Node;
+    match nodes.get(at) {
+        Some(Node::Object { len, .. }) => {
+            let mut next = at + 1;
+            let mut small: Vec<&str> = Vec::new();
+            let mut large: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            for _ in 0..*len {
+                let Some(Node::String(key)) = nodes.get(next) else {
+                    return Ok(nodes.len());
+                };
+                let repeated = if *len <= PAIRWISE_KEY_CHECK_MAX {
+                    let seen = small.contains(key);
+                    small.push(key);
+                    seen
+                } else {
+                    !large.insert(key)
+                };
+                if repeated {
+                    return Err(key);
+                }
+                next = skip_checking_keys(nodes, next + 1)?;
+            }
+            Ok(next)
+        }
+        Some(Node::Array { len, .. }) => {
+            let mut next = at + 1;
+            for _ in 0..*len {
+                next = skip_checking_keys(nodes, next)?;
+            }
+            Ok(next)
+        }
+        Some(Node::String(_) | Node::Static(_)) => Ok(at + 1),
+        None => Ok(nodes.len()),
+    }
 }
 
 thread_local! {
@@ -183,24 +297,79 @@ thread_local! {
         std::cell::RefCell::new(simd_json::Buffers::default());
 }
 
-fn describe_json_error(e: &simd_json::Error) -> String {
+/// Words for a parse error. simd-json's errors are terse and some of its positions are
+/// relative to a string, so when the input is still as the client sent it, serde_json
+/// (on this error path only) says what and where; the depth limit and numbers beyond 64
+/// bits are simd-json's own rules, described here.
+fn describe_json_error(e: &simd_json::Error, original: Option<&[u8]>) -> String {
     use simd_json::ErrorType as T;
     let what = match e.error() {
-        T::Eof => "unexpected end of input".to_owned(),
-        T::TrailingData => "unexpected data after the JSON value".to_owned(),
-        T::InvalidNumber | T::InvalidExponent => "invalid number".to_owned(),
-        T::InvalidEscape | T::InvalidUnicodeEscape | T::InvalidUnicodeCodepoint => {
-            "invalid escape in a string".to_owned()
+        T::DepthLimitExceeded => {
+            return format!(
+                "values are nested deeper than {} levels",
+                simd_json::DEFAULT_MAX_DEPTH
+            );
         }
-        T::ExpectedObjectColon => "expected ':' after an object key".to_owned(),
-        T::ExpectedMapComma | T::ExpectedArrayComma => "expected ','".to_owned(),
-        T::KeyMustBeAString | T::BadKeyType => "object keys must be strings".to_owned(),
-        other => format!("{other:?}"),
+        T::InvalidNumber | T::InvalidExponent => {
+            "invalid number, or a number beyond 64 bits (integers up to 18446744073709551615, \
+             fractions up to about 1.8e308)"
+                .to_owned()
+        }
+        _ => {
+            if let Some((input, Err(precise))) = original.map(|input| {
+                (
+                    input,
+                    serde_json::from_slice::<serde::de::IgnoredAny>(input),
+                )
+            }) {
+                return serde_json_words(&precise, input);
+            }
+            match e.error() {
+                T::Eof => "unexpected end of input".to_owned(),
+                T::TrailingData => "unexpected data after the JSON value".to_owned(),
+                // simd-json places these within the string, not the body: no position.
+                T::InvalidEscape => {
+                    return match e.character() {
+                        Some(c) => format!("invalid escape \\{c} in a string"),
+                        None => "invalid escape in a string".to_owned(),
+                    };
+                }
+                T::InvalidUnicodeEscape | T::InvalidUnicodeCodepoint => {
+                    return "invalid \\u escape in a string (bad hex digits or a lone surrogate)"
+                        .to_owned();
+                }
+                T::ExpectedObjectColon => "expected ':' after an object key".to_owned(),
+                T::ExpectedMapComma | T::ExpectedArrayComma => "expected ','".to_owned(),
+                T::KeyMustBeAString | T::BadKeyType => "object keys must be strings".to_owned(),
+                _ => "invalid JSON".to_owned(),
+            }
+        }
     };
     match e.character() {
         Some(c) => format!("{what} at byte {} ({c:?})", e.index()),
         None => format!("{what} at byte {}", e.index()),
     }
+}
+
+/// serde_json's description of `e`, with its line and column turned into the byte
+/// offset the other messages give.
+fn serde_json_words(e: &serde_json::Error, input: &[u8]) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let what = text.strip_suffix(&suffix).unwrap_or(&text);
+    let line_start = match e.line() {
+        0 | 1 => 0,
+        line => input
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(line - 2)
+            .map_or(input.len(), |(at, _)| at + 1),
+    };
+    format!(
+        "{what} at byte {}",
+        line_start + e.column().saturating_sub(1)
+    )
 }
 
 /// Field access on a JSON object with the contract's rules and messages.
@@ -248,14 +417,24 @@ impl<'v, 'a> Fields<'v, 'a> {
         Ok(s.to_owned())
     }
 
+    /// An RFC 3339 time, in UTC. Its UTC form must itself be RFC 3339 (years 0000 to
+    /// 9999): `9999-12-31T23:59:59-01:00` is year 10000 in UTC, which the record could
+    /// not carry, so the reader would dead-letter what ingestion had accepted.
     fn time(&self, field: &'static str) -> Result<DateTime<Utc>> {
         let s = self.string(field)?;
-        DateTime::parse_from_rfc3339(s)
+        let t = DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|_| EventError::BadTime {
                 field,
                 value: truncate(s, 64),
-            })
+            })?;
+        if !(0..=9999).contains(&t.year()) {
+            return Err(EventError::TimeOutOfRange {
+                field,
+                value: truncate(s, 64),
+            });
+        }
+        Ok(t)
     }
 
     /// `data`: an object (default `{}`), as compact JSON, plus its `score`.
@@ -495,7 +674,7 @@ mod tests {
     fn malformed_json_says_where() {
         let err = sub(r#"{"event_type": "x",, }"#).expect_err("malformed");
         assert_eq!(err.kind(), "malformed_json");
-        assert!(err.to_string().contains("at byte"), "{err}");
+        assert!(err.to_string().contains("at byte 19"), "{err}");
         let err = parse_submission(&mut [b'{', 0xff, b'}']).expect_err("not utf8");
         assert_eq!(err, EventError::NotUtf8(1));
     }
@@ -527,5 +706,44 @@ mod tests {
                 .kind(),
             "bad_event_id"
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth_and_size() {
+        let dup =
+            |json: &str| with_json(&mut json.as_bytes().to_vec(), |_| Ok::<_, EventError>(()));
+        assert_eq!(
+            dup(r#"{"a":1,"b":2,"a":3}"#),
+            Err(EventError::DuplicateKey("a".into()))
+        );
+        assert_eq!(
+            dup(r#"[{"x":{"k":[{"deep":1,"deep":2}]}}]"#),
+            Err(EventError::DuplicateKey("deep".into()))
+        );
+        let many: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let mut large = format!("{{{},\"k7\":0}}", many.join(","));
+        assert_eq!(
+            dup(&large),
+            Err(EventError::DuplicateKey("k7".into())),
+            "hash-backed objects too"
+        );
+        large = format!("{{{}}}", many.join(","));
+        assert_eq!(dup(&large), Ok(()));
+        assert_eq!(dup(r#"{"a":{"a":1},"b":[{"a":2},{"a":3}]}"#), Ok(()));
+        let err = sub(r#"{"event_type":"x","player_id":"p","player_id":"q","game_id":"g","timestamp":"2024-01-15T10:30:00Z"}"#)
+            .expect_err("duplicate");
+        assert_eq!(err.kind(), "duplicate_key");
+        assert_eq!(
+            err.to_string(),
+            "duplicate key \"player_id\" in a JSON object: each key may appear once"
+        );
+    }
+
+    #[test]
+    fn parsing_keeps_values_of_every_shape() {
+        let mut json = br#"{"a":[1,-2.5,"s",true,null,{"b":{}}],"c":"\u00e9"}"#.to_vec();
+        let encoded =
+            with_json(&mut json, |value| Ok::<_, EventError>(value.encode())).expect("valid");
+        assert_eq!(encoded, r#"{"a":[1,-2.5,"s",true,null,{"b":{}}],"c":"é"}"#);
     }
 }

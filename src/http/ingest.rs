@@ -24,7 +24,6 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::Stream;
 use metrics::Counter;
-use simd_json::BorrowedValue;
 use tracing::Instrument;
 use uuid::Uuid;
 use warp::Filter;
@@ -35,7 +34,7 @@ use super::HttpState;
 use super::body::{self, BodyError, RequestHead};
 use super::guard::{Guard, Refusal, retry_after_seconds};
 use super::rejection::error_reply;
-use crate::event::{self, Event, EventError};
+use crate::event::{self, BatchError, Event, EventError};
 use crate::sinks::kafka::{KafkaProducer, ProduceError, ProducerRecord};
 
 /// The ingest routes. In consume-only mode they exist and answer 503, saying so.
@@ -186,36 +185,30 @@ impl Ingest {
 
     /// Parses the batch body and validates each item; the valid ones become events.
     fn validate_batch(&self, bytes: &mut [u8]) -> Answer<Validated> {
-        let value = match event::parse_json(bytes) {
-            Ok(value) => value,
-            Err(e) => {
+        let items = match event::parse_batch(bytes, self.batch_limit) {
+            Ok(items) => items,
+            Err(BatchError::Invalid(e)) => {
                 self.received.increment(1);
                 return Err(Box::new(self.invalid(&e)));
             }
-        };
-        let BorrowedValue::Array(items) = value else {
-            self.received.increment(1);
-            failed("not_an_array", 1);
-            return Err(Box::new(bad_request(&format!(
-                "the body must be a JSON array of events, got {}",
-                json_type(&value)
-            ))));
+            Err(e @ BatchError::NotAnArray(_)) => {
+                self.received.increment(1);
+                failed("not_an_array", 1);
+                return Err(Box::new(bad_request(&e.to_string())));
+            }
+            Err(e @ BatchError::TooMany { got, .. }) => {
+                self.received.increment(got as u64);
+                failed("batch_too_large", got as u64);
+                return Err(Box::new(bad_request(&e.to_string())));
+            }
         };
         self.received.increment(items.len() as u64);
-        if items.len() > self.batch_limit {
-            failed("batch_too_large", items.len() as u64);
-            return Err(Box::new(bad_request(&format!(
-                "a batch holds at most {} events, got {}",
-                self.batch_limit,
-                items.len()
-            ))));
-        }
         let now = Utc::now();
         let mut results = Vec::with_capacity(items.len());
         let mut events = Vec::with_capacity(items.len());
         let mut positions = Vec::with_capacity(items.len());
-        for (index, item) in items.iter().enumerate() {
-            match event::submission_from_value(item) {
+        for (index, item) in items.into_iter().enumerate() {
+            match item {
                 Ok(submission) => {
                     let event = submission.accept(now);
                     results.push(ItemResult::Pending);
@@ -456,15 +449,4 @@ fn refused(refusal: &Refusal) -> Response {
 
 fn failed(reason: &'static str, events: u64) {
     metrics::counter!("events_failed_total", "reason" => reason).increment(events);
-}
-
-fn json_type(value: &BorrowedValue<'_>) -> &'static str {
-    match value {
-        BorrowedValue::Object(_) => "an object",
-        BorrowedValue::Array(_) => "an array",
-        BorrowedValue::String(_) => "a string",
-        BorrowedValue::Static(simd_json::StaticNode::Null) => "null",
-        BorrowedValue::Static(simd_json::StaticNode::Bool(_)) => "a boolean",
-        BorrowedValue::Static(_) => "a number",
-    }
 }

@@ -181,7 +181,11 @@ fn submit_batch() -> Value {
 }
 
 fn schemas() -> Value {
-    let id = |what: &str| json!({"type": "string", "minLength": 1, "maxLength": 100, "description": what});
+    // As event.rs checks ids: no control character (Unicode Cc), not only whitespace.
+    let id = |what: &str| {
+        json!({"type": "string", "minLength": 1, "maxLength": 100, "description": what,
+            "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"})
+    };
     json!({
         "EventSubmission": {
             "type": "object",

@@ -546,11 +546,24 @@ pub struct PrivateBroker {
     child: Option<tokio::process::Child>,
     /// Working directory (tansu reads a `.env` from it) and log file.
     dir: tempfile::TempDir,
+    /// `--storage-engine`: memory, or a sqlite file in `dir` that survives restarts.
+    storage: &'static str,
 }
 
 impl PrivateBroker {
     /// Starts a broker and waits until it answers Kafka requests.
     pub async fn start() -> Self {
+        Self::start_with("memory://tansu/").await
+    }
+
+    /// As [`PrivateBroker::start`], with durable storage (sqlite, in its directory):
+    /// topics and records survive [`PrivateBroker::restart`].
+    pub async fn start_durable() -> Self {
+        // tansu resolves `sqlite://NAME` against its working directory, `dir`.
+        Self::start_with("sqlite://tansu.db").await
+    }
+
+    async fn start_with(storage: &'static str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -560,6 +573,7 @@ impl PrivateBroker {
             port,
             child: None,
             dir,
+            storage,
         };
         broker.restart().await;
         broker
@@ -577,7 +591,7 @@ impl PrivateBroker {
         }
     }
 
-    /// Starts the broker again on the same port (with empty storage).
+    /// Starts the broker again on the same port (with empty storage, unless durable).
     pub async fn restart(&mut self) {
         self.stop().await;
         let url = format!("tcp://127.0.0.1:{}", self.port);
@@ -598,7 +612,7 @@ impl PrivateBroker {
                 "--cluster-id",
                 "gamestream-test",
                 "--storage-engine",
-                "memory://tansu/",
+                self.storage,
             ])
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .stdin(Stdio::null())
