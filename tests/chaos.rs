@@ -32,7 +32,8 @@
 //! `leaderboard:*` sorted sets; and no dead letter may exist (every fault is transient).
 //!
 //! Default size: 20,000 events. The full run (≥ 100,000):
-//! `CHAOS_EVENTS=100000 cargo nextest run --test chaos --no-capture`.
+//! `CHAOS_EVENTS=100000 cargo test --test chaos -- --nocapture` (plain cargo test: the
+//! full run outlasts the 5-minute kill of .config/nextest.toml).
 
 mod common;
 
