@@ -51,12 +51,8 @@ pub async fn write(
             Err(e) => return Err(e.into()),
         }
     }
-    if !offsets::commit(&mut tx, sink, topic, commits).await? {
-        // Dropping the transaction rolls it back: nothing of this batch is applied.
-        return Err(SinkError::Fenced(format!(
-            "{sink}: committed offsets of {topic} moved under this writer"
-        )));
-    }
+    // A failed commit drops the transaction, which rolls the whole batch back.
+    offsets::commit(&mut tx, sink, topic, commits).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -32,11 +32,8 @@ pub async fn write(
     if !delta.is_empty() {
         upsert(&mut tx, delta).await?;
     }
-    if !offsets::commit(&mut tx, sink, topic, commits).await? {
-        return Err(SinkError::Fenced(format!(
-            "{sink}: committed offsets of {topic} moved under this writer"
-        )));
-    }
+    // A failed commit drops the transaction, which rolls the whole batch back.
+    offsets::commit(&mut tx, sink, topic, commits).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -28,9 +28,9 @@ pub async fn load(
     Ok(rows.into_iter().collect())
 }
 
-/// Records the next offsets inside the caller's transaction, compare-and-set: returns
-/// `false` (and changes nothing the caller should keep) if any partition's stored
-/// offset is not what the commit expects; the caller must then roll back.
+/// Records the next offsets inside the caller's transaction, compare-and-set: fails with
+/// [`SinkError::Fenced`] if any partition's stored offset is not what the commit
+/// expects; the caller then drops the transaction, which rolls the whole batch back.
 ///
 /// Commits that carry a lease epoch are fenced first, in the same transaction: if this
 /// daemon no longer holds any of those leases, [`SinkError::LeaseLost`] names them and
@@ -40,9 +40,9 @@ pub async fn commit(
     sink: &str,
     topic: &str,
     commits: &[OffsetCommit],
-) -> Result<bool, SinkError> {
+) -> Result<(), SinkError> {
     if commits.is_empty() {
-        return Ok(true);
+        return Ok(());
     }
     let fences: Vec<Lease> = commits
         .iter()
@@ -83,5 +83,10 @@ pub async fn commit(
     .bind(&next)
     .fetch_one(conn)
     .await?;
-    Ok(applied == commits.len() as i64)
+    if applied != commits.len() as i64 {
+        return Err(SinkError::Fenced(format!(
+            "{sink}: committed offsets of {topic} moved under this writer"
+        )));
+    }
+    Ok(())
 }
