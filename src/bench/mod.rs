@@ -70,6 +70,19 @@ pub struct BenchArgs {
     /// of the latency figures).
     #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+    /// Give every pre-filled record a W3C `traceparent` header, as a daemon with tracing
+    /// on produces them, with the sampled flag on this fraction of them (e.g. 0.1). The
+    /// consumer's per-record trace work (extract, consume spans, span links) is then part
+    /// of the throughput figure; it costs nothing while tracing is off.
+    #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
+    pub traceparent_sampled: Option<f64>,
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("`{text}` is not a fraction between 0 and 1")),
+    }
 }
 
 /// The sinks that commit offsets to Postgres `sink_offsets`, which the benchmark waits for.
@@ -251,7 +264,7 @@ async fn measure(
         args.partitions
     );
     let started = Instant::now();
-    throughput::prefill(scratch, &events).await?;
+    throughput::prefill(scratch, &events, args.traceparent_sampled).await?;
     let prefill_rate = events.len() as f64 / started.elapsed().as_secs_f64();
 
     eprintln!("bench: raw fetch limit");
@@ -296,6 +309,7 @@ async fn measure(
         ratio_to_copy: pipeline_rate / copy,
         ratio_to_raw_fetch: pipeline_rate / raw_fetch,
         daemon_peak_rss_mb: run.peak_rss_mb,
+        tracing: report::TracingSetup::from_env(args.traceparent_sampled),
         latency,
         rows,
     })

@@ -8,6 +8,53 @@ use serde::Serialize;
 
 use crate::loadgen::percentile;
 
+/// The trace settings a run had (the daemon inherits the benchmark's environment), so
+/// that runs with and without tracing can be told apart in their JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct TracingSetup {
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` was set: the daemon exported traces.
+    pub exporting: bool,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, as set.
+    pub sampler: Option<String>,
+    pub sampler_arg: Option<String>,
+    /// `--traceparent-sampled`: the fraction of pre-filled records whose `traceparent`
+    /// was sampled (None: the records had no `traceparent`).
+    pub traceparent_sampled: Option<f64>,
+}
+
+impl TracingSetup {
+    pub fn from_env(traceparent_sampled: Option<f64>) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self {
+            exporting: var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                .is_some(),
+            sampler: var("OTEL_TRACES_SAMPLER"),
+            sampler_arg: var("OTEL_TRACES_SAMPLER_ARG"),
+            traceparent_sampled,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let export = if self.exporting {
+            format!(
+                "exported ({}{})",
+                self.sampler.as_deref().unwrap_or("parentbased_always_on"),
+                self.sampler_arg
+                    .as_deref()
+                    .map(|a| format!(" {a}"))
+                    .unwrap_or_default()
+            )
+        } else {
+            "off".to_owned()
+        };
+        match self.traceparent_sampled {
+            Some(f) => format!("{export}; records traced, {f} sampled"),
+            None => export,
+        }
+    }
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -33,6 +80,8 @@ pub struct BenchReport {
     pub ratio_to_copy: f64,
     pub ratio_to_raw_fetch: f64,
     pub daemon_peak_rss_mb: f64,
+    /// Whether the daemon exported traces, and how the pre-filled records were traced.
+    pub tracing: TracingSetup,
     /// None with `--latency-duration 0`.
     pub latency: Option<LatencyReport>,
     /// Rows in the scratch tables at the end (both phases).
@@ -105,6 +154,7 @@ pub fn print_table(r: &BenchReport) {
         r.load_average_end[1],
         r.load_average_end[2],
     );
+    println!("traces: {}", r.tracing.describe());
     let row = |name: &str, value: String| println!("{name:<40} {value:>14}");
     row("measure", "value".to_owned());
     row(

@@ -37,18 +37,30 @@ pub(super) struct PipelineRun {
     pub peak_rss_mb: f64,
 }
 
-/// Produces `events` to the scratch raw topic, keyed and partitioned as our producer does.
-pub(super) async fn prefill(scratch: &Scratch, events: &[Event]) -> Result<(), DaemonError> {
+/// Produces `events` to the scratch raw topic, keyed and partitioned as our producer does;
+/// with `traceparent_sampled`, each record carries a `traceparent` (see [`traceparent`]).
+pub(super) async fn prefill(
+    scratch: &Scratch,
+    events: &[Event],
+    traceparent_sampled: Option<f64>,
+) -> Result<(), DaemonError> {
     let topic = &scratch.config.topics.player_events;
     let partitions = scratch.config.topics.player_events_partitions;
     let mut by_partition: Vec<Vec<rskafka::record::Record>> =
         (0..partitions).map(|_| Vec::new()).collect();
-    for event in events {
+    for (i, event) in events.iter().enumerate() {
         let p = kafka::partition_for_key(event.player_id.as_bytes(), partitions) as usize;
+        let mut headers = BTreeMap::new();
+        if let Some(fraction) = traceparent_sampled {
+            headers.insert(
+                "traceparent".to_owned(),
+                traceparent(i, fraction).into_bytes(),
+            );
+        }
         by_partition[p].push(rskafka::record::Record {
             key: Some(event.player_id.clone().into_bytes()),
             value: Some(event.to_record_value()),
-            headers: BTreeMap::new(),
+            headers,
             timestamp: event.ingested_at,
         });
     }
@@ -74,6 +86,16 @@ pub(super) async fn prefill(scratch: &Scratch, events: &[Event]) -> Result<(), D
             .map_err(kafka::KafkaError::from)?;
     }
     Ok(())
+}
+
+/// A W3C `traceparent` for the `i`-th pre-filled record: random trace and span ids, the
+/// sampled flag on exactly `fraction` of the records (spread evenly), as a producer that
+/// samples that fraction of its traces writes them.
+pub(super) fn traceparent(i: usize, fraction: f64) -> String {
+    let sampled = (i as f64 * fraction).floor() != ((i + 1) as f64 * fraction).floor();
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-{}", if sampled { "01" } else { "00" })
 }
 
 /// A child `gamestream serve` on the scratch names. It inherits this process's
@@ -219,4 +241,37 @@ pub(super) async fn end_offsets(scratch: &Scratch) -> Result<Vec<(i32, i64)>, Da
         ends.push((p, hw));
     }
     Ok(ends)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traceparent;
+
+    #[test]
+    fn traceparent_samples_exactly_the_fraction_with_valid_headers() {
+        let headers: Vec<String> = (0..1000).map(|i| traceparent(i, 0.1)).collect();
+        let sampled = headers.iter().filter(|h| h.ends_with("-01")).count();
+        assert_eq!(sampled, 100);
+        for h in &headers {
+            let parts: Vec<&str> = h.split('-').collect();
+            assert_eq!(parts.len(), 4, "{h}");
+            assert_eq!(
+                (parts[0], parts[1].len(), parts[2].len()),
+                ("00", 32, 16),
+                "{h}"
+            );
+            assert!(
+                parts[1..3]
+                    .iter()
+                    .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+            );
+        }
+        assert_eq!(
+            (0..10)
+                .filter(|&i| traceparent(i, 1.0).ends_with("-01"))
+                .count(),
+            10
+        );
+        assert!((0..10).all(|i| traceparent(i, 0.0).ends_with("-00")));
+    }
 }
