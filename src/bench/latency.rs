@@ -103,21 +103,20 @@ async fn drive(
         requests.spawn(async move {
             let at = Instant::now();
             let id = post(&client, &target, body).await;
+            let answered = at.elapsed();
             drop(slot);
-            if let Some(id) = id {
-                let _ = sent_tx.send(Sent { id, at });
-                true
-            } else {
-                false
-            }
+            let id = id?;
+            let _ = sent_tx.send(Sent { id, at });
+            Some(answered)
         });
     }
     let send_seconds = started.elapsed().as_secs_f64();
     drop(sent_tx);
-    let mut accepted = 0;
-    while let Some(ok) = requests.join_next().await {
-        accepted += usize::from(ok.unwrap_or(false));
+    let mut answers = Vec::with_capacity(count);
+    while let Some(answered) = requests.join_next().await {
+        answers.extend(answered.ok().flatten());
     }
+    answers.sort_unstable();
     let watched = watcher
         .await
         .map_err(|e| DaemonError::Pipeline(format!("latency watcher: {e}")))??;
@@ -127,9 +126,10 @@ async fn drive(
         target_rate: args.latency_rate,
         achieved_rate: count as f64 / send_seconds.max(f64::MIN_POSITIVE),
         sent: count,
-        accepted,
+        accepted: answers.len(),
         samples: samples.len(),
         percentiles_ms: Percentiles::of(&samples),
+        http_percentiles_ms: Percentiles::of(&answers),
         poll_interval_ms: args.poll_interval.as_secs_f64() * 1e3,
         mean_poll_cycle_ms: watched.mean_cycle.as_secs_f64() * 1e3,
     })

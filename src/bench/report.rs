@@ -99,6 +99,10 @@ pub struct LatencyReport {
     pub samples: usize,
     /// From the request to the row visible in `events`.
     pub percentiles_ms: Percentiles,
+    /// From the request to its 2xx answer (ingestion alone: validation and the broker's
+    /// acknowledgement), for the accepted requests: the rest of `percentiles_ms` is the
+    /// consumer side.
+    pub http_percentiles_ms: Percentiles,
     pub poll_interval_ms: f64,
     /// The resolution of a sample: mean time between two polls.
     pub mean_poll_cycle_ms: f64,
@@ -199,6 +203,11 @@ pub fn print_table(r: &BenchReport) {
         row("latency HTTP→Postgres p95 (ms)", format!("{:.1}", p.p95));
         row("latency HTTP→Postgres p99 (ms)", format!("{:.1}", p.p99));
         row("latency HTTP→Postgres max (ms)", format!("{:.1}", p.max));
+        let h = l.http_percentiles_ms;
+        row(
+            "latency HTTP answer p50/p99 (ms)",
+            format!("{:.1}/{:.1}", h.p50, h.p99),
+        );
         row(
             "latency: poll interval/cycle (ms)",
             format!("{:.1}/{:.1}", l.poll_interval_ms, l.mean_poll_cycle_ms),

@@ -56,10 +56,14 @@ pub async fn connect(config: &RedisConfig) -> Result<RedisPool, RedisError> {
     if !config.password.is_empty() {
         settings = settings.set_password(config.password.expose());
     }
+    // TCP_NODELAY: a pipeline or script call is several small writes, and with Nagle on
+    // the second waited for the server's delayed ACK (40 ms on Linux): measured, the
+    // Redis sinks' batch writes took ~24 ms at 500 events/s with Nagle on.
     let info = target
         .into_connection_info()
         .map_err(connect_err)?
-        .set_redis_settings(settings);
+        .set_redis_settings(settings)
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
     // One direct connection first: bb8 would turn "connection refused" into a bare timeout.
     let client = redis::Client::open(info.clone()).map_err(connect_err)?;
     let mut conn = tokio::time::timeout(config.timeout, client.get_multiplexed_async_connection())
