@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! cargo bench --bench fanout
-//! GAMESTREAM_BENCH_QUICK=1 cargo bench --bench fanout
+//! BENCH_QUICK=1 cargo bench --bench fanout
 //! ```
 
 use std::collections::BTreeMap;
@@ -267,7 +267,9 @@ fn fanout(c: &mut Criterion) {
     let fixture = match runtime.block_on(fixture()) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("fanout: no broker ({e}); start the local stack and eval its env. Skipped.");
+            eprintln!(
+                "fanout: cannot set up ({e}); start the local stack and eval its env. Skipped."
+            );
             return;
         }
     };
@@ -300,7 +302,7 @@ fn fanout(c: &mut Criterion) {
 
 /// Few samples: one is a whole drain of the topic.
 fn settings() -> Criterion {
-    let quick = std::env::var_os("GAMESTREAM_BENCH_QUICK").is_some_and(|v| v != "0");
+    let quick = std::env::var_os("BENCH_QUICK").is_some_and(|v| v != "0");
     let c = Criterion::default().sample_size(10);
     if quick {
         c.warm_up_time(Duration::from_millis(200))

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! cargo bench --bench hot_path                    # full
-//! GAMESTREAM_BENCH_QUICK=1 cargo bench --bench hot_path   # seconds, not minutes
+//! BENCH_QUICK=1 cargo bench --bench hot_path   # seconds, not minutes
 //! cargo bench --bench hot_path -- parse           # one group
 //! ```
 //!
@@ -174,9 +174,9 @@ fn aggregate(c: &mut Criterion) {
 }
 
 /// Criterion's settings: full by default, a few seconds in all with
-/// `GAMESTREAM_BENCH_QUICK=1` (see the README's Benchmarks section).
+/// `BENCH_QUICK=1` (see the README's Benchmarks section).
 pub fn settings() -> Criterion {
-    let quick = std::env::var_os("GAMESTREAM_BENCH_QUICK").is_some_and(|v| v != "0");
+    let quick = std::env::var_os("BENCH_QUICK").is_some_and(|v| v != "0");
     let c = Criterion::default();
     if quick {
         c.sample_size(10)
