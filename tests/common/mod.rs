@@ -191,14 +191,22 @@ impl TestEnv {
     }
 }
 
-/// The stats and leaderboard sinks write thousands of keys per test under the env's
-/// prefix into the *shared* Redis; a test that passed removes them (a failed one keeps
-/// them, as evidence). Synchronous, since `Drop` cannot await; the prefix's keys only.
+/// A test that passed removes what it made on the *shared* stack: its database (hundreds
+/// of them piled up in `.stack/` otherwise, 7.6 GB after a few sessions) and the
+/// thousands of keys the stats and leaderboard sinks wrote under its Redis prefix. A
+/// failed test keeps both, as evidence. Synchronous, since `Drop` cannot await.
 impl Drop for TestEnv {
     fn drop(&mut self) {
         if std::thread::panicking() {
             return;
         }
+        self.remove_redis_keys();
+        self.drop_database();
+    }
+}
+
+impl TestEnv {
+    fn remove_redis_keys(&self) {
         let url = format!(
             "redis://{}:{}/",
             self.stack.redis_host, self.stack.redis_port
@@ -227,6 +235,40 @@ impl Drop for TestEnv {
             }
             cursor = next;
         }
+    }
+
+    /// `DROP DATABASE … WITH (FORCE)` from a thread of its own (this may run inside the
+    /// test's runtime, which cannot be blocked on); FORCE ends the pool's and any child
+    /// daemon's connections. Best effort: a failure only leaves the database behind.
+    fn drop_database(&self) {
+        let url = format!(
+            "postgres://{}:{}@{}:{}/{}",
+            self.stack.pg_user,
+            self.stack.pg_password,
+            self.stack.pg_host,
+            self.stack.pg_port,
+            self.stack.pg_admin_db
+        );
+        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let connect = sqlx::PgPool::connect(&url);
+                if let Ok(Ok(admin)) = tokio::time::timeout(Duration::from_secs(10), connect).await
+                {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(statement))
+                        .execute(&admin)
+                        .await;
+                    admin.close().await;
+                }
+            });
+        })
+        .join();
     }
 }
 
