@@ -226,6 +226,9 @@ impl<W: SinkWriter> Actor for SinkActor<W> {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // Exported at 0 from the start, so `rate()` and alerts see the first fenced write.
+        metrics::counter!("gamestream_lease_fenced_writes_total", "sink" => args.writer.name())
+            .increment(0);
         let mut backoff = Backoff::new(
             args.settings.retry_initial_backoff,
             args.settings.retry_max_backoff,
