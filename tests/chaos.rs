@@ -47,11 +47,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 use common::analytics::{
     Expected, PG_SINKS, REDIS_SINKS, day_key, hgetall, last_event_text, pg_scores, pg_stats,
-    redis_offsets, week_key, zset,
+    redis_offsets, stores_at_marks, week_key, zset,
 };
 use common::{
-    PrivateBroker, PrivatePostgres, PrivateRedis, committed_offsets, eventually, free_port,
-    high_watermarks, scan_keys,
+    PrivateBroker, PrivatePostgres, PrivateRedis, eventually, free_port, high_watermarks, scan_keys,
 };
 use gamestream::config::{self, Config, Sources};
 use gamestream::event::{Event, KNOWN_EVENT_TYPES, Score};
@@ -314,17 +313,7 @@ impl Rig {
             overrides: overrides.clone(),
         })
         .expect("chaos configuration is valid");
-        let admin = sqlx::PgPool::connect(&format!(
-            "postgres://gamestream@127.0.0.1:{}/postgres",
-            pg.port
-        ))
-        .await
-        .expect("private postgres answers");
-        sqlx::query("CREATE DATABASE gamestream")
-            .execute(&admin)
-            .await
-            .expect("create database");
-        admin.close().await;
+        pg.create_database("gamestream").await;
         let pool = postgres::connect(&config.postgres)
             .await
             .expect("connect private postgres");
@@ -467,30 +456,10 @@ impl Rig {
     async fn caught_up(&self, pg: &sqlx::PgPool) -> bool {
         let topic = &self.config.topics.player_events;
         let marks = high_watermarks(&self.config, topic).await;
-        let at_marks = |committed: &BTreeMap<i32, i64>| {
-            marks
-                .iter()
-                .enumerate()
-                .all(|(p, hw)| *hw == 0 || committed.get(&(p as i32)) == Some(hw))
-        };
-        for sink in PG_SINKS {
-            let committed: BTreeMap<i32, i64> = committed_offsets(pg, sink, topic)
-                .await
-                .into_iter()
-                .collect();
-            if !at_marks(&committed) {
-                return false;
-            }
-        }
         let Some(mut redis) = self.redis().await else {
             return false;
         };
-        for sink in REDIS_SINKS {
-            if !at_marks(&redis_offsets(&mut redis, "", sink, topic).await) {
-                return false;
-            }
-        }
-        true
+        stores_at_marks(pg, &mut redis, "", topic, &marks).await
     }
 }
 

@@ -331,17 +331,7 @@ async fn postgres_outage_is_waited_out_not_dead_lettered() {
             _ => {}
         }
     }
-    let admin = sqlx::PgPool::connect(&format!(
-        "postgres://gamestream@127.0.0.1:{}/postgres",
-        private.port
-    ))
-    .await
-    .expect("private pg");
-    sqlx::query("CREATE DATABASE gamestream")
-        .execute(&admin)
-        .await
-        .expect("create db");
-    admin.close().await;
+    private.create_database("gamestream").await;
     let mut overrides = env.overrides.clone();
     overrides.push(("mode".into(), "\"consume\"".into()));
     overrides.push(("logger.batch_size".into(), "100".into()));

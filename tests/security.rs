@@ -58,16 +58,8 @@ async fn require_password(pg: &PrivatePostgres, password: &str) {
     use sqlx::Connection;
     // One connection for every step: once the new rules are loaded, a new connection
     // without the password would be refused.
-    let mut admin = sqlx::PgConnection::connect(&format!(
-        "postgres://gamestream@127.0.0.1:{}/postgres",
-        pg.port
-    ))
-    .await
-    .expect("private postgres");
-    sqlx::query("CREATE DATABASE gs_security")
-        .execute(&mut admin)
-        .await
-        .expect("create database");
+    pg.create_database("gs_security").await;
+    let mut admin = pg.admin().await;
     // Utility statements take no parameters; the password is our own hex.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "ALTER ROLE gamestream PASSWORD '{password}'"

@@ -253,7 +253,8 @@ async fn measure(
     scratch: &Scratch,
     args: &BenchArgs,
 ) -> Result<BenchReport, DaemonError> {
-    let _ = base; // the children inherit this process's environment, so its connections
+    // The children inherit this process's environment (connections, OTEL_* variables);
+    // `base` is read here only to report the trace setup they got.
     let load_average_start = report::load_average();
     let events: Vec<Event> = (0..args.events)
         .map(|i| bench_event(i, args.players, args.games))
@@ -309,7 +310,7 @@ async fn measure(
         ratio_to_copy: pipeline_rate / copy,
         ratio_to_raw_fetch: pipeline_rate / raw_fetch,
         daemon_peak_rss_mb: run.peak_rss_mb,
-        tracing: report::TracingSetup::from_env(args.traceparent_sampled),
+        tracing: report::TracingSetup::from_env(base, args.traceparent_sampled),
         latency,
         rows,
     })

@@ -6,47 +6,38 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::loadgen::percentile;
+use crate::telemetry::traces::TraceSettings;
 
 /// The trace settings a run had (the daemon inherits the benchmark's environment), so
 /// that runs with and without tracing can be told apart in their JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct TracingSetup {
-    /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` was set: the daemon exported traces.
+    /// The daemon exported traces (an OTLP endpoint was set).
     pub exporting: bool,
-    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, as set.
+    /// The sampler the daemon resolved from `OTEL_TRACES_SAMPLER`/`_ARG` when exporting.
     pub sampler: Option<String>,
-    pub sampler_arg: Option<String>,
     /// `--traceparent-sampled`: the fraction of pre-filled records whose `traceparent`
     /// was sampled (None: the records had no `traceparent`).
     pub traceparent_sampled: Option<f64>,
 }
 
 impl TracingSetup {
-    pub fn from_env(traceparent_sampled: Option<f64>) -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    /// Read the way the daemon reads it ([`TraceSettings::from_env`]).
+    pub fn from_env(config: &Config, traceparent_sampled: Option<f64>) -> Self {
+        let settings = TraceSettings::from_env(&config.telemetry);
         Self {
-            exporting: var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
-                .is_some(),
-            sampler: var("OTEL_TRACES_SAMPLER"),
-            sampler_arg: var("OTEL_TRACES_SAMPLER_ARG"),
+            exporting: settings.is_some(),
+            sampler: settings.map(|s| format!("{:?}", s.sampler)),
             traceparent_sampled,
         }
     }
 
     fn describe(&self) -> String {
-        let export = if self.exporting {
-            format!(
-                "exported ({}{})",
-                self.sampler.as_deref().unwrap_or("parentbased_always_on"),
-                self.sampler_arg
-                    .as_deref()
-                    .map(|a| format!(" {a}"))
-                    .unwrap_or_default()
-            )
-        } else {
-            "off".to_owned()
+        let export = match &self.sampler {
+            Some(sampler) => format!("exported ({sampler})"),
+            None => "off".to_owned(),
         };
         match self.traceparent_sampled {
             Some(f) => format!("{export}; records traced, {f} sampled"),

@@ -205,8 +205,26 @@ pub async fn all_caught_up(
     redis: &mut redis::aio::MultiplexedConnection,
     marks: &[i64],
 ) -> bool {
-    let topic = &env.config.topics.player_events;
-    let prefix = &env.config.redis.key_prefix;
+    stores_at_marks(
+        &env.pg,
+        redis,
+        &env.config.redis.key_prefix,
+        &env.config.topics.player_events,
+        marks,
+    )
+    .await
+}
+
+/// Whether every sink of both stores (Postgres `sink_offsets`, the Redis offsets hashes
+/// under `prefix`) has committed each partition of `topic` to its mark in `marks`; a
+/// partition whose mark is 0 has nothing to commit.
+pub async fn stores_at_marks(
+    pg: &sqlx::PgPool,
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    topic: &str,
+    marks: &[i64],
+) -> bool {
     let at_marks = |committed: &BTreeMap<i32, i64>| {
         marks
             .iter()
@@ -214,7 +232,7 @@ pub async fn all_caught_up(
             .all(|(p, hw)| *hw == 0 || committed.get(&(p as i32)) == Some(hw))
     };
     for sink in PG_SINKS {
-        let committed: BTreeMap<i32, i64> = committed_offsets(&env.pg, sink, topic)
+        let committed: BTreeMap<i32, i64> = committed_offsets(pg, sink, topic)
             .await
             .into_iter()
             .collect();

@@ -241,14 +241,7 @@ impl TestEnv {
     /// test's runtime, which cannot be blocked on); FORCE ends the pool's and any child
     /// daemon's connections. Best effort: a failure only leaves the database behind.
     fn drop_database(&self) {
-        let url = format!(
-            "postgres://{}:{}@{}:{}/{}",
-            self.stack.pg_user,
-            self.stack.pg_password,
-            self.stack.pg_host,
-            self.stack.pg_port,
-            self.stack.pg_admin_db
-        );
+        let url = admin_url(&self.stack);
         let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
         let _ = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -272,12 +265,17 @@ impl TestEnv {
     }
 }
 
-/// Creates a database on the stack (the stack's role has CREATEDB).
-pub async fn create_database(stack: &Stack, database: &str) {
-    let url = format!(
+/// The stack's maintenance database, where databases are created and dropped.
+fn admin_url(stack: &Stack) -> String {
+    format!(
         "postgres://{}:{}@{}:{}/{}",
         stack.pg_user, stack.pg_password, stack.pg_host, stack.pg_port, stack.pg_admin_db
-    );
+    )
+}
+
+/// Creates a database on the stack (the stack's role has CREATEDB).
+pub async fn create_database(stack: &Stack, database: &str) {
+    let url = admin_url(stack);
     let admin = tokio::time::timeout(Duration::from_secs(10), sqlx::PgPool::connect(&url))
         .await
         .unwrap_or_else(|_| panic!("{NOT_UP}: postgres did not answer"))
@@ -549,6 +547,26 @@ impl PrivatePostgres {
             .status()
             .expect("pg_ctl start");
         assert!(status.success(), "private postgres did not start");
+    }
+
+    /// A connection to its `postgres` database as the `gamestream` superuser.
+    pub async fn admin(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&format!(
+            "postgres://gamestream@127.0.0.1:{}/postgres",
+            self.port
+        ))
+        .await
+        .expect("private postgres answers")
+    }
+
+    /// Creates the (empty) database `name`: a fresh server has only `postgres`.
+    pub async fn create_database(&self, name: &str) {
+        let mut admin = self.admin().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
     }
 
     /// Stops it (fast: connections are cut, as in a crash of the client's view).
