@@ -483,7 +483,26 @@ start_kafka() {
     sleep 1 # settle
     pid_is "$pid" tansu || die_log "kafka: tansu (pid $pid) is gone right after startup" "$KAFKA_LOG"
     record_port kafka "$KAFKA_PORT"
+    if [[ $url == sqlite://* ]]; then index_kafka_sqlite; fi
     log "kafka: running (pid $pid) on $HOST:$KAFKA_PORT"
+}
+
+# tansu 0.6's sqlite schema has no index on header (topition, offset_id) and it
+# reads the headers of every record it fetches: without the index each fetched
+# record scans the whole header table (every event has two headers), so the
+# broker's CPU grows with the records stored until produce acks time out (a
+# whole core at ~30k records). Idempotent; tansu has created its schema by now.
+index_kafka_sqlite() {
+    if ! command -v python3 >/dev/null 2>&1; then
+        warn "kafka: python3 not found, cannot index the sqlite header table (fetches slow down as records accumulate)"
+        return 0
+    fi
+    python3 - "$KAFKA_DB" <<'PY' || die_log "kafka: cannot index the header table of $KAFKA_DB" "$KAFKA_LOG"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=30)
+db.execute("create index if not exists header_topition_offset_id on header (topition, offset_id)")
+db.commit()
+PY
 }
 
 stop_kafka() {

@@ -620,7 +620,34 @@ impl PrivateBroker {
     /// topics and records survive [`PrivateBroker::restart`].
     pub async fn start_durable() -> Self {
         // tansu resolves `sqlite://NAME` against its working directory, `dir`.
-        Self::start_with("sqlite://tansu.db").await
+        let broker = Self::start_with("sqlite://tansu.db").await;
+        broker.index_sqlite_headers().await;
+        broker
+    }
+
+    /// tansu 0.6's sqlite schema has no index on `header (topition, offset_id)`, and
+    /// it looks up the headers of every record it fetches, so each fetched record
+    /// scans the whole header table (`EXPLAIN QUERY PLAN`: `SCAN h`). Every event
+    /// carries two headers (CONTRACT.md), so a fetch costs O(records stored): at
+    /// ~30k records the broker used a whole core and produce acks passed the
+    /// daemon's publish timeout. The index makes it a search. Added right after the
+    /// broker created its schema, before any record; sqlite lets a second
+    /// connection change the schema of a WAL database in use, and tansu's prepared
+    /// statements are re-prepared on the schema change.
+    async fn index_sqlite_headers(&self) {
+        const SQL: &str = "import sqlite3, sys\n\
+            db = sqlite3.connect(sys.argv[1], timeout=30)\n\
+            db.execute('create index if not exists header_topition_offset_id \
+            on header (topition, offset_id)')\n\
+            db.commit()\n";
+        let db = self.dir.path().join("tansu.db");
+        let status = tokio::process::Command::new("python3")
+            .args(["-c", SQL])
+            .arg(&db)
+            .status()
+            .await
+            .expect("python3 (its sqlite3 module indexes the broker's header table)");
+        assert!(status.success(), "cannot index {}: {status}", db.display());
     }
 
     async fn start_with(storage: &'static str) -> Self {
