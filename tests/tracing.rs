@@ -162,14 +162,20 @@ impl Daemon {
     }
 
     async fn post_event(&self, body: &str) -> (u16, String) {
-        let response = self
+        self.post_event_with(body, &[]).await
+    }
+
+    /// POSTs one event with extra request headers (raw bytes: they may be invalid).
+    async fn post_event_with(&self, body: &str, headers: &[(&str, &[u8])]) -> (u16, String) {
+        let mut request = self
             .http
             .post(format!("{}/api/v1/events", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("POST");
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            let value = reqwest::header::HeaderValue::from_bytes(value).expect("header value");
+            request = request.header(*name, value);
+        }
+        let response = request.body(body.to_owned()).send().await.expect("POST");
         (
             response.status().as_u16(),
             response.text().await.expect("body"),
@@ -393,6 +399,98 @@ async fn one_event_is_one_trace_from_http_request_to_logger_write() {
     assert!(
         joined,
         "a JSON log line carries the logger span's ids:\n{logs}"
+    );
+}
+
+/// A caller's W3C `traceparent` is continued. With `parentbased_traceidratio` at 0 no
+/// request starts a sampled trace of its own, so only a caller's sampled flag can make
+/// spans; an invalid `traceparent` is ignored, never a reason to refuse the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_traceparent_is_continued_and_a_bad_one_ignored() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    let env = TestEnv::new().await;
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let daemon = Daemon::spawn(
+        &env,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let bad: [&[u8]; 4] = [b"nonsense", b"00-zz-00f067aa0ba902b7-01", b"\xff\xfe", b""];
+    for value in bad {
+        let (status, answer) = daemon
+            .post_event_with(&event_body("p-bad-context"), &[("traceparent", value)])
+            .await;
+        assert_eq!(status, 200, "traceparent {value:?}: {answer}");
+    }
+    let unsampled = format!("00-{UNSAMPLED_TRACE}-{CALLER_SPAN}-00");
+    let (status, answer) = daemon
+        .post_event_with(
+            &event_body("p-unsampled"),
+            &[("traceparent", unsampled.as_bytes())],
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let sampled = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let (status, answer) = daemon
+        .post_event_with(
+            &event_body("p-caller"),
+            &[
+                ("traceparent", sampled.as_bytes()),
+                ("tracestate", b"vendor=abc"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let id = event_id(&answer);
+    assert!(common::eventually(WAIT, || async { events_rows(&env, &id).await == 1 }).await);
+
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let http_name = "POST /api/v1/events";
+    let downstream = common::eventually(WAIT, || async {
+        let spans = receiver.spans();
+        [http_name, "kafka.consume", "sink.write_batch"]
+            .iter()
+            .all(|name| spans.iter().any(|s| s.name == *name))
+    })
+    .await;
+    let spans = receiver.spans();
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        downstream,
+        "the caller's trace reaches the sinks: {names:?}"
+    );
+    let http: Vec<&Received> = spans.iter().filter(|s| s.name == http_name).collect();
+    assert_eq!(
+        http.len(),
+        1,
+        "only the sampled caller's request: {names:?}"
+    );
+    assert_eq!(
+        hex(&http[0].trace_id),
+        TRACE,
+        "the request joins the caller's trace"
+    );
+    assert_eq!(
+        hex(&http[0].parent_span_id),
+        CALLER_SPAN,
+        "the request span's parent is the caller's span"
+    );
+    let foreign: Vec<String> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) != TRACE)
+        .map(|s| format!("{} in {}", s.name, hex(&s.trace_id)))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "no other trace is sampled (unsampled caller, bad headers): {foreign:?}"
     );
 }
 

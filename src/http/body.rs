@@ -19,22 +19,50 @@ pub struct RequestHead {
     pub content_length: Option<u64>,
     pub authorization: Option<String>,
     pub remote: Option<SocketAddr>,
+    /// The caller's W3C trace context (`traceparent`, `tracestate`).
+    pub trace_context: TraceContext,
 }
 
-/// Extracts the [`RequestHead`]. Unparsable header values are rejected as 400 by warp.
+/// The W3C trace-context headers of a request, when present and visible ASCII.
+#[derive(Debug, Default)]
+pub struct TraceContext {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// Extracts the [`RequestHead`]. Unparsable header values are rejected as 400 by warp,
+/// except the trace-context ones: a bad one is ignored (W3C Trace Context), never a
+/// reason to refuse events.
 pub fn head() -> impl Filter<Extract = (RequestHead,), Error = warp::Rejection> + Copy {
     warp::header::optional::<MediaType>("content-type")
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::addr::remote())
+        .and(lenient("traceparent"))
+        .and(lenient("tracestate"))
         .map(
-            |content_type, content_length, authorization, remote| RequestHead {
-                content_type,
-                content_length,
-                authorization,
-                remote,
+            |content_type, content_length, authorization, remote, traceparent, tracestate| {
+                RequestHead {
+                    content_type,
+                    content_length,
+                    authorization,
+                    remote,
+                    trace_context: TraceContext {
+                        traceparent,
+                        tracestate,
+                    },
+                }
             },
         )
+}
+
+/// An optional header whose unreadable value counts as absent.
+fn lenient(
+    name: &'static str,
+) -> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Copy {
+    warp::header::optional::<String>(name)
+        .or(warp::any().map(|| None))
+        .unify()
 }
 
 /// Whether a `Content-Type` names JSON. Parsing never fails, so the header is checked
@@ -125,6 +153,7 @@ mod tests {
             content_length: length,
             authorization: None,
             remote: None,
+            trace_context: Default::default(),
         }
     }
 

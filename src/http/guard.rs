@@ -119,6 +119,7 @@ mod tests {
             content_length: None,
             authorization: authorization.map(str::to_owned),
             remote: Some("127.0.0.1:1234".parse().expect("address")),
+            trace_context: Default::default(),
         }
     }
 

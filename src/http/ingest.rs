@@ -49,7 +49,7 @@ pub fn routes(
         .and(warp::body::stream())
         .then(move |head, body| {
             let ingest = Arc::clone(&single_ingest);
-            let span = request_span(SINGLE_ROUTE);
+            let span = request_span(SINGLE_ROUTE, &head);
             async move { traced(&span, ingest.bounded(ingest.single(head, body))).await }
         });
     let batch = warp::path!("api" / "v1" / "events" / "batch")
@@ -58,7 +58,7 @@ pub fn routes(
         .and(warp::body::stream())
         .then(move |head, body| {
             let ingest = Arc::clone(&ingest);
-            let span = request_span(BATCH_ROUTE);
+            let span = request_span(BATCH_ROUTE, &head);
             async move { traced(&span, ingest.bounded(ingest.batch(head, body))).await }
         });
     single.or(batch).unify()
@@ -68,19 +68,27 @@ pub fn routes(
 const SINGLE_ROUTE: &str = "/api/v1/events";
 const BATCH_ROUTE: &str = "/api/v1/events/batch";
 
-/// The server span of one ingest request; a disabled span (no cost) when traces are off.
-fn request_span(route: &'static str) -> tracing::Span {
+/// The server span of one ingest request, in the caller's trace when the request
+/// carries one; a disabled span (no cost) when traces are off.
+fn request_span(route: &'static str, head: &body::RequestHead) -> tracing::Span {
     if !crate::telemetry::traces::enabled() {
         return tracing::Span::none();
     }
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "http.request",
         otel.name = format!("POST {route}"),
         otel.kind = "server",
         http.request.method = "POST",
         http.route = route,
         http.response.status_code = tracing::field::Empty,
-    )
+    );
+    let caller = &head.trace_context;
+    crate::telemetry::traces::continue_http_caller(
+        &span,
+        caller.traceparent.as_deref(),
+        caller.tracestate.as_deref(),
+    );
+    span
 }
 
 /// Runs `handler` inside `span` and records the response status on it.

@@ -337,6 +337,33 @@ pub fn extract(headers: &BTreeMap<String, Vec<u8>>) -> Option<SpanContext> {
     remote.is_valid().then_some(remote)
 }
 
+/// Makes an HTTP request's `span` continue its caller's trace, from the request's
+/// `traceparent` (and `tracestate`) headers. With the default `parentbased_*`
+/// samplers the caller's sampled flag decides, so a traced client sees its call and
+/// everything downstream (publish, consume, sink writes) in its own trace. A missing
+/// or invalid `traceparent` is ignored and the request starts a trace of its own, as
+/// the W3C Trace Context recommendation asks; nothing happens when tracing is off.
+pub fn continue_http_caller(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    if !enabled() {
+        return;
+    }
+    let cx = TraceContextPropagator::new().extract(&RequestHeaders {
+        traceparent,
+        tracestate,
+    });
+    let remote = cx.span().span_context().clone();
+    if remote.is_valid() {
+        let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+    }
+}
+
 /// Records the consumption of one record under its producer's context; returns the
 /// context later spans link to. An unsampled remote context is passed on untouched
 /// (no span: the trace was sampled out at its start).
@@ -424,6 +451,26 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// The two trace-context headers of an HTTP request.
+struct RequestHeaders<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
+
+impl Extractor for RequestHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT => Some(self.traceparent),
+            "tracestate" => self.tracestate,
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT, "tracestate"]
     }
 }
 
