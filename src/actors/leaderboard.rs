@@ -28,7 +28,7 @@ use crate::aggregate::ScoreDelta;
 use crate::event::{Event, Score};
 use crate::sinks::SinkError;
 use crate::sinks::postgres::{leaderboard as pg_leaderboard, offsets};
-use crate::sinks::redis::rebuild::{self, RebuildSource, RedisSinkSettings, Store};
+use crate::sinks::redis::rebuild::{RedisSinkSettings, RedisSinkStore, Store};
 use crate::sinks::redis::{RedisKeys, RedisPool, leaderboard as redis_leaderboard};
 
 /// `consumer_service` of the manager, and the offset key of its Postgres sink.
@@ -93,13 +93,9 @@ impl SinkWriter for LeaderboardPgWriter {
 
 /// Writes the `leaderboard:*` sorted sets.
 pub struct LeaderboardRedisWriter {
-    pub redis: RedisPool,
-    /// Where a rebuild reads from.
-    pub pg: sqlx::PgPool,
-    pub keys: RedisKeys,
-    pub settings: RedisSinkSettings,
+    store: RedisSinkStore,
     /// The batch script, hashed once.
-    pub script: redis::Script,
+    script: redis::Script,
 }
 
 impl LeaderboardRedisWriter {
@@ -110,10 +106,15 @@ impl LeaderboardRedisWriter {
         settings: RedisSinkSettings,
     ) -> Self {
         Self {
-            redis,
-            pg,
-            keys,
-            settings,
+            store: RedisSinkStore {
+                redis,
+                pg,
+                keys,
+                settings,
+                sink: LEADERBOARD_REDIS,
+                postgres_sink: LEADERBOARD,
+                store: Store::Leaderboard,
+            },
             script: redis_leaderboard::script(),
         }
     }
@@ -129,14 +130,7 @@ impl SinkWriter for LeaderboardRedisWriter {
     }
 
     async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
-        let source = RebuildSource {
-            sink: LEADERBOARD_REDIS,
-            postgres_sink: LEADERBOARD,
-            topic,
-            store: Store::Leaderboard,
-        };
-        rebuild::committed_or_rebuild(&self.redis, &self.pg, &self.keys, &self.settings, source)
-            .await
+        self.store.committed(topic).await
     }
 
     async fn claim(
@@ -145,22 +139,7 @@ impl SinkWriter for LeaderboardRedisWriter {
         partition: i32,
         epoch: i64,
     ) -> Result<Option<i64>, SinkError> {
-        let source = RebuildSource {
-            sink: LEADERBOARD_REDIS,
-            postgres_sink: LEADERBOARD,
-            topic,
-            store: Store::Leaderboard,
-        };
-        rebuild::claim_or_rebuild(
-            &self.redis,
-            &self.pg,
-            &self.keys,
-            &self.settings,
-            source,
-            partition,
-            epoch,
-        )
-        .await
+        self.store.claim(topic, partition, epoch).await
     }
 
     async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
@@ -169,14 +148,14 @@ impl SinkWriter for LeaderboardRedisWriter {
         let delta = ScoreDelta::of(batch.records.iter().map(|r| r.event))
             .map_err(|e| SinkError::Permanent(e.to_string()))?;
         let plan = redis_leaderboard::plan(
-            &self.keys,
+            &self.store.keys,
             &delta,
             chrono::Utc::now(),
-            self.settings.period_ttl,
+            self.store.settings.period_ttl,
         );
-        let offsets_key = self.keys.offsets(LEADERBOARD_REDIS, batch.topic);
+        let offsets_key = self.store.offsets_key(batch.topic);
         let args = plan.script_args(&offsets_key, &batch.commits);
-        let mut conn = rebuild::connection(&self.redis, self.settings.timeout).await?;
+        let mut conn = self.store.connection().await?;
         redis_leaderboard::write(&mut conn, &self.script, LEADERBOARD_REDIS, &args).await
     }
 }

@@ -24,7 +24,7 @@ use super::sink::{SinkWriter, WriteBatch};
 use crate::aggregate::StatsDelta;
 use crate::sinks::SinkError;
 use crate::sinks::postgres::{offsets, stats as pg_stats};
-use crate::sinks::redis::rebuild::{self, RebuildSource, RedisSinkSettings, Store};
+use crate::sinks::redis::rebuild::{RedisSinkSettings, RedisSinkStore, Store};
 use crate::sinks::redis::{RedisKeys, RedisPool, stats as redis_stats};
 
 /// `consumer_service` of the aggregator, and the offset key of its Postgres sink.
@@ -56,13 +56,9 @@ impl SinkWriter for StatsPgWriter {
 
 /// Writes the `player_stats:{player_id}` hashes.
 pub struct StatsRedisWriter {
-    pub redis: RedisPool,
-    /// Where a rebuild reads from.
-    pub pg: sqlx::PgPool,
-    pub keys: RedisKeys,
-    pub settings: RedisSinkSettings,
+    store: RedisSinkStore,
     /// The batch script, hashed once.
-    pub script: redis::Script,
+    script: redis::Script,
 }
 
 impl StatsRedisWriter {
@@ -73,10 +69,15 @@ impl StatsRedisWriter {
         settings: RedisSinkSettings,
     ) -> Self {
         Self {
-            redis,
-            pg,
-            keys,
-            settings,
+            store: RedisSinkStore {
+                redis,
+                pg,
+                keys,
+                settings,
+                sink: STATS_REDIS,
+                postgres_sink: STATS,
+                store: Store::Stats,
+            },
             script: redis_stats::script(),
         }
     }
@@ -92,14 +93,7 @@ impl SinkWriter for StatsRedisWriter {
     }
 
     async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
-        let source = RebuildSource {
-            sink: STATS_REDIS,
-            postgres_sink: STATS,
-            topic,
-            store: Store::Stats,
-        };
-        rebuild::committed_or_rebuild(&self.redis, &self.pg, &self.keys, &self.settings, source)
-            .await
+        self.store.committed(topic).await
     }
 
     async fn claim(
@@ -108,29 +102,14 @@ impl SinkWriter for StatsRedisWriter {
         partition: i32,
         epoch: i64,
     ) -> Result<Option<i64>, SinkError> {
-        let source = RebuildSource {
-            sink: STATS_REDIS,
-            postgres_sink: STATS,
-            topic,
-            store: Store::Stats,
-        };
-        rebuild::claim_or_rebuild(
-            &self.redis,
-            &self.pg,
-            &self.keys,
-            &self.settings,
-            source,
-            partition,
-            epoch,
-        )
-        .await
+        self.store.claim(topic, partition, epoch).await
     }
 
     async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
         let delta = StatsDelta::of(batch.records.iter().map(|r| r.event));
-        let offsets_key = self.keys.offsets(STATS_REDIS, batch.topic);
-        let args = redis_stats::script_args(&self.keys, &offsets_key, &delta, &batch.commits);
-        let mut conn = rebuild::connection(&self.redis, self.settings.timeout).await?;
+        let offsets_key = self.store.offsets_key(batch.topic);
+        let args = redis_stats::script_args(&self.store.keys, &offsets_key, &delta, &batch.commits);
+        let mut conn = self.store.connection().await?;
         redis_stats::write(&mut conn, &self.script, STATS_REDIS, &args).await
     }
 }

@@ -60,11 +60,79 @@ pub enum Store {
 
 /// A Redis sink and the Postgres sink whose offsets and rows it is rebuilt from.
 #[derive(Debug, Clone, Copy)]
-pub struct RebuildSource<'a> {
+struct RebuildSource<'a> {
+    sink: &'static str,
+    postgres_sink: &'static str,
+    topic: &'a str,
+    store: Store,
+}
+
+/// Where a Redis sink writes and what it is rebuilt from: its pool, the Postgres twin's
+/// database, key names, settings, and which sink and store it is.
+#[derive(Clone)]
+pub struct RedisSinkStore {
+    pub redis: RedisPool,
+    pub pg: sqlx::PgPool,
+    pub keys: RedisKeys,
+    pub settings: RedisSinkSettings,
+    /// The Redis sink's name (its offsets hash, metrics, logs).
     pub sink: &'static str,
+    /// The Postgres sink it is rebuilt from.
     pub postgres_sink: &'static str,
-    pub topic: &'a str,
     pub store: Store,
+}
+
+impl RedisSinkStore {
+    fn source<'a>(&self, topic: &'a str) -> RebuildSource<'a> {
+        RebuildSource {
+            sink: self.sink,
+            postgres_sink: self.postgres_sink,
+            topic,
+            store: self.store,
+        }
+    }
+
+    /// See [`committed_or_rebuild`].
+    pub async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
+        committed_or_rebuild(
+            &self.redis,
+            &self.pg,
+            &self.keys,
+            &self.settings,
+            self.source(topic),
+        )
+        .await
+    }
+
+    /// See [`claim_or_rebuild`].
+    pub async fn claim(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: i64,
+    ) -> Result<Option<i64>, SinkError> {
+        let source = self.source(topic);
+        claim_or_rebuild(
+            &self.redis,
+            &self.pg,
+            &self.keys,
+            &self.settings,
+            source,
+            partition,
+            epoch,
+        )
+        .await
+    }
+
+    /// The sink's offsets hash for `topic`.
+    pub fn offsets_key(&self, topic: &str) -> String {
+        self.keys.offsets(self.sink, topic)
+    }
+
+    /// A pooled connection with the sink's reply timeout.
+    pub async fn connection(&self) -> Result<MultiplexedConnection, SinkError> {
+        connection(&self.redis, self.settings.timeout).await
+    }
 }
 
 /// A pooled connection with the sink's reply timeout (the pool's default is shorter
@@ -80,7 +148,7 @@ pub async fn connection(
 
 /// The sink's committed offsets from Redis; when Redis has lost them, a rebuild from
 /// Postgres first. A rebuild running elsewhere is a transient error (retry later).
-pub async fn committed_or_rebuild(
+async fn committed_or_rebuild(
     pool: &RedisPool,
     pg: &sqlx::PgPool,
     keys: &RedisKeys,
@@ -115,7 +183,7 @@ pub async fn committed_or_rebuild(
 /// Claims `partition` for lease `epoch` in the sink's offsets hash (so that a writer
 /// with an older epoch is refused from now on) and returns where to resume it;
 /// rebuilds Redis from Postgres first if it lost its data.
-pub async fn claim_or_rebuild(
+async fn claim_or_rebuild(
     pool: &RedisPool,
     pg: &sqlx::PgPool,
     keys: &RedisKeys,
