@@ -1,6 +1,8 @@
-//! The chaos suite: under continuous HTTP load the daemon is killed (-9) three times,
-//! Postgres restarts, Redis restarts empty and the broker (durable sqlite storage)
-//! restarts; then every table and key is checked against the suite's own tally.
+//! The chaos suite: under continuous HTTP load the daemon is killed (-9) three times
+//! (twice restarted under its lease member id, as a container in its pod; once under a
+//! new one, as a replaced pod), Postgres restarts, Redis restarts empty and the broker
+//! (durable sqlite storage) restarts; then every table and key is checked against the
+//! suite's own tally.
 //!
 //! ```text
 //!  load workers ──POST /api/v1/events/batch──► gamestream serve (child, kill -9 ×3)
@@ -74,7 +76,12 @@ const OUTAGE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
+    /// kill -9, then start again under the same member id: a container restarted in
+    /// its pod (Kubernetes keeps the pod name), which adopts its own leases.
     KillDaemon,
+    /// kill -9, then start under a new member id: a replaced pod, which must wait
+    /// until the dead daemon's leases expire (`lease.ttl`, 10 s by default).
+    ReplaceDaemon,
     RestartPostgres,
     RestartRedisEmpty,
     RestartBroker,
@@ -83,7 +90,7 @@ enum Fault {
 const FAULTS: [Fault; 6] = [
     Fault::KillDaemon,
     Fault::RestartPostgres,
-    Fault::KillDaemon,
+    Fault::ReplaceDaemon,
     Fault::RestartRedisEmpty,
     Fault::KillDaemon,
     Fault::RestartBroker,
@@ -92,7 +99,8 @@ const FAULTS: [Fault; 6] = [
 impl Fault {
     fn name(self) -> &'static str {
         match self {
-            Fault::KillDaemon => "kill -9 daemon",
+            Fault::KillDaemon => "kill -9 daemon (same member id)",
+            Fault::ReplaceDaemon => "kill -9 daemon (new member id)",
             Fault::RestartPostgres => "restart postgres",
             Fault::RestartRedisEmpty => "restart redis empty",
             Fault::RestartBroker => "restart broker",
@@ -122,7 +130,6 @@ struct Load {
     next: AtomicUsize,
     acked_seqs: AtomicUsize,
     faults_started: AtomicUsize,
-    faults_recovered: AtomicUsize,
     abort: AtomicBool,
     tally: Mutex<Tally>,
     /// Each worker's time between batches under `CHAOS_RATE` (None: as fast as acks come).
@@ -130,10 +137,12 @@ struct Load {
 }
 
 impl Load {
-    /// The first `seq` the workers may not send yet: up to a quarter window past the
-    /// next fault's trigger, so load keeps flowing while a fault is in progress.
+    /// The first `seq` the workers may not send yet: three quarters of a window past
+    /// the next fault's trigger, so every fault strikes mid-stream. Starting a fault
+    /// opens the next window at once: load must keep flowing while it is in progress,
+    /// or its recovery (new acknowledgements, new commits) could never be observed.
     fn limit(&self) -> usize {
-        (self.faults_recovered.load(Ordering::SeqCst) + 1) * self.window + self.window / 4
+        (self.faults_started.load(Ordering::SeqCst) + 1) * self.window + self.window / 4
     }
 }
 
@@ -273,6 +282,8 @@ struct Rig {
     log: PathBuf,
     _dir: tempfile::TempDir,
     daemon: Option<tokio::process::Child>,
+    /// `lease.member_id` of the daemon; a new one for [`Fault::ReplaceDaemon`].
+    member: u32,
     /// Exits of the daemon the suite did not cause.
     unexpected_exits: Vec<String>,
 }
@@ -340,6 +351,7 @@ impl Rig {
             log,
             _dir: dir,
             daemon: None,
+            member: 1,
             unexpected_exits: Vec::new(),
         };
         rig.spawn_daemon();
@@ -363,6 +375,10 @@ impl Rig {
                     .iter()
                     .flat_map(|(k, v)| ["--set".to_owned(), format!("{k}={v}")]),
             )
+            .args([
+                "--set",
+                &format!("lease.member_id=\"chaos-{}\"", self.member),
+            ])
             .arg("serve")
             .stdin(Stdio::null())
             .stdout(log)
@@ -385,27 +401,39 @@ impl Rig {
         }
     }
 
-    async fn inject(&mut self, fault: Fault) {
+    /// The first half of a fault: kills the daemon or stops the service.
+    async fn inflict(&mut self, fault: Fault) {
         match fault {
-            Fault::KillDaemon => {
+            Fault::KillDaemon | Fault::ReplaceDaemon => {
                 if let Some(mut child) = self.daemon.take() {
                     child.kill().await.expect("kill -9 the daemon");
                 }
+            }
+            Fault::RestartPostgres => tokio::task::block_in_place(|| self.pg.pause()),
+            Fault::RestartRedisEmpty => tokio::task::block_in_place(|| self.redis.kill()),
+            Fault::RestartBroker => self.broker.stop().await,
+        }
+    }
+
+    /// The second half: after a pause, starts the daemon or the service again.
+    async fn repair(&mut self, fault: Fault) {
+        match fault {
+            Fault::KillDaemon | Fault::ReplaceDaemon => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                if fault == Fault::ReplaceDaemon {
+                    self.member += 1;
+                }
                 self.spawn_daemon();
             }
             Fault::RestartPostgres => {
-                tokio::task::block_in_place(|| self.pg.pause());
                 tokio::time::sleep(OUTAGE).await;
                 tokio::task::block_in_place(|| self.pg.resume());
             }
             Fault::RestartRedisEmpty => {
-                tokio::task::block_in_place(|| self.redis.kill());
                 tokio::time::sleep(OUTAGE).await;
                 tokio::task::block_in_place(|| self.redis.restart_empty());
             }
             Fault::RestartBroker => {
-                self.broker.stop().await;
                 tokio::time::sleep(OUTAGE).await;
                 self.broker.restart().await;
             }
@@ -483,21 +511,21 @@ async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Row>
             load.acked_seqs.load(Ordering::SeqCst) >= trigger
         })
         .await;
-        let acked_before = load.acked_seqs.load(Ordering::SeqCst);
+        let acked_at_trigger = load.acked_seqs.load(Ordering::SeqCst);
         assert!(
             reached,
-            "{}: the load stalled before it ({acked_before} of {trigger} events acknowledged \
+            "{}: the load stalled before it ({acked_at_trigger} of {trigger} events acknowledged \
              after {RECOVERY_TIMEOUT:?}); daemon log in {:?}",
             fault.name(),
             rig.log
         );
         rig.check_daemon();
         eprintln!(
-            "chaos: {} at {acked_before} acknowledged events ({:.0}s in)",
+            "chaos: {} at {acked_at_trigger} acknowledged events ({:.0}s in)",
             fault.name(),
             (Utc::now() - load.now).as_seconds_f64()
         );
-        let progress_before = loop {
+        let mut progress_before = loop {
             if let Some(p) = rig.progress(pg).await {
                 break p;
             }
@@ -505,7 +533,22 @@ async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Row>
         };
         let started = Instant::now();
         load.faults_started.fetch_add(1, Ordering::SeqCst);
-        rig.inject(fault).await;
+        rig.inflict(fault).await;
+        // The baseline of recovery is taken once the fault has struck: answers and
+        // commits already under way before it must not count as recovery (at full
+        // speed they arrive every few milliseconds). With both stores up (the daemon
+        // or the broker is down) their offsets are read again; a stopped store has
+        // committed nothing since the reading above (and reading it would only wait).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let acked_before = load.acked_seqs.load(Ordering::SeqCst);
+        let stores_up = matches!(
+            fault,
+            Fault::KillDaemon | Fault::ReplaceDaemon | Fault::RestartBroker
+        );
+        if stores_up && let Some(now) = rig.progress(pg).await {
+            progress_before = now;
+        }
+        rig.repair(fault).await;
         let mut recovery = None;
         while started.elapsed() < RECOVERY_TIMEOUT {
             rig.check_daemon();
@@ -520,7 +563,6 @@ async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Row>
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        load.faults_recovered.fetch_add(1, Ordering::SeqCst);
         rows.push(Row {
             fault: fault.name().to_owned(),
             recovery,
@@ -732,13 +774,10 @@ async fn chaos_under_load_loses_and_duplicates_nothing() {
         next: AtomicUsize::new(0),
         acked_seqs: AtomicUsize::new(0),
         faults_started: AtomicUsize::new(0),
-        faults_recovered: AtomicUsize::new(0),
         abort: AtomicBool::new(false),
         tally: Mutex::new(Tally::default()),
-        // `CHAOS_RATE` (events/s over all workers) keeps a long run under what the
-        // sqlite-backed broker sustains: its produce acks slow down as its database grows
-        // (at full speed, a 100,000-event run stalled near 60,000 events on produce
-        // timeouts, with nothing lost).
+        // `CHAOS_RATE` (events/s over all workers) paces the load, e.g. to a production
+        // rate or below what the sqlite-backed broker sustains on a busy machine.
         pace: std::env::var("CHAOS_RATE")
             .ok()
             .and_then(|r| r.parse::<f64>().ok())
