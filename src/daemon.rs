@@ -137,8 +137,10 @@ pub async fn start(
     };
 
     let (producer, producer_tasks) = if config.mode.ingests() {
+        // A client of its own: produce requests are never re-sent by rskafka.
+        let producer_client = Arc::new(crate::sinks::kafka::connect_producer(&config.kafka).await?);
         let (producer, tasks) = KafkaProducer::start(
-            Arc::clone(&kafka),
+            producer_client,
             &config.topics.player_events,
             &config.producer,
         )

@@ -632,6 +632,27 @@ async fn check_events(
     landed
 }
 
+/// Checks that the topic holds each event once: an event id on two records (a produce
+/// retried after the broker had appended it) is one event counted twice by the
+/// statistics and leaderboards, while `events` ignores the copy. Returns the records
+/// read and the differences.
+async fn check_topic(config: &Config) -> (usize, Vec<String>) {
+    let records = common::ingest::consume_all(config).await;
+    let mut offsets: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
+    for record in &records {
+        offsets
+            .entry(record.event_id())
+            .or_default()
+            .push((record.partition, record.offset));
+    }
+    let problems = offsets
+        .into_iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(id, at)| format!("event {id} is in the topic {} times: {at:?}", at.len()))
+        .collect();
+    (records.len(), problems)
+}
+
 /// Compares the stores with what `landed` must have produced; returns the differences.
 async fn check_stores(
     pg: &sqlx::PgPool,
@@ -830,6 +851,16 @@ async fn chaos_under_load_loses_and_duplicates_nothing() {
         discrepancies: store_problems.len(),
     });
     problems.extend(store_problems);
+    let (records, topic_problems) = check_topic(&rig.config).await;
+    rows.push(Row {
+        fault: "topic: one record per event id".to_owned(),
+        recovery: None,
+        is_fault: false,
+        checked: records,
+        discrepancies: topic_problems.len(),
+    });
+    // First in the list: a duplicated record explains the store differences it causes.
+    problems.splice(0..0, topic_problems);
     print_table(&rows, &tally, landed.len(), began.elapsed());
     println!("daemon log: {}", rig.log.display());
     for p in problems.iter().take(20) {

@@ -34,12 +34,33 @@ pub enum KafkaError {
 /// backoff for at most `operation_timeout`, so a dead broker surfaces as an error
 /// instead of a hang.
 pub async fn connect(config: &KafkaConfig) -> Result<Client, KafkaError> {
+    connect_with(config, config.operation_timeout).await
+}
+
+/// Connects a client for producing, whose operations are never retried inside rskafka.
+///
+/// rskafka re-sends a produce request whose connection broke, and a broker that had
+/// appended the records before the break (killed before its answer) then holds them
+/// twice: the same `event_id` at two offsets, which `events` ignores but statistics
+/// and leaderboards would count twice. Without Kafka's idempotent producer, which
+/// rskafka lacks, only the producer can know whether a request may have been
+/// appended; [`super::worker`] retries only what was certainly not sent.
+pub async fn connect_producer(config: &KafkaConfig) -> Result<Client, KafkaError> {
+    connect_with(config, std::time::Duration::ZERO).await
+}
+
+/// A client whose operations retry with backoff until `retry_deadline` (zero: a
+/// failure is returned at once).
+async fn connect_with(
+    config: &KafkaConfig,
+    retry_deadline: std::time::Duration,
+) -> Result<Client, KafkaError> {
     let brokers = config.bootstrap_servers.join(",");
     let backoff = BackoffConfig {
         init_backoff: std::time::Duration::from_millis(50),
         max_backoff: std::time::Duration::from_secs(1),
         base: 2.0,
-        deadline: Some(config.operation_timeout),
+        deadline: Some(retry_deadline),
     };
     let mut builder = ClientBuilder::new(config.bootstrap_servers.clone())
         .client_id(config.client_id.as_str())

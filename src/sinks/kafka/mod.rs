@@ -7,7 +7,7 @@ mod producer;
 mod topics;
 mod worker;
 
-pub use client::{KafkaError, connect};
+pub use client::{KafkaError, connect, connect_producer};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{KafkaProducer, ProduceError, ProducerRecord, ProducerTasks, RecordHeaders};
 pub use topics::{TopicReport, create_topics, list_topics, partition_count};

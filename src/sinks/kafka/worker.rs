@@ -7,9 +7,20 @@
 //! ```
 //!
 //! The worker owns its [`PartitionConnection`]: an rskafka `PartitionClient` created on
-//! first use and recreated after any failed or timed-out request. rskafka reconnects a
-//! broken connection by itself, but a connection that hangs (a broker host gone without
-//! a reset) would keep hanging; a fresh client after a failure never inherits it.
+//! first use and recreated after any failed or timed-out request, or after sitting idle
+//! for [`IDLE_REFRESH`]. A connection that hangs (a broker host gone without a reset)
+//! would keep hanging; a fresh client after a failure never inherits it.
+//!
+//! # Each request is sent once
+//!
+//! The producer's rskafka client never retries (see
+//! [`super::client::connect_producer`]): a request whose connection broke may have
+//! been appended, and sending it again could store its events twice. What is retried,
+//! until `publish_timeout`, is getting a connected partition client, which sends
+//! nothing. The client is connected (a ListOffsets request) before a batch is handed
+//! to it, so a broker that is down or restarting fails there, not in the produce
+//! request; a produce request that still fails answers its callers with an error (a
+//! 503, "not confirmed"), and the caller decides whether to send again.
 //!
 //! Owned by [`super::ProducerTasks`]; it stops when told to close, after flushing
 //! what it holds and collecting the last acknowledgements.
@@ -18,12 +29,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::client::Client;
-use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::producer::{ProduceError, ProducerRecord};
+
+/// A partition client unused for this long is replaced before its next request: a
+/// broker (Kafka's `connections.max.idle.ms`, 10 minutes) or a load balancer may have
+/// closed its idle connection, and a request on a closed connection fails after
+/// being handed over, where it cannot be retried.
+const IDLE_REFRESH: Duration = Duration::from_secs(60);
+/// Pauses between attempts to get a connected partition client: doubling from the
+/// first, up to the second.
+const CONNECT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(50), Duration::from_millis(1000));
 
 /// The reply a caller waits for: the offset of its first record (its records are
 /// written together, so the others follow consecutively).
@@ -284,7 +305,7 @@ async fn produce(
     let started = Instant::now();
     let mut used = None;
     let attempt = send(&connection, &mut used, records, settings.compression);
-    let outcome = match tokio::time::timeout(settings.publish_timeout, attempt).await {
+    let outcome = match tokio::time::timeout_at(started + settings.publish_timeout, attempt).await {
         Ok(Ok(offsets)) if offsets.len() == count && contiguous(&offsets) => Ok(offsets),
         Ok(Ok(offsets)) => Err(ProduceError::Broker(Arc::from(format!(
             "the broker acknowledged {} of {count} records, or not at consecutive offsets",
@@ -329,15 +350,26 @@ fn contiguous(offsets: &[i64]) -> bool {
     offsets.windows(2).all(|w| w[1] == w[0] + 1)
 }
 
-/// One produce attempt; `used` tells the caller which client it ran on, even when the
-/// attempt is cancelled by the timeout.
+/// Gets a connected partition client, retrying with backoff (nothing is sent until
+/// one is connected), then sends the batch once; `used` tells the caller which client
+/// it ran on, even when the attempt is cancelled by the timeout.
 async fn send(
     connection: &PartitionConnection,
     used: &mut Option<Arc<PartitionClient>>,
     records: Vec<rskafka::record::Record>,
     compression: Compression,
 ) -> Result<Vec<i64>, rskafka::client::error::Error> {
-    let client = connection.get().await?;
+    let mut pause = CONNECT_BACKOFF.0;
+    let client = loop {
+        match connection.get().await {
+            Ok(client) => break client,
+            Err(e) => {
+                tracing::debug!(partition = connection.partition, error = %e, retry_in = ?pause, "no connected partition client yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(CONNECT_BACKOFF.1);
+            }
+        }
+    };
     *used = Some(Arc::clone(&client));
     client.produce(records, compression).await
 }
@@ -352,27 +384,38 @@ struct PartitionConnection {
     client: Arc<Client>,
     topic: String,
     partition: i32,
-    /// A tokio mutex: creating a client awaits the broker, and concurrent produce
-    /// tasks of this partition must wait for that one creation, not start their own.
-    current: tokio::sync::Mutex<Option<Arc<PartitionClient>>>,
+    /// The client and when it was last handed out. A tokio mutex: creating a client
+    /// awaits the broker, and concurrent produce tasks of this partition must wait for
+    /// that one creation, not start their own.
+    current: tokio::sync::Mutex<Option<(Arc<PartitionClient>, Instant)>>,
 }
 
 impl PartitionConnection {
+    /// The current client, or a new one, connected to the partition's leader; nothing
+    /// of a batch has been sent when this fails.
     async fn get(&self) -> Result<Arc<PartitionClient>, rskafka::client::error::Error> {
         let mut current = self.current.lock().await;
-        if let Some(client) = current.as_ref() {
+        let now = Instant::now();
+        if let Some((client, last_used)) = current.as_mut()
+            && now.duration_since(*last_used) < IDLE_REFRESH
+        {
+            *last_used = now;
             return Ok(Arc::clone(client));
         }
-        let client = Arc::new(
-            self.client
-                .partition_client(
-                    self.topic.clone(),
-                    self.partition,
-                    UnknownTopicHandling::Retry,
-                )
-                .await?,
-        );
-        *current = Some(Arc::clone(&client));
+        *current = None;
+        let client = self
+            .client
+            .partition_client(
+                self.topic.clone(),
+                self.partition,
+                UnknownTopicHandling::Retry,
+            )
+            .await?;
+        // rskafka connects to the leader on a client's first request: make it this one,
+        // which appends nothing, so a broker that cannot be reached fails here.
+        client.get_offset(OffsetAt::Earliest).await?;
+        let client = Arc::new(client);
+        *current = Some((Arc::clone(&client), now));
         Ok(client)
     }
 
@@ -381,7 +424,7 @@ impl PartitionConnection {
     async fn reset(&self, failed: Option<&Arc<PartitionClient>>) {
         let mut current = self.current.lock().await;
         let same = match (current.as_ref(), failed) {
-            (Some(now), Some(failed)) => Arc::ptr_eq(now, failed),
+            (Some((now, _)), Some(failed)) => Arc::ptr_eq(now, failed),
             (_, None) => true,
             (None, Some(_)) => false,
         };
