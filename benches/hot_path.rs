@@ -7,6 +7,9 @@
 //!   events (the `logger.batch_size` range)?
 //! - `aggregate`: what do the stats and leaderboard deltas of a batch cost, for 1k and
 //!   5k events (`stats.buffer_size`, `leaderboard.batch_size`)?
+//! - `produce_batch`: what does the copy cost that each produce attempt sends (kept so
+//!   that a batch the broker refused can be sent again), next to building the records
+//!   from events, for a full batch (`producer.max_batch_records`, 2,000)?
 //!
 //! ```text
 //! cargo bench --bench hot_path                    # full
@@ -24,7 +27,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use gamestream::aggregate::{ScoreDelta, StatsDelta};
 use gamestream::bench::bench_event;
 use gamestream::event::{Event, parse_record};
-use gamestream::sinks::kafka::{murmur2, partition_for_key};
+use gamestream::sinks::kafka::{ProducerRecord, murmur2, partition_for_key};
 use gamestream::sinks::postgres::events::copy_buffer;
 
 const PLAYERS: usize = 20_000;
@@ -173,6 +176,28 @@ fn aggregate(c: &mut Criterion) {
     group.finish();
 }
 
+fn produce_batch(c: &mut Criterion) {
+    let mut group = c.benchmark_group("produce_batch");
+    let n = 2_000;
+    let events = events(n);
+    let records: Vec<ProducerRecord> = events.iter().map(ProducerRecord::from_event).collect();
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function(BenchmarkId::new("records_from_events", n), |b| {
+        b.iter(|| {
+            black_box(
+                events
+                    .iter()
+                    .map(ProducerRecord::from_event)
+                    .collect::<Vec<_>>(),
+            )
+        })
+    });
+    group.bench_function(BenchmarkId::new("copy_for_an_attempt", n), |b| {
+        b.iter(|| black_box(records.clone()))
+    });
+    group.finish();
+}
+
 /// Criterion's settings: full by default, a few seconds in all with
 /// `BENCH_QUICK=1` (see the README's Benchmarks section).
 pub fn settings() -> Criterion {
@@ -190,6 +215,6 @@ pub fn settings() -> Criterion {
 criterion_group! {
     name = benches;
     config = settings();
-    targets = parse, partitioner, copy_payload, aggregate
+    targets = parse, partitioner, copy_payload, aggregate, produce_batch
 }
 criterion_main!(benches);

@@ -16,11 +16,12 @@
 //! The producer's rskafka client never retries (see
 //! [`super::client::connect_producer`]): a request whose connection broke may have
 //! been appended, and sending it again could store its events twice. What is retried,
-//! until `publish_timeout`, is getting a connected partition client, which sends
-//! nothing. The client is connected (a ListOffsets request) before a batch is handed
+//! until `publish_timeout`, is what certainly appended nothing ([`appended_nothing`]):
+//! getting a connected partition client, and a batch the broker refused (a leader
+//! change). The client is connected (a ListOffsets request) before a batch is handed
 //! to it, so a broker that is down or restarting fails there, not in the produce
-//! request; a produce request that still fails answers its callers with an error (a
-//! 503, "not confirmed"), and the caller decides whether to send again.
+//! request; a produce request that fails otherwise answers its callers with an error
+//! (a 503, "not confirmed"), and the caller decides whether to send again.
 //!
 //! Owned by [`super::ProducerTasks`]; it stops when told to close, after flushing
 //! what it holds and collecting the last acknowledgements.
@@ -303,16 +304,41 @@ async fn produce(
     record_in_flight(&settings, &metrics);
 
     let started = Instant::now();
+    let deadline = started + settings.publish_timeout;
     let mut used = None;
-    let attempt = send(&connection, &mut used, records, settings.compression);
-    let outcome = match tokio::time::timeout_at(started + settings.publish_timeout, attempt).await {
-        Ok(Ok(offsets)) if offsets.len() == count && contiguous(&offsets) => Ok(offsets),
-        Ok(Ok(offsets)) => Err(ProduceError::Broker(Arc::from(format!(
-            "the broker acknowledged {} of {count} records, or not at consecutive offsets",
-            offsets.len()
-        )))),
-        Ok(Err(e)) => Err(ProduceError::Broker(Arc::from(e.to_string()))),
-        Err(_) => Err(ProduceError::Timeout(settings.publish_timeout)),
+    let mut pause = CONNECT_BACKOFF.0;
+    let outcome = loop {
+        // Each attempt sends a copy: a batch the broker refused (a leader change) is sent
+        // again, which rskafka's ownership of what it sends allows only this way.
+        let attempt = send(
+            &connection,
+            &mut used,
+            records.clone(),
+            settings.compression,
+        );
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(offsets)) if offsets.len() == count && contiguous(&offsets) => break Ok(offsets),
+            Ok(Ok(offsets)) => {
+                break Err(ProduceError::Broker(Arc::from(format!(
+                    "the broker acknowledged {} of {count} records, or not at consecutive offsets",
+                    offsets.len()
+                ))));
+            }
+            Ok(Err(e)) if appended_nothing(&e) && Instant::now() + pause < deadline => {
+                tracing::info!(
+                    topic = %settings.topic,
+                    partition = connection.partition,
+                    records = count,
+                    error = %e,
+                    "produce refused before anything was appended; sending it again"
+                );
+                connection.reset(used.as_ref()).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(CONNECT_BACKOFF.1);
+            }
+            Ok(Err(e)) => break Err(ProduceError::Broker(Arc::from(e.to_string()))),
+            Err(_) => break Err(ProduceError::Timeout(settings.publish_timeout)),
+        }
     };
     metrics
         .request_duration
@@ -343,6 +369,31 @@ async fn produce(
         drop(permit);
     }
     record_in_flight(&settings, &metrics);
+}
+
+/// Whether a failed produce request certainly appended nothing, so that sending the
+/// same records again cannot store them twice: no connection to the leader was made,
+/// or the broker answered that it refused them (not the leader, no leader yet, an
+/// unknown partition, too few in-sync replicas to accept). A broken connection or a
+/// timeout after sending is never such a case: the broker may have appended them.
+fn appended_nothing(error: &rskafka::client::error::Error) -> bool {
+    use rskafka::client::error::{Error, ProtocolError};
+    match error {
+        Error::Connection(_) => true,
+        Error::ServerError { protocol_error, .. } => matches!(
+            protocol_error,
+            ProtocolError::NotLeaderOrFollower
+                | ProtocolError::LeaderNotAvailable
+                | ProtocolError::UnknownTopicOrPartition
+                | ProtocolError::NotEnoughReplicas
+        ),
+        // The producer's client does not retry: what rskafka would have retried comes
+        // back wrapped, with the request's own error as the source.
+        Error::RetryFailed(rskafka::BackoffError::DeadlineExceded { source, .. }) => {
+            source.downcast_ref::<Error>().is_some_and(appended_nothing)
+        }
+        _ => false,
+    }
 }
 
 /// Whether offsets follow each other (they do: one produce request appends one batch).
@@ -431,5 +482,68 @@ impl PartitionConnection {
         if same {
             *current = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rskafka::BackoffError;
+    use rskafka::client::error::{Error, ProtocolError, RequestContext, RequestError};
+
+    fn refused(protocol_error: ProtocolError) -> Error {
+        Error::ServerError {
+            protocol_error,
+            error_message: None,
+            request: RequestContext::Partition("player.events.raw".into(), 0),
+            response: None,
+            is_virtual: false,
+        }
+    }
+
+    /// As the producer's client returns what rskafka would have retried.
+    fn wrapped(error: Error) -> Error {
+        Error::RetryFailed(BackoffError::DeadlineExceded {
+            deadline: Duration::ZERO,
+            source: Box::new(error),
+        })
+    }
+
+    fn broken_connection() -> Error {
+        let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "broker went away");
+        Error::Request(RequestError::Poisoned(Arc::new(RequestError::IO(io))))
+    }
+
+    #[test]
+    fn refusals_and_unmade_connections_are_sent_again() {
+        for code in [
+            ProtocolError::NotLeaderOrFollower,
+            ProtocolError::LeaderNotAvailable,
+            ProtocolError::UnknownTopicOrPartition,
+            ProtocolError::NotEnoughReplicas,
+        ] {
+            assert!(appended_nothing(&refused(code)), "{code:?}");
+            assert!(
+                appended_nothing(&wrapped(refused(code))),
+                "wrapped {code:?}"
+            );
+        }
+        let no_connection = Error::Connection(rskafka::ConnectionError::Metadata(
+            RequestError::IO(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        ));
+        assert!(appended_nothing(&wrapped(no_connection)));
+    }
+
+    #[test]
+    fn what_the_broker_may_have_appended_is_never_sent_again() {
+        assert!(!appended_nothing(&broken_connection()));
+        assert!(!appended_nothing(&wrapped(broken_connection())));
+        assert!(!appended_nothing(&Error::Timeout));
+        // Appended, not yet replicated enough; and a timeout the broker reports.
+        assert!(!appended_nothing(&refused(
+            ProtocolError::NotEnoughReplicasAfterAppend
+        )));
+        assert!(!appended_nothing(&refused(ProtocolError::RequestTimedOut)));
+        assert!(!appended_nothing(&refused(ProtocolError::MessageTooLarge)));
     }
 }
