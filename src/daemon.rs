@@ -140,6 +140,7 @@ pub async fn start(
         // A client of its own: produce requests are never re-sent by rskafka.
         let producer_client = Arc::new(crate::sinks::kafka::connect_producer(&config.kafka).await?);
         let (producer, tasks) = KafkaProducer::start(
+            &kafka,
             producer_client,
             &config.topics.player_events,
             &config.producer,

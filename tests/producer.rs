@@ -28,10 +28,20 @@ fn event(player: &str, pad: usize) -> Event {
 async fn producer(config: &Config) -> (KafkaProducer, ProducerTasks) {
     // The metric handles are registered when the producer starts: install the recorder first.
     gamestream::telemetry::metrics_handle();
-    let client = Arc::new(kafka::connect(&config.kafka).await.expect("kafka connects"));
-    KafkaProducer::start(client, &config.topics.player_events, &config.producer)
-        .await
-        .expect("producer starts")
+    let metadata = kafka::connect(&config.kafka).await.expect("kafka connects");
+    let client = Arc::new(
+        kafka::connect_producer(&config.kafka)
+            .await
+            .expect("kafka connects"),
+    );
+    KafkaProducer::start(
+        &metadata,
+        client,
+        &config.topics.player_events,
+        &config.producer,
+    )
+    .await
+    .expect("producer starts")
 }
 
 #[tokio::test]
@@ -173,9 +183,14 @@ async fn a_missing_topic_is_reported_at_start() {
             .await
             .expect("kafka connects"),
     );
-    let err = KafkaProducer::start(client, "no.such.topic.here", &env.config.producer)
-        .await
-        .err()
-        .expect("refused");
+    let err = KafkaProducer::start(
+        &client,
+        Arc::clone(&client),
+        "no.such.topic.here",
+        &env.config.producer,
+    )
+    .await
+    .err()
+    .expect("refused");
     assert!(err.to_string().contains("no.such.topic.here"), "{err}");
 }

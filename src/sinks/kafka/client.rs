@@ -45,8 +45,19 @@ pub async fn connect(config: &KafkaConfig) -> Result<Client, KafkaError> {
 /// and leaderboards would count twice. Without Kafka's idempotent producer, which
 /// rskafka lacks, only the producer can know whether a request may have been
 /// appended; [`super::worker`] retries only what was certainly not sent.
+///
+/// Connecting itself is retried, until `operation_timeout`: it sends no records.
 pub async fn connect_producer(config: &KafkaConfig) -> Result<Client, KafkaError> {
-    connect_with(config, std::time::Duration::ZERO).await
+    let started = std::time::Instant::now();
+    loop {
+        match connect_with(config, std::time::Duration::ZERO).await {
+            Err(e) if started.elapsed() < config.operation_timeout => {
+                tracing::debug!(error = %e, "producer client not connected yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// A client whose operations retry with backoff until `retry_deadline` (zero: a

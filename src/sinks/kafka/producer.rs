@@ -172,14 +172,16 @@ pub struct ProducerTasks {
 }
 
 impl KafkaProducer {
-    /// Reads the topic's partition count from the broker and starts one worker per
-    /// partition. Fails when the topic does not exist.
+    /// Reads the topic's partition count from the broker (through `metadata`, a client
+    /// that retries) and starts one worker per partition, producing through `client`
+    /// (see [`super::connect_producer`]). Fails when the topic does not exist.
     pub async fn start(
+        metadata: &Client,
         client: Arc<Client>,
         topic: &str,
         config: &ProducerConfig,
     ) -> Result<(KafkaProducer, ProducerTasks), KafkaError> {
-        let partitions = partition_count(&client, topic).await?;
+        let partitions = partition_count(metadata, topic).await?;
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight_bytes));
         let (close, close_rx) = tokio::sync::watch::channel(false);
         let settings = Arc::new(WorkerSettings {

@@ -324,7 +324,12 @@ async fn produce(
                     offsets.len()
                 ))));
             }
-            Ok(Err(e)) if appended_nothing(&e) && Instant::now() + pause < deadline => {
+            // A caller that stopped waiting has its 503: nothing more is sent for it.
+            Ok(Err(e))
+                if appended_nothing(&e)
+                    && Instant::now() + pause < deadline
+                    && !answers.iter().any(|(_, reply, _)| reply.is_closed()) =>
+            {
                 tracing::info!(
                     topic = %settings.topic,
                     partition = connection.partition,
@@ -332,7 +337,9 @@ async fn produce(
                     error = %e,
                     "produce refused before anything was appended; sending it again"
                 );
-                connection.reset(used.as_ref()).await;
+                if let Some(client) = used.take() {
+                    connection.reset(&client).await;
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(CONNECT_BACKOFF.1);
             }
@@ -354,7 +361,9 @@ async fn produce(
                 error = %e,
                 "produce failed; the partition client will be recreated"
             );
-            connection.reset(used.as_ref()).await;
+            if let Some(client) = used.as_ref() {
+                connection.reset(client).await;
+            }
         }
     }
     let mut start = 0;
@@ -372,21 +381,32 @@ async fn produce(
 }
 
 /// Whether a failed produce request certainly appended nothing, so that sending the
-/// same records again cannot store them twice: no connection to the leader was made,
-/// or the broker answered that it refused them (not the leader, no leader yet, an
-/// unknown partition, too few in-sync replicas to accept). A broken connection or a
-/// timeout after sending is never such a case: the broker may have appended them.
+/// same records again cannot store them twice:
+/// - no connection to the leader was made (nothing was sent);
+/// - rskafka itself found the partition has no known leader or is unknown, before
+///   sending (a *virtual* server error);
+/// - the broker refused the records before appending them: no leader yet, too few
+///   in-sync replicas to accept.
+///
+/// Never such a case: a broken connection or a timeout after sending, and a broker's
+/// NotLeaderOrFollower or UnknownTopicOrPartition answer. With `acks=all` a leader
+/// demoted after appending answers NotLeaderOrFollower, and the follower that fetched
+/// the batch keeps it as the new leader.
 fn appended_nothing(error: &rskafka::client::error::Error) -> bool {
     use rskafka::client::error::{Error, ProtocolError};
     match error {
         Error::Connection(_) => true,
-        Error::ServerError { protocol_error, .. } => matches!(
+        Error::ServerError {
             protocol_error,
-            ProtocolError::NotLeaderOrFollower
-                | ProtocolError::LeaderNotAvailable
-                | ProtocolError::UnknownTopicOrPartition
-                | ProtocolError::NotEnoughReplicas
-        ),
+            is_virtual,
+            ..
+        } => match protocol_error {
+            ProtocolError::LeaderNotAvailable | ProtocolError::NotEnoughReplicas => true,
+            ProtocolError::NotLeaderOrFollower | ProtocolError::UnknownTopicOrPartition => {
+                *is_virtual
+            }
+            _ => false,
+        },
         // The producer's client does not retry: what rskafka would have retried comes
         // back wrapped, with the request's own error as the source.
         Error::RetryFailed(rskafka::BackoffError::DeadlineExceded { source, .. }) => {
@@ -418,6 +438,9 @@ async fn send(
                 tracing::debug!(partition = connection.partition, error = %e, retry_in = ?pause, "no connected partition client yet");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(CONNECT_BACKOFF.1);
+                // rskafka keeps a cached leader that a failed client does not drop; an
+                // unconstrained metadata request replaces the cache.
+                let _ = connection.client.list_topics().await;
             }
         }
     };
@@ -470,16 +493,14 @@ impl PartitionConnection {
         Ok(client)
     }
 
-    /// Forgets `failed` (or whatever client is current, when the attempt failed before
-    /// it had one), so the next request starts from a fresh connection.
-    async fn reset(&self, failed: Option<&Arc<PartitionClient>>) {
+    /// Forgets `failed` if it is still the current client (another task may have
+    /// replaced it already), so the next request starts from a fresh connection.
+    async fn reset(&self, failed: &Arc<PartitionClient>) {
         let mut current = self.current.lock().await;
-        let same = match (current.as_ref(), failed) {
-            (Some((now, _)), Some(failed)) => Arc::ptr_eq(now, failed),
-            (_, None) => true,
-            (None, Some(_)) => false,
-        };
-        if same {
+        if current
+            .as_ref()
+            .is_some_and(|(now, _)| Arc::ptr_eq(now, failed))
+        {
             *current = None;
         }
     }
@@ -491,14 +512,20 @@ mod tests {
     use rskafka::BackoffError;
     use rskafka::client::error::{Error, ProtocolError, RequestContext, RequestError};
 
-    fn refused(protocol_error: ProtocolError) -> Error {
+    /// A server error: answered by the broker, or (`is_virtual`) found by rskafka
+    /// before it sent anything.
+    fn server_error(protocol_error: ProtocolError, is_virtual: bool) -> Error {
         Error::ServerError {
             protocol_error,
             error_message: None,
             request: RequestContext::Partition("player.events.raw".into(), 0),
             response: None,
-            is_virtual: false,
+            is_virtual,
         }
+    }
+
+    fn refused(protocol_error: ProtocolError) -> Error {
+        server_error(protocol_error, false)
     }
 
     /// As the producer's client returns what rskafka would have retried.
@@ -509,6 +536,21 @@ mod tests {
         })
     }
 
+    /// `error` wrapped, rebuilt (rskafka's errors are not Clone).
+    fn wrapped_copy(error: &Error) -> Error {
+        let copy = match error {
+            Error::ServerError {
+                protocol_error,
+                is_virtual,
+                ..
+            } => server_error(*protocol_error, *is_virtual),
+            _ => Error::Connection(rskafka::ConnectionError::Metadata(RequestError::IO(
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ))),
+        };
+        wrapped(copy)
+    }
+
     fn broken_connection() -> Error {
         let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "broker went away");
         Error::Request(RequestError::Poisoned(Arc::new(RequestError::IO(io))))
@@ -516,22 +558,19 @@ mod tests {
 
     #[test]
     fn refusals_and_unmade_connections_are_sent_again() {
-        for code in [
-            ProtocolError::NotLeaderOrFollower,
-            ProtocolError::LeaderNotAvailable,
-            ProtocolError::UnknownTopicOrPartition,
-            ProtocolError::NotEnoughReplicas,
-        ] {
-            assert!(appended_nothing(&refused(code)), "{code:?}");
-            assert!(
-                appended_nothing(&wrapped(refused(code))),
-                "wrapped {code:?}"
-            );
+        let before_sending = [
+            refused(ProtocolError::LeaderNotAvailable),
+            refused(ProtocolError::NotEnoughReplicas),
+            server_error(ProtocolError::NotLeaderOrFollower, true),
+            server_error(ProtocolError::UnknownTopicOrPartition, true),
+            Error::Connection(rskafka::ConnectionError::Metadata(RequestError::IO(
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ))),
+        ];
+        for error in before_sending {
+            assert!(appended_nothing(&wrapped_copy(&error)), "wrapped {error}");
+            assert!(appended_nothing(&error), "{error}");
         }
-        let no_connection = Error::Connection(rskafka::ConnectionError::Metadata(
-            RequestError::IO(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
-        ));
-        assert!(appended_nothing(&wrapped(no_connection)));
     }
 
     #[test]
@@ -545,5 +584,15 @@ mod tests {
         )));
         assert!(!appended_nothing(&refused(ProtocolError::RequestTimedOut)));
         assert!(!appended_nothing(&refused(ProtocolError::MessageTooLarge)));
+        // A leader demoted after appending (acks=all) answers NotLeaderOrFollower.
+        assert!(!appended_nothing(&refused(
+            ProtocolError::NotLeaderOrFollower
+        )));
+        assert!(!appended_nothing(&wrapped(refused(
+            ProtocolError::NotLeaderOrFollower
+        ))));
+        assert!(!appended_nothing(&refused(
+            ProtocolError::UnknownTopicOrPartition
+        )));
     }
 }

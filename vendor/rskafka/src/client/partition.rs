@@ -29,7 +29,7 @@ use std::{
     sync::Arc,
 };
 use tokio::sync::Mutex;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::{error::ServerErrorResponse, metadata_cache::MetadataCacheGeneration};
 
@@ -218,7 +218,14 @@ impl PartitionClient {
                     .request(&request)
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
-                maybe_throttle(response.throttle_time_ms)?;
+                // gamestream patch: a produce response's throttle_time_ms comes with a
+                // request the broker has handled (appended, or refused with an error
+                // code): it asks the client to wait before its *next* request. Upstream
+                // turned it into a retry of this request, which sends the records again
+                // and stores them twice when they were appended. Answer the request.
+                if let Some(throttle) = response.throttle_time_ms.filter(|t| t.0 > 0) {
+                    warn!(throttle_time_ms = throttle.0, "produce answered with a throttle");
+                }
                 process_produce_response(self.partition, &self.topic, n, response)
                     .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
             },
