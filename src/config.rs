@@ -141,7 +141,7 @@ pub struct KafkaConfig {
     pub ca_file: String,
     /// Client id sent to brokers.
     pub client_id: String,
-    /// Retry deadline of one broker operation (not produce requests: never retried).
+    /// Retry deadline of one broker operation (produce: see `producer.publish_timeout`).
     #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
 }
