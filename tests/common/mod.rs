@@ -592,10 +592,23 @@ impl Drop for PrivatePostgres {
     }
 }
 
-/// A TCP port nobody listens on right now.
+/// A loopback TCP port nobody listens on right now, below the ephemeral port range.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+    // Not bind(0): its ports come from the kernel's ephemeral range, which every
+    // outgoing connection (each test opens many) also draws from, so one of them could
+    // take the port before the child binds it ("Address already in use"). A random
+    // port below that range is only ever taken by a bind; binding it checks it is free.
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (15_000, ephemeral_start.max(20_000));
+    loop {
+        let port = rand::random_range(low..high);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A tansu broker of one test's own, on a free loopback port with in-memory storage,
