@@ -243,6 +243,11 @@ async fn events_rows(env: &TestEnv, event_id: &str) -> i64 {
         .expect("count")
 }
 
+/// Lowercase hex of trace and span ids, as logs and `traceparent` write them.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn event_id(answer: &str) -> String {
     let body: serde_json::Value = serde_json::from_str(answer).expect("JSON answer");
     body["event_id"].as_str().expect("event_id").to_owned()
@@ -387,7 +392,6 @@ async fn one_event_is_one_trace_from_http_request_to_logger_write() {
     );
     // The logger's JSON log line of that batch names the trace and its span.
     let logs = daemon.stop_and_read_logs().await;
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let joined = logs.lines().any(|line| {
         serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
             v["message"] == "batch written"
@@ -452,7 +456,6 @@ async fn a_callers_traceparent_is_continued_and_a_bad_one_ignored() {
     let id = event_id(&answer);
     assert!(common::eventually(WAIT, || async { events_rows(&env, &id).await == 1 }).await);
 
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let http_name = "POST /api/v1/events";
     let downstream = common::eventually(WAIT, || async {
         let spans = receiver.spans();

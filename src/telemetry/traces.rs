@@ -332,7 +332,12 @@ pub fn extract(headers: &BTreeMap<String, Vec<u8>>) -> Option<SpanContext> {
     if !enabled() || !headers.contains_key(TRACEPARENT) {
         return None;
     }
-    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    remote_context(&HeaderExtractor(headers))
+}
+
+/// The valid remote context a W3C `traceparent` (and `tracestate`) carries, if any.
+fn remote_context(carrier: &dyn Extractor) -> Option<SpanContext> {
+    let cx = TraceContextPropagator::new().extract(carrier);
     let remote = cx.span().span_context().clone();
     remote.is_valid().then_some(remote)
 }
@@ -354,12 +359,10 @@ pub fn continue_http_caller(
     if !enabled() {
         return;
     }
-    let cx = TraceContextPropagator::new().extract(&RequestHeaders {
+    if let Some(remote) = remote_context(&RequestHeaders {
         traceparent,
         tracestate,
-    });
-    let remote = cx.span().span_context().clone();
-    if remote.is_valid() {
+    }) {
         let _ = span.set_parent(Context::new().with_remote_span_context(remote));
     }
 }

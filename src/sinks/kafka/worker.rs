@@ -36,16 +36,18 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::producer::{ProduceError, ProducerRecord};
+use crate::retry::Backoff;
 
 /// A partition client unused for this long is replaced before its next request: a
 /// broker (Kafka's `connections.max.idle.ms`, 10 minutes) or a load balancer may have
 /// closed its idle connection, and a request on a closed connection fails after
 /// being handed over, where it cannot be retried.
 const IDLE_REFRESH: Duration = Duration::from_secs(60);
-/// Pauses between attempts to get a connected partition client: doubling from the
-/// first, up to the second.
-const CONNECT_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(50), Duration::from_millis(1000));
+/// Pauses between attempts that sent nothing (getting a connected partition client,
+/// sending a refused batch again): doubling from 50 ms up to 1 s.
+fn attempt_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(1))
+}
 
 /// The reply a caller waits for: the offset of its first record (its records are
 /// written together, so the others follow consecutively).
@@ -306,7 +308,7 @@ async fn produce(
     let started = Instant::now();
     let deadline = started + settings.publish_timeout;
     let mut used = None;
-    let mut pause = CONNECT_BACKOFF.0;
+    let mut backoff = attempt_backoff();
     let outcome = loop {
         // Each attempt sends a copy: a batch the broker refused (a leader change) is sent
         // again, which rskafka's ownership of what it sends allows only this way.
@@ -327,9 +329,12 @@ async fn produce(
             // A caller that stopped waiting has its 503: nothing more is sent for it.
             Ok(Err(e))
                 if appended_nothing(&e)
-                    && Instant::now() + pause < deadline
                     && !answers.iter().any(|(_, reply, _)| reply.is_closed()) =>
             {
+                let pause = backoff.next_delay();
+                if Instant::now() + pause >= deadline {
+                    break Err(ProduceError::Broker(Arc::from(e.to_string())));
+                }
                 tracing::info!(
                     topic = %settings.topic,
                     partition = connection.partition,
@@ -341,7 +346,6 @@ async fn produce(
                     connection.reset(&client).await;
                 }
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(CONNECT_BACKOFF.1);
             }
             Ok(Err(e)) => break Err(ProduceError::Broker(Arc::from(e.to_string()))),
             Err(_) => break Err(ProduceError::Timeout(settings.publish_timeout)),
@@ -430,14 +434,14 @@ async fn send(
     records: Vec<rskafka::record::Record>,
     compression: Compression,
 ) -> Result<Vec<i64>, rskafka::client::error::Error> {
-    let mut pause = CONNECT_BACKOFF.0;
+    let mut backoff = attempt_backoff();
     let client = loop {
         match connection.get().await {
             Ok(client) => break client,
             Err(e) => {
+                let pause = backoff.next_delay();
                 tracing::debug!(partition = connection.partition, error = %e, retry_in = ?pause, "no connected partition client yet");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(CONNECT_BACKOFF.1);
                 // rskafka keeps a cached leader that a failed client does not drop; an
                 // unconstrained metadata request replaces the cache.
                 let _ = connection.client.list_topics().await;
