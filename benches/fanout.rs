@@ -26,22 +26,36 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use gamestream::actors::SupervisorMessage;
 use gamestream::actors::dlq::DlqMessage;
 use gamestream::actors::partition_reader::{PartitionReader, ReaderArgs};
 use gamestream::actors::sink::{
-    SinkActor, SinkArgs, SinkMessage, SinkSettings, SinkWriter, WriteBatch,
+    PartitionFenced, SinkActor, SinkArgs, SinkMessage, SinkSettings, SinkWriter, WriteBatch,
 };
 use gamestream::bench::bench_event;
+use gamestream::catalogue::{SinkSpec, Store};
 use gamestream::config::{self, Config, Sources};
+use gamestream::kafka;
 use gamestream::retry::Backoff;
-use gamestream::sinks::{SinkError, kafka};
+use gamestream::sinks::SinkError;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 
 const EVENTS: usize = 30_000;
 const PARTITIONS: i32 = 3;
-const SINKS: [&str; 3] = ["memory-a", "memory-b", "memory-c"];
+const SINKS: [SinkSpec; 3] = [memory("memory-a"), memory("memory-b"), memory("memory-c")];
+
+/// A catalogue entry for an in-memory sink of this bench.
+const fn memory(name: &'static str) -> SinkSpec {
+    SinkSpec {
+        name,
+        consumer_service: name,
+        store: Store::Postgres,
+        legacy_group: name,
+        dead_letters_invalid_records: false,
+        rebuilt_from: None,
+        additive: false,
+    }
+}
 /// How often the driver looks whether every sink has everything.
 const POLL: Duration = Duration::from_millis(1);
 /// A drain that takes this long is stuck (a sink refusing to write), not slow.
@@ -49,13 +63,13 @@ const GIVE_UP: Duration = Duration::from_secs(120);
 
 /// A sink that applies records by counting them.
 struct MemoryWriter {
-    name: &'static str,
+    spec: &'static SinkSpec,
     applied: Arc<AtomicUsize>,
 }
 
 impl SinkWriter for MemoryWriter {
-    fn name(&self) -> &'static str {
-        self.name
+    fn spec(&self) -> &'static SinkSpec {
+        self.spec
     }
 
     async fn committed(&self, _topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
@@ -71,16 +85,16 @@ impl SinkWriter for MemoryWriter {
 
 /// Stands in for the supervisor: sinks tell it when a write finds a lease lost, which
 /// the in-memory writers never do.
-struct NoSupervisor;
+struct NoLeaseOwner;
 
-impl Actor for NoSupervisor {
-    type Msg = SupervisorMessage;
+impl Actor for NoLeaseOwner {
+    type Msg = PartitionFenced;
     type State = ();
     type Arguments = ();
 
     async fn pre_start(
         &self,
-        _: ActorRef<SupervisorMessage>,
+        _: ActorRef<PartitionFenced>,
         _: (),
     ) -> Result<(), ActorProcessingErr> {
         Ok(())
@@ -168,7 +182,7 @@ async fn fixture() -> Result<Fixture, String> {
 /// from spawn to the last sink's last write.
 async fn drain(f: &Fixture, batch_size: usize, credit: usize) -> Duration {
     let (dlq, dlq_join) = Actor::spawn(None, NoDlq, ()).await.expect("spawn dlq");
-    let (supervisor, supervisor_join) = Actor::spawn(None, NoSupervisor, ())
+    let (supervisor, supervisor_join) = Actor::spawn(None, NoLeaseOwner, ())
         .await
         .expect("spawn supervisor stand-in");
     let started = Instant::now();
@@ -180,15 +194,16 @@ async fn drain(f: &Fixture, batch_size: usize, credit: usize) -> Duration {
     };
     let mut sinks = Vec::new();
     let mut counters = Vec::new();
-    for name in SINKS {
+    for spec in &SINKS {
+        let name = spec.name;
         let applied = Arc::new(AtomicUsize::new(0));
         counters.push(Arc::clone(&applied));
         let args = SinkArgs {
-            writer: MemoryWriter { name, applied },
+            writer: MemoryWriter { spec, applied },
             topic: Arc::clone(&f.topic),
             settings: settings.clone(),
             dlq: dlq.clone(),
-            supervisor: supervisor.clone(),
+            fenced: supervisor.get_derived(),
         };
         let (sink, join) = Actor::spawn(None, SinkActor::<MemoryWriter>::default(), args)
             .await

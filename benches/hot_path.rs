@@ -27,7 +27,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use gamestream::aggregate::{ScoreDelta, StatsDelta};
 use gamestream::bench::bench_event;
 use gamestream::event::{Event, parse_record};
-use gamestream::sinks::kafka::{ProducerRecord, murmur2, partition_for_key};
+use gamestream::kafka::{ProducerRecord, murmur2, partition_for_key};
 use gamestream::sinks::postgres::events::copy_buffer;
 
 const PLAYERS: usize = 20_000;

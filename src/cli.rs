@@ -1,7 +1,6 @@
 //! The `gamestream` command line. Each subcommand is a thin shell over the library.
 //!
-//! Exit codes: 0 success; 1 a command failed (a service is down, a write failed);
-//! 2 bad configuration or usage; 70 the supervisor gave up after repeated crashes.
+//! Exit codes: see [`crate::exit::Exit`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,11 +8,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config, Mode};
+use crate::exit::Exit;
 
-/// Exit code for a configuration or usage error.
-pub const EXIT_CONFIG: u8 = 2;
-/// Exit code when a command ran and failed.
-pub const EXIT_FAILURE: u8 = 1;
 /// Log filter of `dlq` and `offsets` when RUST_LOG is not set: warnings and errors only.
 const OPS_LOG_LEVEL: &str = "warn";
 
@@ -138,7 +134,7 @@ pub fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("gamestream: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return Exit::Config.into();
         }
     };
     // The operator tools print their results; the clients' info logs would drown them.
@@ -154,7 +150,7 @@ pub fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("gamestream: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
+            return Exit::Failure.into();
         }
     };
     // Inside the runtime's context: the OTLP/gRPC exporter's channel lives on it.
@@ -169,26 +165,32 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: Config) -> ExitCode {
-    let result = match command {
-        Command::Serve(args) => crate::daemon::serve(config, args.migrate).await,
-        Command::Migrate => crate::commands::migrate(&config).await,
+    let result: Result<Exit, Box<dyn std::error::Error>> = match command {
+        Command::Serve(args) => crate::daemon::serve(config, args.migrate)
+            .await
+            .map_err(Into::into),
+        Command::Migrate => crate::commands::migrate(&config).await.map_err(Into::into),
         Command::Topics {
             action: TopicsAction::Create,
-        } => crate::commands::topics_create(&config).await,
+        } => crate::commands::topics_create(&config)
+            .await
+            .map_err(Into::into),
         Command::Topics {
             action: TopicsAction::List,
-        } => crate::commands::topics_list(&config).await,
-        Command::Check => crate::commands::check(&config).await,
-        Command::Bench(args) => crate::bench::run(&config, &args).await,
+        } => crate::commands::topics_list(&config)
+            .await
+            .map_err(Into::into),
+        Command::Check => crate::commands::check(&config).await.map_err(Into::into),
+        Command::Bench(args) => crate::bench::run(&config, &args).await.map_err(Into::into),
         Command::Loadgen(args) => Ok(crate::loadgen::command(args, &config).await),
         Command::Dlq { action } => Ok(crate::ops::dlq::command(action, &config).await),
         Command::Offsets { action } => Ok(crate::ops::offsets::command(action, &config).await),
     };
     match result {
-        Ok(code) => code,
+        Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("gamestream: {e:#}");
-            ExitCode::from(EXIT_FAILURE)
+            Exit::Failure.into()
         }
     }
 }

@@ -1,14 +1,15 @@
 //! The administrative subcommands: `migrate`, `topics`, `check`.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::daemon::DaemonError;
-use crate::sinks::{kafka, postgres, redis};
+use crate::exit::Exit;
+use crate::kafka;
+use crate::sinks::StoreError;
+use crate::sinks::{postgres, redis};
 
 /// `gamestream migrate`.
-pub async fn migrate(config: &Config) -> Result<ExitCode, DaemonError> {
+pub async fn migrate(config: &Config) -> Result<Exit, StoreError> {
     let pool = postgres::connect(&config.postgres).await?;
     let before = postgres::schema_status(&pool).await?;
     postgres::migrate(&pool).await?;
@@ -24,25 +25,25 @@ pub async fn migrate(config: &Config) -> Result<ExitCode, DaemonError> {
             )
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// `gamestream topics create`.
-pub async fn topics_create(config: &Config) -> Result<ExitCode, DaemonError> {
+pub async fn topics_create(config: &Config) -> Result<Exit, StoreError> {
     let client = kafka::connect(&config.kafka).await?;
     for report in kafka::create_topics(&client, &config.topics).await? {
         println!("{report}");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// `gamestream topics list`.
-pub async fn topics_list(config: &Config) -> Result<ExitCode, DaemonError> {
+pub async fn topics_list(config: &Config) -> Result<Exit, StoreError> {
     let client = kafka::connect(&config.kafka).await?;
     for (name, partitions) in kafka::list_topics(&client).await? {
         println!("{name}\t{partitions}");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// One service's answer to `check`.
@@ -157,14 +158,14 @@ pub async fn check_services(config: &Config) -> Vec<CheckLine> {
 }
 
 /// `gamestream check`: one line per service; exit 1 if any failed.
-pub async fn check(config: &Config) -> Result<ExitCode, DaemonError> {
+pub async fn check(config: &Config) -> Result<Exit, StoreError> {
     let lines = check_services(config).await;
     for line in &lines {
         println!("{line}");
     }
     Ok(if lines.iter().all(|l| l.result.is_ok()) {
-        ExitCode::SUCCESS
+        Exit::Success
     } else {
-        ExitCode::from(crate::cli::EXIT_FAILURE)
+        Exit::Failure
     })
 }

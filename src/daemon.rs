@@ -7,7 +7,6 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -15,49 +14,42 @@ use std::time::Duration;
 use crate::actors::{Pipeline, PipelineContext, PipelineOutcome};
 
 use crate::config::Config;
+use crate::exit::Exit;
 use crate::http::{self, HttpState};
+use crate::kafka::{KafkaProducer, ProducerTasks};
 use crate::shutdown::Shutdown;
-use crate::sinks::kafka::{KafkaError, KafkaProducer, ProducerTasks};
-use crate::sinks::postgres::{self, PgError};
-use crate::sinks::redis::{self, RedisError};
+use crate::sinks::StoreError;
+use crate::sinks::error::from_store_errors;
+use crate::sinks::postgres;
+use crate::sinks::redis;
 
-/// Why the daemon or a command could not run.
+/// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
-    Kafka(#[from] KafkaError),
-    #[error(transparent)]
-    Postgres(#[from] PgError),
-    #[error(transparent)]
-    Redis(#[from] RedisError),
+    Store(StoreError),
     #[error("the consumer pipeline did not start: {0}")]
-    Pipeline(String),
+    Pipeline(#[source] ractor::SpawnErr),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
+        #[source]
         source: std::io::Error,
     },
 }
 
-impl From<sqlx::Error> for DaemonError {
-    fn from(e: sqlx::Error) -> Self {
-        DaemonError::Postgres(PgError::Sqlx(e))
-    }
-}
-
-/// Exit code when the supervisor gave up after repeated crashes (EX_SOFTWARE).
-pub const EXIT_ESCALATED: u8 = 70;
+from_store_errors!(DaemonError);
 
 /// Runs the daemon until SIGTERM/Ctrl-C (or a supervisor escalation).
-pub async fn serve(config: Config, migrate: bool) -> Result<ExitCode, DaemonError> {
+pub async fn serve(config: Config, migrate: bool) -> Result<Exit, DaemonError> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let running = start(config, migrate, shutdown.clone()).await?;
     shutdown.wait().await;
     Ok(match running.stop().await {
-        PipelineOutcome::Drained => ExitCode::SUCCESS,
-        PipelineOutcome::TimedOut => ExitCode::from(crate::cli::EXIT_FAILURE),
-        PipelineOutcome::Escalated => ExitCode::from(EXIT_ESCALATED),
+        PipelineOutcome::Drained => Exit::Success,
+        PipelineOutcome::TimedOut => Exit::Failure,
+        PipelineOutcome::Escalated => Exit::Escalated,
     })
 }
 
@@ -120,7 +112,7 @@ pub async fn start(
     tracing::info!(mode = ?config.mode, brokers = %config.kafka.bootstrap_servers.join(","), "starting");
     let metrics = crate::telemetry::metrics_handle();
 
-    let kafka = Arc::new(crate::sinks::kafka::connect(&config.kafka).await?);
+    let kafka = Arc::new(crate::kafka::connect(&config.kafka).await?);
 
     let member: Arc<str> = Arc::from(crate::leases::member_id(&config.lease.member_id));
     let (pg, redis_pool) = if config.mode.consumes() {
@@ -138,7 +130,7 @@ pub async fn start(
 
     let (producer, producer_tasks) = if config.mode.ingests() {
         // A client of its own: produce requests are never re-sent by rskafka.
-        let producer_client = Arc::new(crate::sinks::kafka::connect_producer(&config.kafka).await?);
+        let producer_client = Arc::new(crate::kafka::connect_producer(&config.kafka).await?);
         let (producer, tasks) = KafkaProducer::start(
             &kafka,
             producer_client,
@@ -167,9 +159,7 @@ pub async fn start(
                 member: Arc::clone(&member),
                 leases: leases.clone(),
             };
-            let pipeline = Pipeline::start(ctx)
-                .await
-                .map_err(|e| DaemonError::Pipeline(e.to_string()))?;
+            let pipeline = Pipeline::start(ctx).await.map_err(DaemonError::Pipeline)?;
             Some(pipeline)
         }
         _ => None,

@@ -5,7 +5,7 @@
 //! Kafka value ─────────────────────parse_record──────────────────► Event ──► sinks
 //! ```
 //!
-//! Both parsers use simd-json and the same field rules (CONTRACT.md), so nothing that
+//! Both parsers use simd-json and the same field rules (the platform contract: README, "Events"), so nothing that
 //! ingestion would refuse can pass a partition reader, whoever produced it. Errors say
 //! which field is wrong and why, in words an API client can act on.
 

@@ -1,5 +1,6 @@
 //! Partition leases: how several daemons share a topic's partitions without a Kafka
-//! consumer group (DESIGN.md invariant 7).
+//! consumer group (the design's rule: a partition has one writer at a time, fenced by
+//! its lease epoch).
 //!
 //! ```text
 //! every lease.renew_interval, per daemon (LeaseManager):
@@ -11,15 +12,20 @@
 //! ```
 //!
 //! This module holds the pure parts (member ids, the fair-share plan) and the view
-//! that `/ready` shows; the statements are in [`crate::sinks::postgres::leases`], the
-//! actor in [`crate::actors::lease_manager`].
+//! that `/ready` shows; the statements are in `sinks::postgres::leases`, the actor in
+//! `actors::lease_manager` (both above this layer, so not linked from here).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
-pub use crate::sinks::postgres::leases::Lease;
+/// One held lease: the partition and the epoch (fencing token) it was taken with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lease {
+    pub partition: i32,
+    pub epoch: i64,
+}
 
 /// Characters of the random suffix of a default member id.
 const MEMBER_SUFFIX_LEN: usize = 8;

@@ -1,53 +1,61 @@
 //! gamestream: an actor-based stream processor for real-time game analytics.
 //!
 //! ```text
-//! HTTP POST /api/v1/events ─(warp)─► Kafka producer ─► player.events.raw (N partitions)
-//!                                                           │ one PartitionReader per partition
-//!   Supervisor ── PartitionReader p0..pN ◄──────────────────┘
-//!                   │ fan-out of parsed batches, credit-based flow control
-//!                   ├─► Logger ──────► Postgres `events`
-//!                   ├─► StatsBuffer ─► Postgres `player_statistics`, Redis `player_stats:*`
-//!                   ├─► Leaderboard ─► Redis `leaderboard:*`, Postgres `leaderboards`
-//!                   └─► Dlq ─────────► Kafka `system.dlq`, Postgres `dlq_events`
+//! HTTP POST /api/v1/events ─(warp, http)─► KafkaProducer (kafka::ingest_producer)
+//!                                             │ acks=all
+//!                                             ▼
+//!                                 player.events.raw (N partitions)
+//!                                             │ one PartitionReader per leased partition
+//!   Supervisor ─┬─ LeaseManager               ▼
+//!               ├─ PartitionReader p0..pN ── Arc<ParsedBatch>, credit-based flow control
+//!               │     ├─► SinkActor<LoggerWriter>            ─► Postgres `events`
+//!               │     ├─► SinkActor<StatsPgWriter>           ─► Postgres `player_statistics`
+//!               │     ├─► SinkActor<LeaderboardPgWriter>     ─► Postgres `leaderboard_scores`
+//!               │     ├─► SinkActor<StatsRedisWriter>        ─► Redis `player_stats:*`
+//!               │     └─► SinkActor<LeaderboardRedisWriter>  ─► Redis `leaderboard:*`
+//!               ├─ LeaderboardRefresher                      ─► Postgres `leaderboards`
+//!               └─ DlqActor ◄── dead letters ── sinks        ─► Kafka `system.dlq`, Postgres `dlq_events`
 //! ```
 //!
-//! Every sink stores, in its own destination and in the same transaction (or atomic Redis
-//! step) as its writes, the next offset of each partition it has applied. That is what
-//! makes the effects exactly-once across crashes, restarts and several pods.
+//! The sinks are listed once, in the [`catalogue`]. Every sink stores, in its own
+//! destination and in the same transaction (or atomic Redis step) as its writes, the
+//! next offset of each partition it has applied. That is what makes the effects
+//! exactly-once across crashes, restarts and several pods.
 //!
-//! # Layout
+//! # Layers
 //!
-//! - [`actors`]: the consumer pipeline: supervisor, partition readers, sinks, DLQ.
-//! - [`aggregate`]: statistics and leaderboard arithmetic: per-player deltas, score sums, periods.
-//! - [`bench`]: `gamestream bench`, the end-to-end benchmark.
-//! - [`cli`]: the `gamestream` command line (serve, migrate, topics, check, loadgen, ...).
-//! - [`commands`]: the administrative subcommands (migrate, topics, check).
-//! - [`config`]: layered configuration: compiled-in defaults, file, environment, flags.
-//! - [`dead_letter`]: the dead-letter record and its `system.dlq` message.
-//! - [`event`]: the event type, its validation rules and its simd-json parsers.
-//! - [`leases`]: partition leases among several daemons: member ids, fair shares, the `/ready` view.
-//! - [`http`]: the warp server: ingestion, queries, health, metrics, OpenAPI.
-//! - [`sinks`]: the write paths per backend (Postgres, Redis, Kafka).
-//! - [`telemetry`]: logs (text or JSON with trace ids), Prometheus metrics, OTLP traces and
-//!   W3C trace-context propagation through Kafka headers.
-//! - [`retry`]: exponential backoff for transient failures.
-//! - [`shutdown`]: the one shutdown signal every task listens to.
-//! - [`daemon`]: `serve`: wires connections, the HTTP server and the pipeline together.
-//! - [`loadgen`]: `loadgen`: paced HTTP load with a progress bar and latency percentiles.
-//! - [`ops`]: operator tools: `dlq list|replay`, `offsets show|reset`.
+//! Lowest first; a module imports only from its own layer or below (checked by
+//! `tests/it/layering.rs`), so data flows one way: http → kafka → readers → sinks →
+//! stores.
+//!
+//! 1. domain: [`config`], [`event`], [`aggregate`], [`dead_letter`], [`retry`],
+//!    [`shutdown`], [`leases`] (the lease rules), [`catalogue`] (the sinks), [`exit`]
+//!    (exit codes), [`trace_context`] (W3C context in record headers);
+//! 2. stores: [`sinks`] (Postgres and Redis write paths, their errors), [`kafka`] (the
+//!    client, topics, and the HTTP ingest producer);
+//! 3. [`telemetry`]: logs, Prometheus metrics, OTLP traces;
+//! 4. [`actors`]: the consumer pipeline (supervisor, readers, sinks, leases, DLQ);
+//! 5. [`http`]: the warp server: ingestion, queries, health, metrics, OpenAPI;
+//! 6. [`daemon`]: `serve`, wiring connections, the HTTP server and the pipeline;
+//! 7. tools: [`commands`] (migrate, topics, check), [`ops`] (dlq, offsets), [`bench`],
+//!    [`loadgen`];
+//! 8. [`cli`] and the binary's `main`.
 
 #![deny(unsafe_code, rustdoc::broken_intra_doc_links)]
 
 pub mod actors;
 pub mod aggregate;
 pub mod bench;
+pub mod catalogue;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod dead_letter;
 pub mod event;
+pub mod exit;
 pub mod http;
+pub mod kafka;
 pub mod leases;
 pub mod loadgen;
 pub mod ops;
@@ -55,3 +63,4 @@ pub mod retry;
 pub mod shutdown;
 pub mod sinks;
 pub mod telemetry;
+pub mod trace_context;

@@ -12,8 +12,8 @@
 //! The event mix is about 30% `player_score` (with an integer `data.score`, which feeds
 //! the leaderboards), the rest spread over the other known types.
 
+use crate::exit::Exit;
 use std::io::IsTerminal;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,23 +145,23 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
 }
 
 /// The subcommand: runs, prints the report, exits 1 if any request failed.
-pub async fn command(args: LoadgenArgs, config: &Config) -> ExitCode {
+pub async fn command(args: LoadgenArgs, config: &Config) -> Exit {
     match run(args, config).await {
         Ok(report) => {
             report.print();
             if report.failed == 0 && report.failed_requests == 0 {
-                ExitCode::SUCCESS
+                Exit::Success
             } else {
-                ExitCode::from(crate::cli::EXIT_FAILURE)
+                Exit::Failure
             }
         }
         Err(e @ LoadgenError::Argument(_)) => {
             eprintln!("gamestream loadgen: {e}");
-            ExitCode::from(crate::cli::EXIT_CONFIG)
+            Exit::Config
         }
         Err(e) => {
             eprintln!("gamestream loadgen: {e}");
-            ExitCode::from(crate::cli::EXIT_FAILURE)
+            Exit::Failure
         }
     }
 }

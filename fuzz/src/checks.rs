@@ -1,5 +1,5 @@
 //! The properties the fuzz targets check, shared (by `#[path]`) with
-//! `tests/fuzz_replay.rs`, which replays the committed corpus through them in the
+//! `tests/it/fuzz_replay.rs`, which replays the committed corpus through them in the
 //! ordinary test suite. Each function must never panic, whatever the input.
 //!
 //! - `submission`: whatever ingestion accepts becomes a record that the partition

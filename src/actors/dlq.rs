@@ -17,8 +17,8 @@ use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandl
 use rskafka::record::Record;
 
 use crate::dead_letter::DeadLetter;
+use crate::kafka::partition_for_key;
 use crate::retry::Backoff;
-use crate::sinks::kafka::partition_for_key;
 use crate::sinks::{SinkError, postgres};
 
 pub enum DlqMessage {
@@ -58,7 +58,7 @@ impl Actor for DlqActor {
         _myself: ActorRef<Self::Msg>,
         args: DlqArgs,
     ) -> Result<DlqState, ActorProcessingErr> {
-        let count = crate::sinks::kafka::partition_count(&args.kafka, &args.topic).await?;
+        let count = crate::kafka::partition_count(&args.kafka, &args.topic).await?;
         let mut partitions = Vec::with_capacity(count as usize);
         for partition in 0..count {
             partitions.push(
@@ -87,7 +87,7 @@ impl Actor for DlqActor {
                 Ok(()) => break,
                 // A broken dlq_events table will not heal by retrying: crash, so the
                 // supervisor restarts with backoff and escalates if it persists.
-                Err(SinkError::Fatal(e)) => return Err(format!("storing dead letters: {e}").into()),
+                Err(e @ SinkError::Fatal(_)) => return Err(Box::new(e)),
                 Err(e) => {
                     let delay = state.backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, letters = letters.len(), "storing dead letters failed; retrying");
@@ -137,17 +137,18 @@ impl DlqState {
                 .produce(records, Compression::NoCompression)
                 .await
                 .map_err(|e| {
-                    SinkError::Transient(format!("publishing to the dead-letter topic: {e}"))
+                    SinkError::Transient(e.into()).context("publishing to the dead-letter topic")
                 })?;
         }
         postgres::dlq::insert(&self.pg, letters)
             .await
             .map_err(|e| match SinkError::from(e) {
-                SinkError::Transient(m) => {
-                    SinkError::Transient(format!("inserting into dlq_events: {m}"))
-                }
-                other => SinkError::Fatal(format!("inserting into dlq_events: {other}")),
-            })?;
+                transient @ SinkError::Transient(_) => transient,
+                // Refused rows are the table's fault, not the letters': never dead-letter a letter.
+                SinkError::Permanent(e) | SinkError::Fatal(e) => SinkError::Fatal(e),
+                lost @ SinkError::LeaseLost(_) => lost,
+            })
+            .map_err(|e| e.context("inserting into dlq_events"))?;
         Ok(())
     }
 }

@@ -25,16 +25,12 @@ use ractor::ActorRef;
 use super::leaderboard_refresher::RefresherMessage;
 use super::sink::{Rejection, SinkWriter, WriteBatch};
 use crate::aggregate::ScoreDelta;
+use crate::catalogue::{LEADERBOARD, LEADERBOARD_REDIS, SinkSpec};
 use crate::event::{Event, Score};
 use crate::sinks::SinkError;
 use crate::sinks::postgres::{leaderboard as pg_leaderboard, offsets};
-use crate::sinks::redis::rebuild::{RedisSinkSettings, RedisSinkStore, Store};
 use crate::sinks::redis::{RedisKeys, RedisPool, leaderboard as redis_leaderboard};
-
-/// `consumer_service` of the manager, and the offset key of its Postgres sink.
-pub const LEADERBOARD: &str = "leaderboard-manager";
-/// The manager's Redis sink (offsets in Redis).
-pub const LEADERBOARD_REDIS: &str = "leaderboard-manager-redis";
+use crate::sinks::redis::{RedisSinkSettings, RedisSinkStore, Store};
 
 /// Why a score event cannot count, if it cannot.
 pub fn bad_score(event: &Event) -> Option<Rejection> {
@@ -62,8 +58,8 @@ pub struct LeaderboardPgWriter {
 }
 
 impl SinkWriter for LeaderboardPgWriter {
-    fn name(&self) -> &'static str {
-        LEADERBOARD
+    fn spec(&self) -> &'static SinkSpec {
+        &LEADERBOARD
     }
 
     fn reject(&self, event: &Event) -> Option<Rejection> {
@@ -71,15 +67,22 @@ impl SinkWriter for LeaderboardPgWriter {
     }
 
     async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
-        Ok(offsets::load(&self.pg, LEADERBOARD, topic).await?)
+        Ok(offsets::load(&self.pg, LEADERBOARD.name, topic).await?)
     }
 
     async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
         // An overflowing sum is refused as a whole; the sink actor then writes the
         // records one by one and dead-letters the one that overflows the stored score.
         let delta = ScoreDelta::of(batch.records.iter().map(|r| r.event))
-            .map_err(|e| SinkError::Permanent(e.to_string()))?;
-        pg_leaderboard::write(&self.pg, LEADERBOARD, batch.topic, &delta, &batch.commits).await?;
+            .map_err(|e| SinkError::permanent(e.to_string()))?;
+        pg_leaderboard::write(
+            &self.pg,
+            LEADERBOARD.name,
+            batch.topic,
+            &delta,
+            &batch.commits,
+        )
+        .await?;
         metrics::counter!("gamestream_leaderboard_score_events_total")
             .increment(delta.events() as u64);
         let games: Vec<String> = delta.games().into_iter().map(str::to_owned).collect();
@@ -111,8 +114,8 @@ impl LeaderboardRedisWriter {
                 pg,
                 keys,
                 settings,
-                sink: LEADERBOARD_REDIS,
-                postgres_sink: LEADERBOARD,
+                sink: LEADERBOARD_REDIS.name,
+                postgres_sink: LEADERBOARD.name,
                 store: Store::Leaderboard,
             },
             script: redis_leaderboard::script(),
@@ -121,12 +124,8 @@ impl LeaderboardRedisWriter {
 }
 
 impl SinkWriter for LeaderboardRedisWriter {
-    fn name(&self) -> &'static str {
-        LEADERBOARD_REDIS
-    }
-
-    fn dead_letter_consumer(&self) -> &'static str {
-        LEADERBOARD
+    fn spec(&self) -> &'static SinkSpec {
+        &LEADERBOARD_REDIS
     }
 
     async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
@@ -146,7 +145,7 @@ impl SinkWriter for LeaderboardRedisWriter {
         // Only a batch whose sums leave the i64 range fails here; the sink actor then
         // applies its records one at a time, which cannot overflow.
         let delta = ScoreDelta::of(batch.records.iter().map(|r| r.event))
-            .map_err(|e| SinkError::Permanent(e.to_string()))?;
+            .map_err(|e| SinkError::permanent(e.to_string()))?;
         let plan = redis_leaderboard::plan(
             &self.store.keys,
             &delta,
@@ -156,7 +155,7 @@ impl SinkWriter for LeaderboardRedisWriter {
         let offsets_key = self.store.offsets_key(batch.topic);
         let args = plan.script_args(&offsets_key, &batch.commits);
         let mut conn = self.store.connection().await?;
-        redis_leaderboard::write(&mut conn, &self.script, LEADERBOARD_REDIS, &args).await
+        redis_leaderboard::write(&mut conn, &self.script, LEADERBOARD_REDIS.name, &args).await
     }
 }
 

@@ -22,9 +22,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 
-use super::supervisor::SupervisorMessage;
 use crate::leases::{self, Lease, LeaseView};
 use crate::sinks::postgres::leases as sql;
 
@@ -35,10 +34,24 @@ pub struct LeaseArgs {
     pub ttl: Duration,
     pub renew_interval: Duration,
     pub partitions: i32,
-    pub supervisor: ActorRef<SupervisorMessage>,
+    /// Told of every lease change (the supervisor: it starts and stops readers).
+    pub supervisor: DerivedActorRef<LeaseEvent>,
     /// The supervisor's generation, echoed in every message to it.
     pub generation: u64,
     pub view: LeaseView,
+}
+
+/// What the lease manager tells the supervisor. `generation` is the supervisor's
+/// generation the manager belongs to; news of an older one is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// This daemon holds `lease` (new or adopted): claim it in the sinks, start its reader.
+    Acquired { lease: Lease, generation: u64 },
+    /// `lease` is gone: stop its reader; the sinks drop its records.
+    Lost { lease: Lease, generation: u64 },
+    /// Hand `lease` over (rebalance): stop its reader, flush the sinks, then answer
+    /// [`LeaseMessage::HandedOver`].
+    Surrender { lease: Lease, generation: u64 },
 }
 
 pub enum LeaseMessage {
@@ -230,7 +243,7 @@ impl LeaseState {
                     members = self.members,
                     "handing a lease over (rebalance)"
                 );
-                let _ = self.args.supervisor.cast(SupervisorMessage::Surrender {
+                let _ = self.args.supervisor.send_message(LeaseEvent::Surrender {
                     lease,
                     generation: self.args.generation,
                 });
@@ -261,7 +274,7 @@ impl LeaseState {
             },
         );
         metrics::counter!("gamestream_lease_changes_total", "change" => change).increment(1);
-        let _ = self.args.supervisor.cast(SupervisorMessage::LeaseAcquired {
+        let _ = self.args.supervisor.send_message(LeaseEvent::Acquired {
             lease,
             generation: self.args.generation,
         });
@@ -271,7 +284,7 @@ impl LeaseState {
         tracing::warn!(member = %self.args.member, partition = lease.partition, epoch = lease.epoch, "lease lost; stopping the partition");
         self.held.remove(&lease.partition);
         metrics::counter!("gamestream_lease_changes_total", "change" => "lost").increment(1);
-        let _ = self.args.supervisor.cast(SupervisorMessage::LeaseLost {
+        let _ = self.args.supervisor.send_message(LeaseEvent::Lost {
             lease,
             generation: self.args.generation,
         });

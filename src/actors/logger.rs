@@ -8,33 +8,27 @@
 use std::collections::BTreeMap;
 
 use super::sink::{SinkWriter, WriteBatch};
+use crate::catalogue::{LOGGER, SinkSpec};
 use crate::sinks::SinkError;
 use crate::sinks::postgres::{events, offsets};
-
-/// `consumer_service` and offset key of the logger (the old `event-logger-group`).
-pub const LOGGER: &str = "event-logger";
 
 pub struct LoggerWriter {
     pub pg: sqlx::PgPool,
 }
 
 impl SinkWriter for LoggerWriter {
-    fn name(&self) -> &'static str {
-        LOGGER
-    }
-
-    fn dead_letters_invalid_records(&self) -> bool {
-        true
+    fn spec(&self) -> &'static SinkSpec {
+        &LOGGER
     }
 
     async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
-        Ok(offsets::load(&self.pg, LOGGER, topic).await?)
+        Ok(offsets::load(&self.pg, LOGGER.name, topic).await?)
     }
 
     async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
         events::write(
             &self.pg,
-            LOGGER,
+            LOGGER.name,
             batch.topic,
             &batch.events(),
             &batch.commits,

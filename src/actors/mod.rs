@@ -19,12 +19,10 @@
 //! - [`stats`]: the sink writers of the statistics aggregator (Postgres and Redis).
 //! - [`leaderboard`]: the sink writers of the leaderboard manager (Postgres and Redis).
 //! - [`leaderboard_refresher`]: keeps the `leaderboards` top-N table in step.
-//! - [`analytics`]: spawns the stats and leaderboard actors for the supervisor.
 //! - [`lease_manager`]: the partition leases this daemon holds (renew, take, hand over).
 //! - [`dlq`]: stores dead letters in `system.dlq` and `dlq_events`.
 //! - [`record`]: what readers hand to sinks.
 
-pub mod analytics;
 pub mod dlq;
 pub mod leaderboard;
 pub mod leaderboard_refresher;

@@ -30,7 +30,7 @@ use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling
 use rskafka::record::RecordAndOffset;
 
 use super::record::{ParsedBatch, ParsedRecord, Poison};
-use super::sink::SinkMessage;
+use super::sink::{AckTo, SinkAck, SinkMessage};
 use crate::event::{self, EventError};
 use crate::retry::Backoff;
 use crate::telemetry::traces;
@@ -40,11 +40,24 @@ pub enum ReaderMessage {
     /// a message of an older loop (a stale timer) is ignored, so one loop runs at a time.
     Fetch(u64),
     /// A sink made a batch durable (or already had it).
-    Ack {
-        sink: &'static str,
-        next_offset: i64,
-        records: usize,
-    },
+    Ack(SinkAck),
+}
+
+impl From<SinkAck> for ReaderMessage {
+    fn from(ack: SinkAck) -> Self {
+        ReaderMessage::Ack(ack)
+    }
+}
+
+impl TryFrom<ReaderMessage> for SinkAck {
+    type Error = ReaderMessage;
+
+    fn try_from(message: ReaderMessage) -> Result<Self, ReaderMessage> {
+        match message {
+            ReaderMessage::Ack(ack) => Ok(ack),
+            other => Err(other),
+        }
+    }
 }
 
 pub struct ReaderArgs {
@@ -81,6 +94,8 @@ pub struct ReaderState {
     token: u64,
     /// Reused buffer for simd-json's in-place parsing.
     scratch: Vec<u8>,
+    /// This reader as its sinks see it: where their acks go.
+    ack_to: AckTo,
 }
 
 struct SinkCredit {
@@ -107,7 +122,7 @@ impl Actor for PartitionReader {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<ReaderMessage>,
+        myself: ActorRef<ReaderMessage>,
         args: ReaderArgs,
     ) -> Result<ReaderState, ActorProcessingErr> {
         let client = args
@@ -151,6 +166,7 @@ impl Actor for PartitionReader {
             .increment(0);
         Ok(ReaderState {
             client,
+            ack_to: myself.get_derived(),
             partition_label: args.partition.to_string(),
             topic: args.topic,
             partition: args.partition,
@@ -202,11 +218,11 @@ impl Actor for PartitionReader {
                 state.fetch(&myself).await?;
             }
             ReaderMessage::Fetch(_) => {} // a stale timer of an older fetch loop
-            ReaderMessage::Ack {
+            ReaderMessage::Ack(SinkAck {
                 sink,
                 next_offset,
                 records,
-            } => {
+            }) => {
                 let max = state.max_in_flight_records;
                 if let Some(credit) = state.sinks.iter_mut().find(|s| s.name == sink) {
                     credit.flow.in_flight = credit.flow.in_flight.saturating_sub(records);
@@ -315,7 +331,7 @@ impl ReaderState {
     /// at that cursor that has credit.
     fn dispatch(
         &mut self,
-        myself: &ActorRef<ReaderMessage>,
+        _myself: &ActorRef<ReaderMessage>,
         cursor: i64,
         fetched: Vec<RecordAndOffset>,
     ) -> Result<(), ActorProcessingErr> {
@@ -360,7 +376,7 @@ impl ReaderState {
             sink.flow.cursor = batch.next_offset;
             sink.actor.cast(SinkMessage::Batch {
                 batch: Arc::clone(&batch),
-                reader: myself.clone(),
+                reader: self.ack_to.clone(),
             })?;
         }
         Ok(())

@@ -34,35 +34,29 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use tracing::Instrument;
 
 use super::dlq::DlqMessage;
-use super::partition_reader::ReaderMessage;
 use super::record::{ParsedBatch, ParsedRecord};
-use super::supervisor::SupervisorMessage;
+use crate::catalogue::SinkSpec;
 use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use crate::retry::Backoff;
+use crate::sinks::error::WriteError;
 use crate::sinks::{OffsetCommit, SinkError};
 use crate::telemetry::traces;
 
 /// The destination-specific part of a sink.
 pub trait SinkWriter: Send + Sync + 'static {
-    /// The sink's name: the key of its offsets, its metrics label and its `Ack`s.
-    fn name(&self) -> &'static str;
+    /// The sink's entry in the [catalogue](crate::catalogue): its name (the key of its
+    /// offsets, its metrics label and its `Ack`s), its dead letters' `consumer_service`,
+    /// its store, and whether it dead-letters records that are not valid events.
+    fn spec(&self) -> &'static SinkSpec;
 
-    /// `consumer_service` in this sink's dead letters (CONTRACT: `event-logger`,
-    /// `stats-aggregator`, `leaderboard-manager`). Defaults to [`Self::name`]; a second
-    /// sink of one consumer (its Redis store) names the consumer it belongs to.
-    fn dead_letter_consumer(&self) -> &'static str {
-        self.name()
-    }
-
-    /// Whether this sink dead-letters records that are not valid events. Exactly one
-    /// sink (the logger) does, so a bad record yields one dead letter, not three.
-    fn dead_letters_invalid_records(&self) -> bool {
-        false
+    /// The sink's name (see [`Self::spec`]).
+    fn name(&self) -> &'static str {
+        self.spec().name
     }
 
     /// A valid event this sink can never apply (e.g. a score that is not an integer).
@@ -129,12 +123,34 @@ impl WriteBatch<'_> {
     }
 }
 
+/// What a sink tells a reader when one of its batches is durable (or was already):
+/// the reader's credits for `records` come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkAck {
+    pub sink: &'static str,
+    pub next_offset: i64,
+    pub records: usize,
+}
+
+/// What a sink tells the owner of the leases when a write found `partition`'s lease
+/// lost (the sink has dropped the partition; its reader must stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionFenced {
+    pub partition: i32,
+}
+
+/// Where a sink sends its [`SinkAck`]s: the reader of the batch, seen only through that
+/// one message (so a sink never depends on the reader's own message type).
+pub type AckTo = DerivedActorRef<SinkAck>;
+/// Where a sink reports a lost lease: the supervisor, seen only through that message.
+pub type FencedTo = DerivedActorRef<PartitionFenced>;
+
 /// Messages a sink accepts.
 pub enum SinkMessage {
     /// Records from a reader; acknowledged to `reader` once durable.
     Batch {
         batch: Arc<ParsedBatch>,
-        reader: ActorRef<ReaderMessage>,
+        reader: AckTo,
     },
     /// Where a reader of `partition` should start: the next offset this sink needs
     /// (None: it has nothing for that partition and wants the earliest).
@@ -151,7 +167,7 @@ pub enum SinkMessage {
     Claim {
         partition: i32,
         epoch: i64,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), SinkError>>,
     },
     /// Hand `partition` over (its reader has stopped): flush, then forget it.
     Release {
@@ -177,7 +193,7 @@ pub struct SinkArgs<W> {
     pub settings: SinkSettings,
     pub dlq: ActorRef<DlqMessage>,
     /// Told when a write finds a partition's lease lost.
-    pub supervisor: ActorRef<SupervisorMessage>,
+    pub fenced: FencedTo,
 }
 
 /// The generic sink actor; `W` decides where records go.
@@ -206,14 +222,14 @@ pub struct SinkState<W> {
     linger_armed: bool,
     /// Per claimed partition, the lease epoch its commits are fenced with.
     epochs: BTreeMap<i32, i64>,
-    supervisor: ActorRef<SupervisorMessage>,
+    fenced: FencedTo,
 }
 
 struct Buffered {
     batch: Arc<ParsedBatch>,
     /// Index of the first record this sink still has to apply.
     from: usize,
-    reader: ActorRef<ReaderMessage>,
+    reader: AckTo,
 }
 
 impl<W: SinkWriter> Actor for SinkActor<W> {
@@ -262,7 +278,7 @@ impl<W: SinkWriter> Actor for SinkActor<W> {
             generation: 0,
             linger_armed: false,
             epochs: BTreeMap::new(),
-            supervisor: args.supervisor,
+            fenced: args.fenced,
         })
     }
 
@@ -304,7 +320,7 @@ impl<W: SinkWriter> Actor for SinkActor<W> {
                 reply,
             } => {
                 let result = state.claim(partition, epoch).await;
-                let _ = reply.send(result.map_err(|e| e.to_string()));
+                let _ = reply.send(result);
             }
             SinkMessage::Release { partition, reply } => {
                 state.flush().await?;
@@ -320,7 +336,7 @@ impl<W: SinkWriter> Actor for SinkActor<W> {
 impl<W: SinkWriter> SinkState<W> {
     /// Buffers the part of `batch` this sink has not seen; acknowledges a batch it
     /// already has entirely (a reader restarted and re-sent it).
-    fn accept(&mut self, batch: Arc<ParsedBatch>, reader: ActorRef<ReaderMessage>) {
+    fn accept(&mut self, batch: Arc<ParsedBatch>, reader: AckTo) {
         let expected = self.received.get(&batch.partition).copied();
         let from = expected.map_or(0, |next| batch.records.partition_point(|r| r.offset < next));
         if expected.is_some_and(|next| next >= batch.next_offset) {
@@ -429,7 +445,7 @@ impl<W: SinkWriter> SinkState<W> {
             let letters_span = if letters.is_empty() {
                 tracing::Span::none()
             } else {
-                child_span(span, "dead_letter", name)
+                child_span(span, "dead_letter", self.writer.spec())
             };
             self.dead_letter(letters).instrument(letters_span).await?;
         }
@@ -447,7 +463,7 @@ impl<W: SinkWriter> SinkState<W> {
             records,
             commits,
         };
-        let write = child_span(span, "sink.write", name);
+        let write = child_span(span, "sink.write", self.writer.spec());
         match write_with_retry(&mut self.writer, &mut self.backoff, &batch)
             .instrument(write)
             .await
@@ -459,7 +475,7 @@ impl<W: SinkWriter> SinkState<W> {
                 let (letters, commits) =
                     isolate(&mut self.writer, &mut self.backoff, &batch, &e).await?;
                 send_dead_letters(&self.dlq, letters)
-                    .instrument(child_span(span, "dead_letter", name))
+                    .instrument(child_span(span, "dead_letter", self.writer.spec()))
                     .await?;
                 let rest = WriteBatch {
                     topic: batch.topic,
@@ -493,9 +509,7 @@ impl<W: SinkWriter> SinkState<W> {
         tracing::warn!(sink = name, partitions = ?partitions, "write refused: lease lost; dropping the partitions");
         for &partition in partitions {
             self.forget(partition);
-            let _ = self
-                .supervisor
-                .cast(SupervisorMessage::PartitionFenced { partition });
+            let _ = self.fenced.send_message(PartitionFenced { partition });
         }
     }
 
@@ -546,7 +560,7 @@ impl<W: SinkWriter> SinkState<W> {
         records: &mut Vec<SinkRecord<'a>>,
         letters: &mut Vec<DeadLetter>,
     ) {
-        let name = self.writer.dead_letter_consumer();
+        let name = self.writer.spec().consumer_service;
         match &record.parsed {
             Ok(event) => match self.writer.reject(event) {
                 None => records.push(SinkRecord {
@@ -566,17 +580,19 @@ impl<W: SinkWriter> SinkState<W> {
                     at: chrono::Utc::now(),
                 }),
             },
-            Err(poison) if self.writer.dead_letters_invalid_records() => letters.push(DeadLetter {
-                consumer: name,
-                topic: batch.topic.to_string(),
-                partition: batch.partition,
-                offset: record.offset,
-                key: poison.key.clone(),
-                payload: poison.payload.clone(),
-                error: poison.error.to_string(),
-                kind: poison.error.kind().to_owned(),
-                at: chrono::Utc::now(),
-            }),
+            Err(poison) if self.writer.spec().dead_letters_invalid_records => {
+                letters.push(DeadLetter {
+                    consumer: name,
+                    topic: batch.topic.to_string(),
+                    partition: batch.partition,
+                    offset: record.offset,
+                    key: poison.key.clone(),
+                    payload: poison.payload.clone(),
+                    error: poison.error.to_string(),
+                    kind: poison.error.kind().to_owned(),
+                    at: chrono::Utc::now(),
+                })
+            }
             Err(_) => {}
         }
     }
@@ -588,16 +604,11 @@ impl<W: SinkWriter> SinkState<W> {
 
 /// A child of the batch span `parent` (`sink.write`: the destination call; `dead_letter`:
 /// the DLQ hand-off). Disabled when the parent is: an unsampled batch gets no children.
-fn child_span(parent: &tracing::Span, name: &'static str, sink: &'static str) -> tracing::Span {
+fn child_span(parent: &tracing::Span, name: &'static str, spec: &SinkSpec) -> tracing::Span {
     if parent.is_disabled() {
         return tracing::Span::none();
     }
-    // The Redis stores of a consumer are the sinks named `…-redis`.
-    let db_system = if sink.ends_with("-redis") {
-        "redis"
-    } else {
-        "postgresql"
-    };
+    let (sink, db_system) = (spec.name, spec.store.db_system());
     match name {
         "dead_letter" => {
             tracing::info_span!(parent: parent, "dead_letter", otel.kind = "internal", sink)
@@ -608,9 +619,9 @@ fn child_span(parent: &tracing::Span, name: &'static str, sink: &'static str) ->
     }
 }
 
-fn ack(reader: &ActorRef<ReaderMessage>, sink: &'static str, batch: &ParsedBatch) {
+fn ack(reader: &AckTo, sink: &'static str, batch: &ParsedBatch) {
     // A reader that has stopped (restart, shutdown) no longer needs its credits back.
-    let _ = reader.cast(ReaderMessage::Ack {
+    let _ = reader.send_message(SinkAck {
         sink,
         next_offset: batch.next_offset,
         records: batch.records.len(),
@@ -668,7 +679,7 @@ async fn isolate<W: SinkWriter>(
     writer: &mut W,
     backoff: &mut Backoff,
     batch: &WriteBatch<'_>,
-    batch_error: &str,
+    batch_error: &WriteError,
 ) -> Result<(Vec<DeadLetter>, Vec<OffsetCommit>), ActorProcessingErr> {
     let mut letters = Vec::new();
     let mut expected: BTreeMap<i32, Option<i64>> = batch
@@ -697,7 +708,7 @@ async fn isolate<W: SinkWriter>(
             Err(SinkError::Permanent(e)) => {
                 tracing::warn!(sink = writer.name(), partition = record.partition, offset = record.offset, error = %e, "record refused; dead-lettering it");
                 letters.push(DeadLetter {
-                    consumer: writer.dead_letter_consumer(),
+                    consumer: writer.spec().consumer_service,
                     topic: batch.topic.to_owned(),
                     partition: record.partition,
                     offset: record.offset,
@@ -714,7 +725,7 @@ async fn isolate<W: SinkWriter>(
     if letters.is_empty() {
         tracing::warn!(
             sink = writer.name(),
-            error = batch_error,
+            error = %batch_error,
             "batch refused but every record was accepted alone"
         );
     }
@@ -727,4 +738,260 @@ async fn isolate<W: SinkWriter>(
         })
         .collect();
     Ok((letters, commits))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sink actor alone: a fake writer, a fake reader and a fake DLQ, no supervisor.
+
+    use std::sync::Mutex;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::catalogue::STATS;
+
+    /// What the fake writer was asked to do, and what it answers next.
+    #[derive(Default)]
+    struct Log {
+        writes: Vec<(Vec<i64>, Vec<OffsetCommit>)>,
+        /// Answered (once) instead of writing.
+        next_error: Option<SinkError>,
+    }
+
+    struct FakeWriter(Arc<Mutex<Log>>);
+
+    impl SinkWriter for FakeWriter {
+        fn spec(&self) -> &'static SinkSpec {
+            &STATS
+        }
+
+        async fn committed(&self, _topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
+            Ok(BTreeMap::new())
+        }
+
+        async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
+            let mut log = self.0.lock().unwrap();
+            if let Some(e) = log.next_error.take() {
+                return Err(e);
+            }
+            let offsets = batch.records.iter().map(|r| r.offset).collect();
+            log.writes.push((offsets, batch.commits.clone()));
+            Ok(())
+        }
+    }
+
+    /// An actor that forwards every message it gets to a channel.
+    struct Forward<T>(PhantomData<fn() -> T>);
+
+    impl<T: ractor::Message> Actor for Forward<T> {
+        type Msg = T;
+        type State = mpsc::UnboundedSender<T>;
+        type Arguments = mpsc::UnboundedSender<T>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<T>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<T>,
+            message: T,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = tx.send(message);
+            Ok(())
+        }
+    }
+
+    async fn forward<T: ractor::Message>() -> (ActorRef<T>, mpsc::UnboundedReceiver<T>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (actor, _) = Actor::spawn(None, Forward::<T>(PhantomData), tx)
+            .await
+            .expect("spawn");
+        (actor, rx)
+    }
+
+    fn event(i: i64) -> Event {
+        Event {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: "quest_completed".to_owned(),
+            player_id: format!("p{i}"),
+            game_id: "g".to_owned(),
+            timestamp: chrono::Utc::now(),
+            ingested_at: chrono::Utc::now(),
+            data: "{}".to_owned(),
+            score: crate::event::Score::Absent,
+        }
+    }
+
+    fn batch(partition: i32, offsets: std::ops::Range<i64>) -> Arc<ParsedBatch> {
+        Arc::new(ParsedBatch {
+            topic: Arc::from("t"),
+            partition,
+            next_offset: offsets.end,
+            records: offsets
+                .map(|offset| ParsedRecord {
+                    offset,
+                    parsed: Ok(event(offset)),
+                    trace: None,
+                })
+                .collect(),
+        })
+    }
+
+    struct Rig {
+        sink: ActorRef<SinkMessage>,
+        log: Arc<Mutex<Log>>,
+        reader: ActorRef<SinkAck>,
+        acks: mpsc::UnboundedReceiver<SinkAck>,
+        fenced: mpsc::UnboundedReceiver<PartitionFenced>,
+    }
+
+    async fn rig(batch_size: usize) -> Rig {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let (reader, acks) = forward::<SinkAck>().await;
+        let (owner, fenced) = forward::<PartitionFenced>().await;
+        let (dlq, _letters) = forward::<DlqMessage>().await;
+        let (sink, _) = Actor::spawn(
+            None,
+            SinkActor::<FakeWriter>::default(),
+            SinkArgs {
+                writer: FakeWriter(Arc::clone(&log)),
+                topic: Arc::from("t"),
+                settings: SinkSettings {
+                    batch_size,
+                    linger: Duration::from_millis(20),
+                    retry_initial_backoff: Duration::from_millis(1),
+                    retry_max_backoff: Duration::from_millis(5),
+                },
+                dlq,
+                fenced: owner.get_derived(),
+            },
+        )
+        .await
+        .expect("spawn sink");
+        Rig {
+            sink,
+            log,
+            reader,
+            acks,
+            fenced,
+        }
+    }
+
+    async fn claim(sink: &ActorRef<SinkMessage>, partition: i32, epoch: i64) {
+        let claimed = sink
+            .call(
+                |reply| SinkMessage::Claim {
+                    partition,
+                    epoch,
+                    reply,
+                },
+                Some(Duration::from_secs(5)),
+            )
+            .await
+            .expect("call");
+        assert!(matches!(claimed, ractor::rpc::CallResult::Success(Ok(()))));
+    }
+
+    async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("in time")
+            .expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_claimed_batch_is_written_with_its_epoch_and_acknowledged() {
+        let mut rig = rig(100).await;
+        claim(&rig.sink, 0, 7).await;
+        rig.sink
+            .cast(SinkMessage::Batch {
+                batch: batch(0, 0..3),
+                reader: rig.reader.get_derived(),
+            })
+            .unwrap();
+        // Below batch_size: the linger flushes it.
+        let ack = next(&mut rig.acks).await;
+        assert_eq!(
+            ack,
+            SinkAck {
+                sink: STATS.name,
+                next_offset: 3,
+                records: 3
+            }
+        );
+        let log = rig.log.lock().unwrap();
+        assert_eq!(log.writes.len(), 1);
+        let (offsets, commits) = &log.writes[0];
+        assert_eq!(offsets, &[0, 1, 2]);
+        assert_eq!(
+            commits,
+            &[OffsetCommit {
+                partition: 0,
+                expected: None,
+                next: 3,
+                epoch: Some(7)
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_seen_before_is_acknowledged_without_a_write() {
+        let mut rig = rig(2).await;
+        claim(&rig.sink, 1, 1).await;
+        for _ in 0..2 {
+            rig.sink
+                .cast(SinkMessage::Batch {
+                    batch: batch(1, 10..12),
+                    reader: rig.reader.get_derived(),
+                })
+                .unwrap();
+        }
+        for _ in 0..2 {
+            assert_eq!(next(&mut rig.acks).await.next_offset, 12);
+        }
+        assert_eq!(rig.log.lock().unwrap().writes.len(), 1, "written once");
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_drops_the_partition_and_tells_the_owner() {
+        let mut rig = rig(1).await;
+        claim(&rig.sink, 2, 3).await;
+        rig.log.lock().unwrap().next_error = Some(SinkError::LeaseLost(vec![2]));
+        rig.sink
+            .cast(SinkMessage::Batch {
+                batch: batch(2, 0..1),
+                reader: rig.reader.get_derived(),
+            })
+            .unwrap();
+        assert_eq!(
+            next(&mut rig.fenced).await,
+            PartitionFenced { partition: 2 }
+        );
+        // Nothing was written and nothing acknowledged: the reader is being stopped.
+        assert!(rig.log.lock().unwrap().writes.is_empty());
+        assert!(rig.acks.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unclaimed_partition_is_never_written() {
+        let mut rig = rig(1).await;
+        rig.sink
+            .cast(SinkMessage::Batch {
+                batch: batch(5, 0..1),
+                reader: rig.reader.get_derived(),
+            })
+            .unwrap();
+        assert_eq!(
+            next(&mut rig.fenced).await,
+            PartitionFenced { partition: 5 }
+        );
+        assert!(rig.log.lock().unwrap().writes.is_empty());
+    }
 }

@@ -22,15 +22,11 @@ use std::collections::BTreeMap;
 
 use super::sink::{SinkWriter, WriteBatch};
 use crate::aggregate::StatsDelta;
+use crate::catalogue::{STATS, STATS_REDIS, SinkSpec};
 use crate::sinks::SinkError;
 use crate::sinks::postgres::{offsets, stats as pg_stats};
-use crate::sinks::redis::rebuild::{RedisSinkSettings, RedisSinkStore, Store};
 use crate::sinks::redis::{RedisKeys, RedisPool, stats as redis_stats};
-
-/// `consumer_service` of the aggregator, and the offset key of its Postgres sink.
-pub const STATS: &str = "stats-aggregator";
-/// The aggregator's Redis sink (offsets in Redis).
-pub const STATS_REDIS: &str = "stats-aggregator-redis";
+use crate::sinks::redis::{RedisSinkSettings, RedisSinkStore, Store};
 
 /// Writes `player_statistics`.
 pub struct StatsPgWriter {
@@ -38,19 +34,19 @@ pub struct StatsPgWriter {
 }
 
 impl SinkWriter for StatsPgWriter {
-    fn name(&self) -> &'static str {
-        STATS
+    fn spec(&self) -> &'static SinkSpec {
+        &STATS
     }
 
     async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
-        Ok(offsets::load(&self.pg, STATS, topic).await?)
+        Ok(offsets::load(&self.pg, STATS.name, topic).await?)
     }
 
     async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
         let delta = StatsDelta::of(batch.records.iter().map(|r| r.event));
-        metrics::histogram!("gamestream_stats_players_per_write", "sink" => STATS)
+        metrics::histogram!("gamestream_stats_players_per_write", "sink" => STATS.name)
             .record(delta.len() as f64);
-        pg_stats::write(&self.pg, STATS, batch.topic, &delta, &batch.commits).await
+        pg_stats::write(&self.pg, STATS.name, batch.topic, &delta, &batch.commits).await
     }
 }
 
@@ -74,8 +70,8 @@ impl StatsRedisWriter {
                 pg,
                 keys,
                 settings,
-                sink: STATS_REDIS,
-                postgres_sink: STATS,
+                sink: STATS_REDIS.name,
+                postgres_sink: STATS.name,
                 store: Store::Stats,
             },
             script: redis_stats::script(),
@@ -84,12 +80,8 @@ impl StatsRedisWriter {
 }
 
 impl SinkWriter for StatsRedisWriter {
-    fn name(&self) -> &'static str {
-        STATS_REDIS
-    }
-
-    fn dead_letter_consumer(&self) -> &'static str {
-        STATS
+    fn spec(&self) -> &'static SinkSpec {
+        &STATS_REDIS
     }
 
     async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
@@ -110,6 +102,6 @@ impl SinkWriter for StatsRedisWriter {
         let offsets_key = self.store.offsets_key(batch.topic);
         let args = redis_stats::script_args(&self.store.keys, &offsets_key, &delta, &batch.commits);
         let mut conn = self.store.connection().await?;
-        redis_stats::write(&mut conn, &self.script, STATS_REDIS, &args).await
+        redis_stats::write(&mut conn, &self.script, STATS_REDIS.name, &args).await
     }
 }

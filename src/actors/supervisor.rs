@@ -3,7 +3,7 @@
 //! ```text
 //! Supervisor
 //!  ├── DlqActor
-//!  ├── SinkActor<LoggerWriter>        (and the stats and leaderboard sinks, see analytics)
+//!  ├── SinkActor<W> × shards          (one group per sink of the catalogue, in its order)
 //!  ├── LeaderboardRefresher
 //!  ├── LeaseManager                   (which partitions this daemon holds)
 //!  └── PartitionReader p .. q         (one per partition whose lease it holds)
@@ -38,16 +38,24 @@ use ractor::{
 };
 
 use super::dlq::{DlqActor, DlqArgs, DlqMessage};
-use super::leaderboard_refresher::RefresherMessage;
-use super::lease_manager::{LeaseArgs, LeaseManager, LeaseMessage};
+use super::leaderboard::{LeaderboardPgWriter, LeaderboardRedisWriter};
+use super::leaderboard_refresher::{LeaderboardRefresher, RefresherArgs, RefresherMessage};
+use super::lease_manager::{LeaseArgs, LeaseEvent, LeaseManager, LeaseMessage};
 use super::logger::LoggerWriter;
 use super::partition_reader::{PartitionReader, ReaderArgs, ReaderMessage};
-use super::sink::{SinkActor, SinkArgs, SinkMessage, SinkSettings, SinkWriter};
+use super::sink::{PartitionFenced, SinkActor, SinkArgs, SinkMessage, SinkSettings, SinkWriter};
+use super::stats::{StatsPgWriter, StatsRedisWriter};
+use crate::catalogue::{
+    self, LEADERBOARD, LEADERBOARD_REDIS, LOGGER, STATS, STATS_REDIS, SinkSpec,
+};
 use crate::config::Config;
 use crate::leases::{Lease, LeaseView};
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
-use crate::sinks::redis::RedisPool;
+use crate::sinks::redis::{RedisKeys, RedisPool, RedisSinkSettings};
+
+/// Label of the refresher in supervision logs and restart metrics.
+pub const REFRESHER: &str = "leaderboard-refresher";
 
 /// What the pipeline needs from the outside world.
 #[derive(Clone)]
@@ -73,16 +81,44 @@ pub enum SupervisorMessage {
     RefreshPartitions,
     /// Graceful stop: readers, then a flush of every sink, then the sinks.
     Drain(RpcReplyPort<()>),
-    /// The lease manager of `generation` holds `lease` (new or adopted): claim it in
-    /// the sinks and start its reader.
-    LeaseAcquired { lease: Lease, generation: u64 },
-    /// The lease manager lost `lease`: stop its reader; the sinks drop its records.
-    LeaseLost { lease: Lease, generation: u64 },
-    /// Hand `lease` over (rebalance): stop its reader, flush the sinks, then tell the
-    /// lease manager to free it.
-    Surrender { lease: Lease, generation: u64 },
-    /// A sink's write for `partition` was refused: its lease is gone.
-    PartitionFenced { partition: i32 },
+    /// A lease changed hands (see [`LeaseEvent`]).
+    Lease(LeaseEvent),
+    /// A sink's write for a partition was refused: its lease is gone.
+    Fenced(PartitionFenced),
+}
+
+impl From<LeaseEvent> for SupervisorMessage {
+    fn from(event: LeaseEvent) -> Self {
+        SupervisorMessage::Lease(event)
+    }
+}
+
+impl TryFrom<SupervisorMessage> for LeaseEvent {
+    type Error = SupervisorMessage;
+
+    fn try_from(message: SupervisorMessage) -> Result<Self, SupervisorMessage> {
+        match message {
+            SupervisorMessage::Lease(event) => Ok(event),
+            other => Err(other),
+        }
+    }
+}
+
+impl From<PartitionFenced> for SupervisorMessage {
+    fn from(fenced: PartitionFenced) -> Self {
+        SupervisorMessage::Fenced(fenced)
+    }
+}
+
+impl TryFrom<SupervisorMessage> for PartitionFenced {
+    type Error = SupervisorMessage;
+
+    fn try_from(message: SupervisorMessage) -> Result<Self, SupervisorMessage> {
+        match message {
+            SupervisorMessage::Fenced(fenced) => Ok(fenced),
+            other => Err(other),
+        }
+    }
 }
 
 pub struct Supervisor;
@@ -118,6 +154,13 @@ struct Children {
 struct SinkGroup {
     name: &'static str,
     shards: Vec<ActorRef<SinkMessage>>,
+}
+
+/// What every sink of a generation is wired to.
+struct SinkWiring {
+    supervisor: ActorRef<SupervisorMessage>,
+    dlq: ActorRef<DlqMessage>,
+    refresher: ActorRef<RefresherMessage>,
 }
 
 impl SinkGroup {
@@ -194,24 +237,24 @@ impl Actor for Supervisor {
                 state.drain().await;
                 let _ = reply.send(());
             }
-            SupervisorMessage::LeaseAcquired { lease, generation } => {
+            SupervisorMessage::Lease(LeaseEvent::Acquired { lease, generation }) => {
                 if generation == state.generation && !state.stopping {
                     state.take_over(&myself, lease).await?;
                 }
             }
-            SupervisorMessage::LeaseLost { lease, generation } => {
+            SupervisorMessage::Lease(LeaseEvent::Lost { lease, generation }) => {
                 if generation == state.generation {
                     state
                         .stop_partition(lease.partition, Some(lease.epoch))
                         .await;
                 }
             }
-            SupervisorMessage::Surrender { lease, generation } => {
+            SupervisorMessage::Lease(LeaseEvent::Surrender { lease, generation }) => {
                 if generation == state.generation && !state.stopping {
                     state.hand_over(lease).await;
                 }
             }
-            SupervisorMessage::PartitionFenced { partition } => {
+            SupervisorMessage::Fenced(PartitionFenced { partition }) => {
                 if let Some(epoch) = state.stop_partition(partition, None).await
                     && let Some(children) = &state.children
                 {
@@ -328,52 +371,32 @@ impl SupervisorState {
         )
         .await?;
         self.current.insert(dlq.get_id(), "dlq");
-        let settings = |batch_size: usize, linger: Duration| SinkSettings {
-            batch_size,
-            linger,
-            retry_initial_backoff: config.consumer.retry_initial_backoff,
-            retry_max_backoff: config.consumer.retry_max_backoff,
+        let (refresher, _) = Actor::spawn_linked(
+            None,
+            LeaderboardRefresher,
+            RefresherArgs {
+                pg: self.ctx.pg.clone(),
+                refresh_interval: config.leaderboard.refresh_interval,
+                top_n: config.leaderboard.top_n,
+            },
+            supervisor.clone(),
+        )
+        .await?;
+        self.current.insert(refresher.get_id(), REFRESHER);
+        let wiring = SinkWiring {
+            supervisor: myself.clone(),
+            dlq: dlq.clone(),
+            refresher: refresher.clone(),
         };
-        let logger_writers = (0..config.logger.writers).map(|_| LoggerWriter {
-            pg: self.ctx.pg.clone(),
-        });
-        let logger = self
-            .spawn_sink_group(
-                &supervisor,
-                logger_writers.collect(),
-                settings(config.logger.batch_size, config.logger.linger),
-                &dlq,
-            )
-            .await?;
-        let mut sinks = vec![logger];
-
-        // Statistics and leaderboards (issue 5): one sink per store, each with its own
-        // offsets (Postgres first: a Redis sink's start may rebuild Redis from them),
-        // and the refresher of the `leaderboards` table.
-        let refresher = super::analytics::spawn_refresher(&self.ctx, &supervisor).await?;
-        self.current
-            .insert(refresher.get_id(), super::analytics::REFRESHER);
-        let analytics = super::analytics::writers(&self.ctx, &refresher);
-        let (stats, scores) = (analytics.stats_settings, analytics.leaderboard_settings);
-        sinks.push(
-            self.spawn_sink_group(&supervisor, analytics.stats_pg, stats.clone(), &dlq)
-                .await?,
-        );
-        sinks.push(
-            self.spawn_sink_group(&supervisor, analytics.leaderboard_pg, scores.clone(), &dlq)
-                .await?,
-        );
-        sinks.push(
-            self.spawn_sink_group(&supervisor, analytics.stats_redis, stats, &dlq)
-                .await?,
-        );
-        sinks.push(
-            self.spawn_sink_group(&supervisor, analytics.leaderboard_redis, scores, &dlq)
-                .await?,
-        );
+        // The catalogue's order: Postgres sinks first, since a Redis sink's start may
+        // rebuild Redis from its Postgres twin.
+        let mut sinks = Vec::with_capacity(catalogue::SINKS.len());
+        for spec in &catalogue::SINKS {
+            sinks.push(self.spawn_sink(spec, &wiring).await?);
+        }
 
         // Last: its first round may at once hand partitions to the sinks above.
-        let partitions = crate::sinks::kafka::partition_count(&self.ctx.kafka, &self.topic).await?;
+        let partitions = crate::kafka::partition_count(&self.ctx.kafka, &self.topic).await?;
         let (leases, _) = Actor::spawn_linked(
             None,
             LeaseManager,
@@ -384,7 +407,7 @@ impl SupervisorState {
                 ttl: config.lease.ttl,
                 renew_interval: config.lease.renew_interval,
                 partitions,
-                supervisor: myself.clone(),
+                supervisor: myself.get_derived(),
                 generation: self.generation,
                 view: self.ctx.leases.clone(),
             },
@@ -405,32 +428,103 @@ impl SupervisorState {
         Ok(())
     }
 
-    /// Spawns one sink actor per writer; together they serve every partition.
-    async fn spawn_sink_group<W: SinkWriter>(
+    /// Spawns the shards of the catalogue's sink `spec`, each with its own writer.
+    /// A new sink is one entry in the catalogue and one arm here.
+    async fn spawn_sink(
         &mut self,
-        supervisor: &ActorCell,
-        writers: Vec<W>,
-        settings: SinkSettings,
-        dlq: &ActorRef<DlqMessage>,
+        spec: &'static SinkSpec,
+        wiring: &SinkWiring,
     ) -> Result<SinkGroup, ActorProcessingErr> {
-        let mut shards = Vec::with_capacity(writers.len());
-        let mut name = "sink";
-        for writer in writers {
-            name = writer.name();
+        let config = Arc::clone(&self.ctx.config);
+        let (pg, redis) = (self.ctx.pg.clone(), self.ctx.redis.clone());
+        let keys = RedisKeys::new(config.redis.key_prefix.clone());
+        let redis_settings = RedisSinkSettings::from_config(&config);
+        let batching = |batch_size: usize, linger: Duration| SinkSettings {
+            batch_size,
+            linger,
+            retry_initial_backoff: config.consumer.retry_initial_backoff,
+            retry_max_backoff: config.consumer.retry_max_backoff,
+        };
+        let stats = batching(config.stats.buffer_size, config.stats.linger);
+        let scores = batching(config.leaderboard.batch_size, config.leaderboard.linger);
+        let (stats_shards, score_shards) = (config.stats.writers, config.leaderboard.writers);
+        match *spec {
+            LOGGER => {
+                let settings = batching(config.logger.batch_size, config.logger.linger);
+                let writer = || LoggerWriter { pg: pg.clone() };
+                self.spawn_shards(wiring, config.logger.writers, settings, writer)
+                    .await
+            }
+            STATS => {
+                let writer = || StatsPgWriter { pg: pg.clone() };
+                self.spawn_shards(wiring, stats_shards, stats, writer).await
+            }
+            LEADERBOARD => {
+                let writer = || LeaderboardPgWriter {
+                    pg: pg.clone(),
+                    refresher: wiring.refresher.clone(),
+                };
+                self.spawn_shards(wiring, score_shards, scores, writer)
+                    .await
+            }
+            STATS_REDIS => {
+                let writer = || {
+                    StatsRedisWriter::new(
+                        redis.clone(),
+                        pg.clone(),
+                        keys.clone(),
+                        redis_settings.clone(),
+                    )
+                };
+                self.spawn_shards(wiring, stats_shards, stats, writer).await
+            }
+            LEADERBOARD_REDIS => {
+                let writer = || {
+                    LeaderboardRedisWriter::new(
+                        redis.clone(),
+                        pg.clone(),
+                        keys.clone(),
+                        redis_settings.clone(),
+                    )
+                };
+                self.spawn_shards(wiring, score_shards, scores, writer)
+                    .await
+            }
+            other => Err(format!("sink `{}` has no writer in the supervisor", other.name).into()),
+        }
+    }
+
+    /// Spawns `shards` sink actors, each with a writer from `writer`; together they
+    /// serve every partition.
+    async fn spawn_shards<W: SinkWriter>(
+        &mut self,
+        wiring: &SinkWiring,
+        shards: usize,
+        settings: SinkSettings,
+        mut writer: impl FnMut() -> W,
+    ) -> Result<SinkGroup, ActorProcessingErr> {
+        let supervisor = wiring.supervisor.get_cell();
+        let mut group = SinkGroup {
+            name: "sink",
+            shards: Vec::with_capacity(shards),
+        };
+        for _ in 0..shards.max(1) {
+            let writer = writer();
+            group.name = writer.name();
             let args = SinkArgs {
                 writer,
                 topic: Arc::clone(&self.topic),
                 settings: settings.clone(),
-                dlq: dlq.clone(),
-                supervisor: supervisor.clone().into(),
+                dlq: wiring.dlq.clone(),
+                fenced: wiring.supervisor.get_derived(),
             };
             let (shard, _) =
                 Actor::spawn_linked(None, SinkActor::<W>::default(), args, supervisor.clone())
                     .await?;
-            self.current.insert(shard.get_id(), name);
-            shards.push(shard);
+            self.current.insert(shard.get_id(), group.name);
+            group.shards.push(shard);
         }
-        Ok(SinkGroup { name, shards })
+        Ok(group)
     }
 
     /// Re-reads the partition count for the lease manager (added partitions get
@@ -442,7 +536,7 @@ impl SupervisorState {
         if self.stopping || self.children.is_none() {
             return Ok(());
         }
-        let count = crate::sinks::kafka::partition_count(&self.ctx.kafka, &self.topic).await?;
+        let count = crate::kafka::partition_count(&self.ctx.kafka, &self.topic).await?;
         if let Some(children) = &self.children {
             children.leases.cast(LeaseMessage::PartitionCount(count))?;
         }
@@ -484,7 +578,7 @@ impl SupervisorState {
             );
             let failure = match claim.await {
                 Ok(ractor::rpc::CallResult::Success(Ok(()))) => continue,
-                Ok(ractor::rpc::CallResult::Success(Err(e))) => e,
+                Ok(ractor::rpc::CallResult::Success(Err(e))) => e.to_string(),
                 Ok(other) => format!("{:?}", other.map(|_| ())),
                 Err(e) => e.to_string(),
             };
@@ -539,9 +633,7 @@ impl SupervisorState {
         if let Some((reader, _)) = stopped {
             // Not a crash: forget it before it exits.
             self.current.remove(&reader.get_id());
-            if let Err(e) = reader.stop_and_wait(None, Some(grace)).await {
-                tracing::warn!(partition, error = %e, "reader did not stop in time");
-            }
+            stop_reader(&reader, partition, grace).await;
         }
         for group in &children.sinks {
             let _ = group
@@ -567,9 +659,7 @@ impl SupervisorState {
         let partition = lease.partition;
         if let Some((reader, _)) = children.readers.remove(&partition) {
             self.current.remove(&reader.get_id());
-            if let Err(e) = reader.stop_and_wait(None, Some(grace)).await {
-                tracing::warn!(partition, error = %e, "reader did not stop in time");
-            }
+            stop_reader(&reader, partition, grace).await;
         }
         for group in &children.sinks {
             let shard = group.shard_for(partition);
@@ -603,10 +693,8 @@ impl SupervisorState {
         };
         self.current.clear();
         let grace = self.ctx.config.shutdown.grace_period;
-        for (partition, (reader, _)) in &children.readers {
-            if let Err(e) = reader.stop_and_wait(None, Some(grace)).await {
-                tracing::warn!(partition, error = %e, "reader did not stop in time");
-            }
+        for (&partition, (reader, _)) in &children.readers {
+            stop_reader(reader, partition, grace).await;
         }
         let shards: Vec<(&'static str, ActorRef<SinkMessage>)> = children
             .sinks
@@ -640,5 +728,12 @@ impl SupervisorState {
         }
         let _ = children.refresher.stop_and_wait(None, Some(grace)).await;
         let _ = children.dlq.stop_and_wait(None, Some(grace)).await;
+    }
+}
+
+/// Stops the reader of `partition` and waits for it, at most `grace`.
+async fn stop_reader(reader: &ActorRef<ReaderMessage>, partition: i32, grace: Duration) {
+    if let Err(e) = reader.stop_and_wait(None, Some(grace)).await {
+        tracing::warn!(partition, error = %e, "reader did not stop in time");
     }
 }

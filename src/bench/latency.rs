@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 
+use super::BenchError;
 use super::report::{LatencyReport, Percentiles};
 use super::{BenchArgs, Scratch, bench_event, throughput};
 use crate::config::Mode;
-use crate::daemon::DaemonError;
 
 /// How often readiness is asked while the daemon starts, and for how long at most.
 const READY_POLL: Duration = Duration::from_millis(100);
@@ -38,7 +38,7 @@ struct Sent {
 }
 
 /// Runs the phase against a fresh child daemon on the scratch names.
-pub(super) async fn run(scratch: &Scratch, args: &BenchArgs) -> Result<LatencyReport, DaemonError> {
+pub(super) async fn run(scratch: &Scratch, args: &BenchArgs) -> Result<LatencyReport, BenchError> {
     let port = free_port()?;
     let child = throughput::daemon(scratch, Mode::All, port)?;
     let base = format!("http://127.0.0.1:{port}");
@@ -47,7 +47,7 @@ pub(super) async fn run(scratch: &Scratch, args: &BenchArgs) -> Result<LatencyRe
         .timeout(REQUEST_TIMEOUT)
         .tcp_nodelay(true)
         .build()
-        .map_err(|e| DaemonError::Pipeline(format!("http client: {e}")))?;
+        .map_err(|e| BenchError::Failed(format!("http client: {e}")))?;
     let result = async {
         wait_ready(&client, &base).await?;
         drive(scratch, args, &client, &base).await
@@ -57,7 +57,7 @@ pub(super) async fn run(scratch: &Scratch, args: &BenchArgs) -> Result<LatencyRe
     result
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<(), DaemonError> {
+async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<(), BenchError> {
     let started = Instant::now();
     while started.elapsed() < READY_TIMEOUT {
         let ready = client.get(format!("{base}/ready")).send().await;
@@ -66,7 +66,7 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<(), DaemonEr
         }
         tokio::time::sleep(READY_POLL).await;
     }
-    Err(DaemonError::Pipeline(format!(
+    Err(BenchError::Failed(format!(
         "the daemon was not ready within {READY_TIMEOUT:?}"
     )))
 }
@@ -78,7 +78,7 @@ async fn drive(
     args: &BenchArgs,
     client: &reqwest::Client,
     base: &str,
-) -> Result<LatencyReport, DaemonError> {
+) -> Result<LatencyReport, BenchError> {
     let count = (args.latency_rate * args.latency_duration.as_secs_f64()).round() as usize;
     let interval = Duration::from_secs_f64(1.0 / args.latency_rate.max(f64::MIN_POSITIVE));
     let (sent_tx, sent_rx) = mpsc::unbounded_channel::<Sent>();
@@ -119,7 +119,7 @@ async fn drive(
     answers.sort_unstable();
     let watched = watcher
         .await
-        .map_err(|e| DaemonError::Pipeline(format!("latency watcher: {e}")))??;
+        .map_err(|e| BenchError::Failed(format!("latency watcher: {e}")))??;
     let mut samples = watched.samples;
     samples.sort_unstable();
     Ok(LatencyReport {
@@ -174,7 +174,7 @@ async fn watch(
     mut sent: mpsc::UnboundedReceiver<Sent>,
     poll_interval: Duration,
     timeout: Duration,
-) -> Result<Watched, DaemonError> {
+) -> Result<Watched, BenchError> {
     let mut pending: HashMap<uuid::Uuid, Instant> = HashMap::new();
     let mut samples = Vec::new();
     let (mut open, mut cycles, started) = (true, 0_u32, Instant::now());
@@ -218,9 +218,9 @@ async fn watch(
 }
 
 /// A free loopback port for the child's HTTP server.
-fn free_port() -> Result<u16, DaemonError> {
+fn free_port() -> Result<u16, BenchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| DaemonError::Pipeline(format!("no free port: {e}")))
+        .map_err(|e| BenchError::Failed(format!("no free port: {e}")))
 }

@@ -15,10 +15,11 @@ use std::time::Instant;
 
 use rskafka::client::partition::UnknownTopicHandling;
 
+use super::BenchError;
 use super::Scratch;
-use crate::daemon::DaemonError;
 use crate::event::Event;
-use crate::sinks::{kafka, postgres};
+use crate::kafka;
+use crate::sinks::postgres;
 
 /// The table the COPY limit writes into.
 pub const COPY_LIMIT_TABLE: &str = "bench_copy_limit";
@@ -28,7 +29,7 @@ pub const COPY_LIMIT_TABLE: &str = "bench_copy_limit";
 const COPY_CHUNK_ROWS: usize = 50_000;
 
 /// Fetches every partition to its end, concurrently, as fast as rskafka can.
-pub(super) async fn raw_fetch_rate(scratch: &Scratch) -> Result<f64, DaemonError> {
+pub(super) async fn raw_fetch_rate(scratch: &Scratch) -> Result<f64, BenchError> {
     let topic = &scratch.config.topics.player_events;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -62,7 +63,7 @@ pub(super) async fn raw_fetch_rate(scratch: &Scratch) -> Result<f64, DaemonError
     let mut total = 0;
     while let Some(result) = tasks.join_next().await {
         total += result
-            .map_err(|e| DaemonError::Pipeline(e.to_string()))?
+            .map_err(|e| BenchError::Failed(e.to_string()))?
             .map_err(kafka::KafkaError::from)?;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())
@@ -112,14 +113,14 @@ pub async fn table_shape(pg: &sqlx::PgPool, table: &str) -> Result<Vec<String>, 
 }
 
 /// A plain COPY of the same rows into a table indexed like `events`; rows/s.
-pub(super) async fn copy_rate(scratch: &Scratch, events: &[Event]) -> Result<f64, DaemonError> {
+pub(super) async fn copy_rate(scratch: &Scratch, events: &[Event]) -> Result<f64, BenchError> {
     create_copy_table(&scratch.pg).await?;
     let (real, copy) = (
         table_shape(&scratch.pg, "events").await?,
         table_shape(&scratch.pg, COPY_LIMIT_TABLE).await?,
     );
     if real != copy {
-        return Err(DaemonError::Pipeline(format!(
+        return Err(BenchError::Failed(format!(
             "the COPY-limit table does not match `events`: {copy:?} vs {real:?}"
         )));
     }

@@ -14,23 +14,25 @@
 //! Everything runs against the configured services in a scratch database and scratch
 //! topics (removed afterwards unless `--keep`), so it never touches production names.
 //! Output: a table, and JSON (`--json FILE`) for comparing commits. A smoke run (a few
-//! thousand events, every phase) is `tests/bench_smoke.rs`.
+//! thousand events, every phase) is `tests/it/bench_smoke.rs`.
 
 pub mod latency;
 pub mod limits;
 pub mod report;
 pub mod throughput;
 
+use crate::exit::Exit;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::daemon::DaemonError;
 use crate::event::{Event, Score};
-use crate::sinks::{kafka, postgres};
+use crate::kafka;
+use crate::sinks::StoreError;
+use crate::sinks::error::from_store_errors;
+use crate::sinks::postgres;
 pub use report::{BenchReport, LatencyReport, Percentiles, RowCounts};
 
 /// Options of `gamestream bench`.
@@ -85,21 +87,20 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The sinks that commit offsets to Postgres `sink_offsets`, which the benchmark waits for.
-pub const POSTGRES_SINKS: &[&str] = &[
-    crate::actors::logger::LOGGER,
-    crate::actors::stats::STATS,
-    crate::actors::leaderboard::LEADERBOARD,
-];
+/// Why a benchmark run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Store(StoreError),
+    /// The run itself went wrong (the daemon exited, a stage timed out, ...).
+    #[error("{0}")]
+    Failed(String),
+}
 
-/// The sinks that commit offsets to Redis, which the benchmark waits for too.
-pub const REDIS_SINKS: &[&str] = &[
-    crate::actors::stats::STATS_REDIS,
-    crate::actors::leaderboard::LEADERBOARD_REDIS,
-];
+from_store_errors!(BenchError);
 
 /// Runs the benchmark.
-pub async fn run(config: &Config, args: &BenchArgs) -> Result<ExitCode, DaemonError> {
+pub async fn run(config: &Config, args: &BenchArgs) -> Result<Exit, BenchError> {
     let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let scratch = Scratch::create(config, &id, args.partitions).await?;
     let report = measure(config, &scratch, args).await;
@@ -114,7 +115,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> Result<ExitCode, DaemonEr
             eprintln!("gamestream bench: cannot write {}: {e}", path.display());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Scratch names and connections.
@@ -128,7 +129,7 @@ struct Scratch {
 }
 
 impl Scratch {
-    async fn create(base: &Config, id: &str, partitions: i32) -> Result<Self, DaemonError> {
+    async fn create(base: &Config, id: &str, partitions: i32) -> Result<Self, BenchError> {
         let mut config = base.clone();
         config.postgres.database = format!("gamestream_bench_{id}");
         for (topic, name) in [
@@ -252,7 +253,7 @@ async fn measure(
     base: &Config,
     scratch: &Scratch,
     args: &BenchArgs,
-) -> Result<BenchReport, DaemonError> {
+) -> Result<BenchReport, BenchError> {
     // The children inherit this process's environment (connections, OTEL_* variables);
     // `base` is read here only to report the trace setup they got.
     let load_average_start = report::load_average();

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 
-use super::{BenchArgs, POSTGRES_SINKS, REDIS_SINKS, Scratch};
+use super::BenchError;
+use super::{BenchArgs, Scratch};
+use crate::catalogue::{self, Store};
 use crate::config::Mode;
-use crate::daemon::DaemonError;
 use crate::event::Event;
-use crate::sinks::kafka;
+use crate::kafka;
 
 /// Records per produce request of the pre-fill.
 const PREFILL_CHUNK: usize = 2000;
@@ -43,7 +44,7 @@ pub(super) async fn prefill(
     scratch: &Scratch,
     events: &[Event],
     traceparent_sampled: Option<f64>,
-) -> Result<(), DaemonError> {
+) -> Result<(), BenchError> {
     let topic = &scratch.config.topics.player_events;
     let partitions = scratch.config.topics.player_events_partitions;
     let mut by_partition: Vec<Vec<rskafka::record::Record>> =
@@ -82,7 +83,7 @@ pub(super) async fn prefill(
     }
     while let Some(result) = tasks.join_next().await {
         result
-            .map_err(|e| DaemonError::Pipeline(e.to_string()))?
+            .map_err(|e| BenchError::Failed(e.to_string()))?
             .map_err(kafka::KafkaError::from)?;
     }
     Ok(())
@@ -104,9 +105,9 @@ pub(super) fn daemon(
     scratch: &Scratch,
     mode: Mode,
     port: u16,
-) -> Result<tokio::process::Child, DaemonError> {
+) -> Result<tokio::process::Child, BenchError> {
     let exe = std::env::current_exe()
-        .map_err(|e| DaemonError::Pipeline(format!("cannot find own binary: {e}")))?;
+        .map_err(|e| BenchError::Failed(format!("cannot find own binary: {e}")))?;
     let mode = match mode {
         Mode::All => "all",
         Mode::Ingest => "ingest",
@@ -140,7 +141,7 @@ pub(super) fn daemon(
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     cmd.spawn()
-        .map_err(|e| DaemonError::Pipeline(format!("cannot start the daemon: {e}")))
+        .map_err(|e| BenchError::Failed(format!("cannot start the daemon: {e}")))
 }
 
 /// SIGTERM, then wait for the drain (killed on drop after [`STOP_GRACE`]).
@@ -158,7 +159,7 @@ pub(super) async fn stop(mut child: tokio::process::Child) {
 pub(super) async fn run_pipeline(
     scratch: &Scratch,
     args: &BenchArgs,
-) -> Result<PipelineRun, DaemonError> {
+) -> Result<PipelineRun, BenchError> {
     let ends = end_offsets(scratch).await?;
     let started = Instant::now();
     let mut child = daemon(scratch, Mode::Consume, 0)?;
@@ -166,28 +167,28 @@ pub(super) async fn run_pipeline(
     let mut done: BTreeMap<String, f64> = BTreeMap::new();
     let mut committed: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     let mut peak_rss_kb = 0_u64;
-    while done.len() < POSTGRES_SINKS.len() + REDIS_SINKS.len() {
+    while done.len() < catalogue::SINKS.len() {
         if started.elapsed() > args.timeout {
-            return Err(DaemonError::Pipeline(format!(
+            return Err(BenchError::Failed(format!(
                 "pipeline did not finish within {:?}",
                 args.timeout
             )));
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(DaemonError::Pipeline(format!(
+            return Err(BenchError::Failed(format!(
                 "the daemon exited early: {status}"
             )));
         }
         peak_rss_kb = peak_rss_kb.max(rss_kb(pid, "VmHWM:"));
-        for sink in POSTGRES_SINKS {
-            if !done.contains_key(*sink) {
-                committed.insert((*sink).to_owned(), scratch.pg_committed(sink).await?);
+        for spec in &catalogue::SINKS {
+            if done.contains_key(spec.name) {
+                continue;
             }
-        }
-        for sink in REDIS_SINKS {
-            if !done.contains_key(*sink) {
-                committed.insert((*sink).to_owned(), scratch.redis_committed(sink).await);
-            }
+            let offsets = match spec.store {
+                Store::Postgres => scratch.pg_committed(spec.name).await?,
+                Store::Redis => scratch.redis_committed(spec.name).await,
+            };
+            committed.insert(spec.name.to_owned(), offsets);
         }
         for (sink, offsets) in &committed {
             let complete = ends
@@ -225,7 +226,7 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
 }
 
 /// The high watermark of each partition (from Fetch, which every broker answers right).
-pub(super) async fn end_offsets(scratch: &Scratch) -> Result<Vec<(i32, i64)>, DaemonError> {
+pub(super) async fn end_offsets(scratch: &Scratch) -> Result<Vec<(i32, i64)>, BenchError> {
     let topic = &scratch.config.topics.player_events;
     let mut ends = Vec::new();
     for p in 0..scratch.config.topics.player_events_partitions {

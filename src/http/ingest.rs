@@ -35,7 +35,7 @@ use super::body::{self, BodyError, RequestHead};
 use super::guard::{Guard, Refusal, retry_after_seconds};
 use super::rejection::error_reply;
 use crate::event::{self, BatchError, Event, EventError};
-use crate::sinks::kafka::{KafkaProducer, ProduceError, ProducerRecord};
+use crate::kafka::{KafkaProducer, ProduceError, ProducerRecord};
 
 /// The ingest routes. In consume-only mode they exist and answer 503, saying so.
 pub fn routes(

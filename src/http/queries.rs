@@ -197,7 +197,7 @@ where
 {
     let timeout = state.config.redis.timeout;
     let attempt = async {
-        let conn = crate::sinks::redis::rebuild::connection(pool, timeout)
+        let conn = crate::sinks::redis::connection(pool, timeout)
             .await
             .map_err(|e| e.to_string())?;
         read(conn).await.map_err(|e| e.to_string())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
-use crate::sinks::kafka::KafkaProducer;
+use crate::kafka::KafkaProducer;
 use crate::sinks::redis::RedisPool;
 
 /// Shared, cheaply cloneable state of the HTTP handlers.

@@ -19,8 +19,8 @@
 //! once and at most once more per such crash. `events` ignores the repeat (same
 //! `event_id`); the counting sinks would count it again.
 
+use crate::exit::Exit;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args, Subcommand};
@@ -30,7 +30,8 @@ use serde::Serialize;
 
 use super::{OpsError, Result, parse_time};
 use crate::config::Config;
-use crate::sinks::{kafka, postgres};
+use crate::kafka;
+use crate::sinks::postgres;
 
 /// Rows `dlq list` prints when no `--limit` is given.
 pub const DEFAULT_LIST_LIMIT: i64 = 100;
@@ -44,7 +45,7 @@ pub const REPLAY_HEADER: &str = "dlq_replay_of";
 /// The consumer that dead-letters records which are not valid events. Its letters were
 /// applied by no sink; any other consumer's letter was applied by the other sinks, which
 /// a replay feeds again.
-const INVALID_RECORD_CONSUMER: &str = crate::actors::logger::LOGGER;
+const INVALID_RECORD_CONSUMER: &str = crate::catalogue::LOGGER.consumer_service;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqAction {
@@ -95,7 +96,7 @@ pub struct ReplayArgs {
 }
 
 /// Runs a `dlq` subcommand.
-pub async fn command(action: DlqAction, config: &Config) -> ExitCode {
+pub async fn command(action: DlqAction, config: &Config) -> Exit {
     let name = match &action {
         DlqAction::List(_) => "dlq list",
         DlqAction::Replay(_) => "dlq replay",
@@ -150,7 +151,7 @@ pub async fn list(pool: &sqlx::PgPool, filter: &ListFilter) -> Result<Vec<Letter
     .await?)
 }
 
-async fn list_command(args: &ListArgs, config: &Config) -> Result<ExitCode> {
+async fn list_command(args: &ListArgs, config: &Config) -> Result<Exit> {
     let pool = postgres::connect(&config.postgres).await?;
     let rows = list(
         &pool,
@@ -192,7 +193,7 @@ async fn list_command(args: &ListArgs, config: &Config) -> Result<ExitCode> {
         }
         println!("{} letter(s)", rows.len());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Which letters a replay takes.
@@ -425,7 +426,7 @@ fn replay_record(row: &Claimed, partitions: i32) -> (Record, i32) {
     (record, partition)
 }
 
-async fn replay_command(args: &ReplayArgs, config: &Config) -> Result<ExitCode> {
+async fn replay_command(args: &ReplayArgs, config: &Config) -> Result<Exit> {
     let pool = postgres::connect(&config.postgres).await?;
     let selection = ReplaySelection {
         ids: args.id.clone(),
@@ -471,7 +472,7 @@ async fn replay_command(args: &ReplayArgs, config: &Config) -> Result<ExitCode> 
                 .join(", ")
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 fn join(ids: &[i32]) -> String {

@@ -14,23 +14,17 @@
 pub mod dlq;
 pub mod offsets;
 
-use std::process::ExitCode;
-
 use chrono::{DateTime, Utc};
 
-use crate::sinks::kafka::KafkaError;
-use crate::sinks::postgres::PgError;
-use crate::sinks::redis::RedisError;
+use crate::exit::Exit;
+use crate::sinks::StoreError;
+use crate::sinks::error::from_store_errors;
 
 /// Errors of the operator tools.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     #[error(transparent)]
-    Kafka(#[from] KafkaError),
-    #[error(transparent)]
-    Postgres(#[from] PgError),
-    #[error(transparent)]
-    Redis(#[from] RedisError),
+    Store(StoreError),
     /// The command was understood and refused (a daemon holds the partition, ...): exit 1.
     #[error("{0}")]
     Refused(String),
@@ -39,36 +33,20 @@ pub enum OpsError {
     Usage(String),
 }
 
-impl From<sqlx::Error> for OpsError {
-    fn from(e: sqlx::Error) -> Self {
-        OpsError::Postgres(PgError::Sqlx(e))
-    }
-}
-
-impl From<rskafka::client::error::Error> for OpsError {
-    fn from(e: rskafka::client::error::Error) -> Self {
-        OpsError::Kafka(KafkaError::Client(e))
-    }
-}
-
-impl From<redis::RedisError> for OpsError {
-    fn from(e: redis::RedisError) -> Self {
-        OpsError::Redis(RedisError::Command(e))
-    }
-}
+from_store_errors!(OpsError);
 
 pub type Result<T, E = OpsError> = std::result::Result<T, E>;
 
 /// Prints the error and maps it to the CLI's exit codes.
-pub fn exit_code(command: &str, result: Result<ExitCode>) -> ExitCode {
+pub fn exit_code(command: &str, result: Result<Exit>) -> Exit {
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gamestream {command}: {e}");
-            ExitCode::from(match e {
-                OpsError::Usage(_) => crate::cli::EXIT_CONFIG,
-                _ => crate::cli::EXIT_FAILURE,
-            })
+            match e {
+                OpsError::Usage(_) => Exit::Config,
+                _ => Exit::Failure,
+            }
         }
     }
 }

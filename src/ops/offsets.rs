@@ -12,8 +12,8 @@
 //! in the same transaction as the write, so a daemon cannot take the partition in
 //! between. `--force` skips the check.
 
+use crate::exit::Exit;
 use std::collections::BTreeMap;
-use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
@@ -22,10 +22,11 @@ use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling
 use serde::Serialize;
 
 use super::{OpsError, Result};
-use crate::bench::{POSTGRES_SINKS, REDIS_SINKS};
+use crate::catalogue::{self, Store};
 use crate::config::Config;
+use crate::kafka;
 use crate::sinks::redis::{RedisKeys, offsets as redis_offsets};
-use crate::sinks::{kafka, postgres, redis};
+use crate::sinks::{postgres, redis};
 
 /// Bytes asked for by the Fetch that reads a partition's high watermark: the answer
 /// carries the watermark whatever the records, so one small record is enough.
@@ -35,14 +36,6 @@ const WATERMARK_FETCH_BYTES: i32 = 1024;
 const TIME_LOOKUP_FETCH_BYTES: i32 = 64 * 1024;
 /// How long that Fetch may wait for records, ms: not at all, only the watermark matters.
 const WATERMARK_FETCH_WAIT_MS: i32 = 0;
-
-/// Sinks whose writes add up (a record applied twice is counted twice).
-const COUNTING_SINKS: &[&str] = &[
-    crate::actors::stats::STATS,
-    crate::actors::stats::STATS_REDIS,
-    crate::actors::leaderboard::LEADERBOARD,
-    crate::actors::leaderboard::LEADERBOARD_REDIS,
-];
 
 #[derive(Debug, Subcommand)]
 pub enum OffsetsAction {
@@ -114,7 +107,7 @@ impl ResetTarget {
 }
 
 /// Runs an `offsets` subcommand.
-pub async fn command(action: OffsetsAction, config: &Config) -> ExitCode {
+pub async fn command(action: OffsetsAction, config: &Config) -> Exit {
     match action {
         OffsetsAction::Show(args) => {
             super::exit_code("offsets show", show_command(&args, config).await)
@@ -125,29 +118,17 @@ pub async fn command(action: OffsetsAction, config: &Config) -> ExitCode {
     }
 }
 
-/// Where a sink keeps its offsets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Store {
-    Postgres,
-    Redis,
-}
-
 fn store_of(sink: &str) -> Result<Store> {
-    if POSTGRES_SINKS.contains(&sink) {
-        Ok(Store::Postgres)
-    } else if REDIS_SINKS.contains(&sink) {
-        Ok(Store::Redis)
-    } else {
-        Err(OpsError::Usage(format!(
+    catalogue::find(sink).map(|spec| spec.store).ok_or_else(|| {
+        OpsError::Usage(format!(
             "unknown sink `{sink}`; the sinks are {}",
             all_sinks().collect::<Vec<_>>().join(", ")
-        )))
-    }
+        ))
+    })
 }
 
 fn all_sinks() -> impl Iterator<Item = &'static str> {
-    POSTGRES_SINKS.iter().chain(REDIS_SINKS).copied()
+    catalogue::names()
 }
 
 /// One row of `offsets show`.
@@ -229,7 +210,7 @@ pub async fn show(config: &Config, sink: Option<&str>) -> Result<Vec<OffsetRow>>
     let pool = postgres::connect(&config.postgres).await?;
     let holders = holders(&pool, topic).await?;
     let mut committed: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
-    let redis_pool = if sinks.iter().any(|s| REDIS_SINKS.contains(s)) {
+    let redis_pool = if sinks.iter().any(|s| store_of(s).ok() == Some(Store::Redis)) {
         Some(redis::connect(&config.redis).await?)
     } else {
         None
@@ -270,14 +251,14 @@ pub async fn show(config: &Config, sink: Option<&str>) -> Result<Vec<OffsetRow>>
     Ok(rows)
 }
 
-async fn show_command(args: &ShowArgs, config: &Config) -> Result<ExitCode> {
+async fn show_command(args: &ShowArgs, config: &Config) -> Result<Exit> {
     let rows = show(config, args.sink.as_deref()).await?;
     if args.json {
         for row in &rows {
             // Strings and integers always serialize.
             println!("{}", serde_json::to_string(row).unwrap_or_default());
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     println!(
         "{:<26} {:<8} {:>9} {:>12} {:>12} {:>12} {:>10}  holder",
@@ -300,7 +281,7 @@ async fn show_command(args: &ShowArgs, config: &Config) -> Result<ExitCode> {
             r.holder.as_deref().unwrap_or("-"),
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// One partition's move.
@@ -501,7 +482,7 @@ fn moves_of(before: &BTreeMap<i32, i64>, targets: &BTreeMap<i32, i64>) -> Vec<Re
         .collect()
 }
 
-async fn reset_command(args: &ResetArgs, config: &Config) -> Result<ExitCode> {
+async fn reset_command(args: &ResetArgs, config: &Config) -> Result<Exit> {
     let moves = reset(config, &args.sink, args.to, args.partition, args.force).await?;
     for m in &moves {
         println!(
@@ -514,14 +495,14 @@ async fn reset_command(args: &ResetArgs, config: &Config) -> Result<ExitCode> {
         );
     }
     let rewound = moves.iter().any(|m| m.from.is_some_and(|f| m.to < f));
-    if rewound && COUNTING_SINKS.contains(&args.sink.as_str()) {
+    if rewound && catalogue::find(&args.sink).is_some_and(|spec| spec.additive) {
         eprintln!(
             "warning: {} counts: the records between the new and the old offset will be counted \
              again unless its data is rebuilt first (README, Operations: rewinding a sink)",
             args.sink
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 #[cfg(test)]

@@ -5,11 +5,10 @@
 //! classified by [`error::SinkError`]: transient (retried) or permanent (dead-lettered).
 
 pub mod error;
-pub mod kafka;
 pub mod postgres;
 pub mod redis;
 
-pub use error::SinkError;
+pub use error::{SinkError, StoreError};
 
 /// One partition's offset commit, compare-and-set: it applies only if the stored next
 /// offset is still `expected` (None: nothing stored yet). A writer whose view is stale

@@ -11,16 +11,7 @@ use std::sync::OnceLock;
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::actors::leaderboard::{LEADERBOARD, LEADERBOARD_REDIS};
-use crate::actors::logger::LOGGER;
-use crate::actors::stats::{STATS, STATS_REDIS};
-
-/// Every sink, as labelled in `sink` (and `actor`) labels.
-const SINKS: [&str; 5] = [LOGGER, STATS, STATS_REDIS, LEADERBOARD, LEADERBOARD_REDIS];
-/// The consumers named in dead letters (`consumer` label).
-const CONSUMERS: [&str; 3] = [LOGGER, STATS, LEADERBOARD];
-/// The Redis sinks that rebuild from Postgres.
-const REDIS_SINKS: [&str; 2] = [STATS_REDIS, LEADERBOARD_REDIS];
+use crate::catalogue::{self, CONSUMERS, Store};
 
 /// Describes the daemon's metrics and creates, at zero, the counters that otherwise
 /// appear only at their first increment. Idempotent (it only adds zero).
@@ -100,7 +91,7 @@ pub fn register_metrics() {
 
     metrics::counter!("events_received_total").increment(0);
     metrics::counter!("events_published_total").increment(0);
-    for sink in SINKS {
+    for sink in catalogue::names() {
         metrics::counter!("gamestream_sink_records_total", "sink" => sink).increment(0);
         metrics::counter!("gamestream_sink_write_errors_total", "sink" => sink, "kind" => "transient")
             .increment(0);
@@ -113,7 +104,7 @@ pub fn register_metrics() {
         metrics::counter!("gamestream_dead_letters_total", "consumer" => consumer, "reason" => "sink_rejected")
             .increment(0);
     }
-    for sink in REDIS_SINKS {
+    for sink in catalogue::in_store(Store::Redis).map(|s| s.name) {
         metrics::counter!("gamestream_redis_rebuilds_total", "sink" => sink).increment(0);
     }
     for reason in ["queue_full", "export_failed"] {

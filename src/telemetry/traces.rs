@@ -21,17 +21,14 @@
 //! finds it full, and every span of an export that failed (collector unreachable), is
 //! counted in `gamestream_trace_export_dropped_total` and dropped.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
     SpanExporter, SpanProcessor,
@@ -43,18 +40,11 @@ use crate::config::TelemetryConfig;
 
 /// Service name when `OTEL_SERVICE_NAME` is not set.
 const DEFAULT_SERVICE_NAME: &str = "gamestream";
-/// The W3C header that marks a record as carrying a trace context.
-const TRACEPARENT: &str = "traceparent";
 
-/// Whether spans are exported at all; read on hot paths before any other work.
-static ENABLED: AtomicBool = AtomicBool::new(false);
 /// `telemetry.trace_max_links`, for the sink batch spans.
 static MAX_LINKS: AtomicUsize = AtomicUsize::new(0);
 
-/// Whether an OTLP exporter runs in this process.
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
+pub use crate::trace_context::{continue_http_caller, enabled, extract, inject};
 
 /// The OTel layer over the registry, as [`TracePipeline::layer`] builds it.
 pub type OtelLayer = OpenTelemetryLayer<Registry, SdkTracer>;
@@ -217,7 +207,7 @@ impl TracePipeline {
             )
             .build();
         MAX_LINKS.store(settings.max_links, Ordering::Relaxed);
-        ENABLED.store(true, Ordering::Relaxed);
+        crate::trace_context::set_enabled(true);
         Ok(Self {
             provider,
             endpoint: settings.endpoint.clone(),
@@ -235,7 +225,7 @@ impl TracePipeline {
 
     /// Flushes what is queued and stops the processor thread.
     pub fn shutdown(self) {
-        ENABLED.store(false, Ordering::Relaxed);
+        crate::trace_context::set_enabled(false);
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "trace export did not shut down cleanly");
         }
@@ -313,60 +303,6 @@ impl SpanProcessor for BoundedProcessor {
     }
 }
 
-/// Writes `span`'s W3C context (`traceparent`, `tracestate`) into Kafka record headers.
-/// Does nothing when tracing is off or the span has no OTel context.
-pub fn inject(span: &tracing::Span, headers: &mut BTreeMap<String, Vec<u8>>) {
-    if !enabled() {
-        return;
-    }
-    let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return;
-    }
-    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
-}
-
-/// The remote context in a record's headers, when tracing is on and the record has a
-/// valid `traceparent`.
-pub fn extract(headers: &BTreeMap<String, Vec<u8>>) -> Option<SpanContext> {
-    if !enabled() || !headers.contains_key(TRACEPARENT) {
-        return None;
-    }
-    remote_context(&HeaderExtractor(headers))
-}
-
-/// The valid remote context a W3C `traceparent` (and `tracestate`) carries, if any.
-fn remote_context(carrier: &dyn Extractor) -> Option<SpanContext> {
-    let cx = TraceContextPropagator::new().extract(carrier);
-    let remote = cx.span().span_context().clone();
-    remote.is_valid().then_some(remote)
-}
-
-/// Makes an HTTP request's `span` continue its caller's trace, from the request's
-/// `traceparent` (and `tracestate`) headers. With the default `parentbased_*`
-/// samplers the caller's sampled flag decides, so a traced client sees its call and
-/// everything downstream (publish, consume, sink writes) in its own trace. A missing
-/// or invalid `traceparent` is ignored and the request starts a trace of its own, as
-/// the W3C Trace Context recommendation asks; nothing happens when tracing is off.
-pub fn continue_http_caller(
-    span: &tracing::Span,
-    traceparent: Option<&str>,
-    tracestate: Option<&str>,
-) {
-    let Some(traceparent) = traceparent else {
-        return;
-    };
-    if !enabled() {
-        return;
-    }
-    if let Some(remote) = remote_context(&RequestHeaders {
-        traceparent,
-        tracestate,
-    }) {
-        let _ = span.set_parent(Context::new().with_remote_span_context(remote));
-    }
-}
-
 /// Records the consumption of one record under its producer's context; returns the
 /// context later spans link to. An unsampled remote context is passed on untouched
 /// (no span: the trace was sampled out at its start).
@@ -437,46 +373,6 @@ pub fn batch_span<'a>(
     span
 }
 
-struct HeaderInjector<'a>(&'a mut BTreeMap<String, Vec<u8>>);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value.into_bytes());
-    }
-}
-
-struct HeaderExtractor<'a>(&'a BTreeMap<String, Vec<u8>>);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
-    }
-}
-
-/// The two trace-context headers of an HTTP request.
-struct RequestHeaders<'a> {
-    traceparent: &'a str,
-    tracestate: Option<&'a str>,
-}
-
-impl Extractor for RequestHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            TRACEPARENT => Some(self.traceparent),
-            "tracestate" => self.tracestate,
-            _ => None,
-        }
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec![TRACEPARENT, "tracestate"]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,20 +422,5 @@ mod tests {
     fn protocol_defaults_to_http_protobuf() {
         assert_eq!(Protocol::parse(None), Protocol::HttpProtobuf);
         assert_eq!(Protocol::parse(Some("grpc")), Protocol::Grpc);
-    }
-
-    #[test]
-    fn headers_round_trip_the_w3c_context() {
-        let mut headers = BTreeMap::new();
-        headers.insert(
-            TRACEPARENT.to_owned(),
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec(),
-        );
-        let cx = TraceContextPropagator::new().extract(&HeaderExtractor(&headers));
-        let remote = cx.span().span_context().clone();
-        assert!(remote.is_valid() && remote.is_sampled());
-        let mut out = BTreeMap::new();
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut out));
-        assert_eq!(out[TRACEPARENT], headers[TRACEPARENT]);
     }
 }

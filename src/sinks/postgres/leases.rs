@@ -20,12 +20,7 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
-/// One held lease: the partition and the epoch (fencing token) it was taken with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Lease {
-    pub partition: i32,
-    pub epoch: i64,
-}
+use crate::leases::Lease;
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use sqlx::{PgConnection, PgPool};
 
-use super::leases::{self, Lease};
+use super::leases;
+use crate::leases::Lease;
+use crate::sinks::error::WriteError;
 use crate::sinks::{OffsetCommit, SinkError};
 
 /// The next offset to apply, per partition, that `sink` committed for `topic`.
@@ -29,7 +31,7 @@ pub async fn load(
 }
 
 /// Records the next offsets inside the caller's transaction, compare-and-set: fails with
-/// [`SinkError::Fenced`] if any partition's stored offset is not what the commit
+/// [`SinkError::Fatal`] ([`WriteError::OffsetsMoved`]) if any partition's stored offset is not what the commit
 /// expects; the caller then drops the transaction, which rolls the whole batch back.
 ///
 /// Commits that carry a lease epoch are fenced first, in the same transaction: if this
@@ -84,9 +86,11 @@ pub async fn commit(
     .fetch_one(conn)
     .await?;
     if applied != commits.len() as i64 {
-        return Err(SinkError::Fenced(format!(
-            "{sink}: committed offsets of {topic} moved under this writer"
-        )));
+        return Err(SinkError::Fatal(WriteError::OffsetsMoved {
+            sink: sink.to_owned(),
+            topic: topic.to_owned(),
+            detail: String::new(),
+        }));
     }
     Ok(())
 }

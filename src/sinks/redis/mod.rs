@@ -4,6 +4,7 @@
 //! - [`offsets`]: the offsets hash and the compare-and-set every sink script starts with.
 //! - [`stats`]: `player_stats:*` hashes.
 //! - [`leaderboard`]: `leaderboard:*` sorted sets.
+//! - [`RedisSinkStore`]: a Redis sink's connection, keys and rebuild source.
 //! - [`rebuild`]: refilling Redis from a Postgres snapshot when it comes back empty.
 
 pub mod keys;
@@ -12,6 +13,8 @@ pub mod offsets;
 mod pool;
 pub mod rebuild;
 pub mod stats;
+mod store;
 
 pub use keys::RedisKeys;
 pub use pool::{RedisError, RedisPool, connect};
+pub use store::{RedisSinkSettings, RedisSinkStore, Store, connection};

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use redis::aio::ConnectionLike;
 
 use super::keys::INITIALISED_FIELD;
+use crate::sinks::error::WriteError;
 use crate::sinks::{OffsetCommit, SinkError};
 
 /// The Lua functions every sink script starts with. `KEYS[1]` is the offsets hash;
@@ -128,8 +129,10 @@ pub async fn claim(
         ("OK", next) => next
             .parse()
             .map(|n| Claim::Claimed(Some(n)))
-            .map_err(|_| SinkError::Fatal(format!("claim script answered {reply:?}"))),
-        _ => Err(SinkError::Fatal(format!("claim script answered {reply:?}"))),
+            .map_err(|_| SinkError::unexpected(format!("claim script answered {reply:?}"))),
+        _ => Err(SinkError::unexpected(format!(
+            "claim script answered {reply:?}"
+        ))),
     }
 }
 
@@ -164,7 +167,9 @@ impl ScriptStatus {
             )),
             // A script that answers something else is broken for every batch, not
             // refusing this one: crash and let the supervisor decide.
-            _ => Err(SinkError::Fatal(format!("redis script answered {reply:?}"))),
+            _ => Err(SinkError::unexpected(format!(
+                "redis script answered {reply:?}"
+            ))),
         }
     }
 
@@ -174,12 +179,14 @@ impl ScriptStatus {
     pub fn into_result(self, sink: &str) -> Result<(), SinkError> {
         match self {
             ScriptStatus::Applied | ScriptStatus::AlreadyApplied => Ok(()),
-            ScriptStatus::Missing => Err(SinkError::Fenced(format!(
-                "{sink}: Redis has lost its data (offsets marker gone); restarting to rebuild from Postgres"
-            ))),
-            ScriptStatus::Fenced(detail) => Err(SinkError::Fenced(format!(
-                "{sink}: Redis offsets moved under this writer:{detail}"
-            ))),
+            ScriptStatus::Missing => Err(SinkError::Fatal(WriteError::RedisLost {
+                sink: sink.to_owned(),
+            })),
+            ScriptStatus::Fenced(detail) => Err(SinkError::Fatal(WriteError::OffsetsMoved {
+                sink: sink.to_owned(),
+                topic: "Redis".to_owned(),
+                detail: format!(":{detail}"),
+            })),
             ScriptStatus::LeaseLost(partitions) => Err(SinkError::LeaseLost(partitions)),
         }
     }
@@ -245,25 +252,28 @@ mod tests {
 
     #[test]
     fn script_replies() {
-        assert_eq!(ScriptStatus::parse("OK"), Ok(ScriptStatus::Applied));
+        assert_eq!(ScriptStatus::parse("OK").ok(), Some(ScriptStatus::Applied));
         assert_eq!(
-            ScriptStatus::parse("DONE"),
-            Ok(ScriptStatus::AlreadyApplied)
-        );
-        assert_eq!(ScriptStatus::parse("MISSING"), Ok(ScriptStatus::Missing));
-        assert_eq!(
-            ScriptStatus::parse("FENCED  p0 stored=5 expected=4"),
-            Ok(ScriptStatus::Fenced("p0 stored=5 expected=4".into()))
+            ScriptStatus::parse("DONE").ok(),
+            Some(ScriptStatus::AlreadyApplied)
         );
         assert_eq!(
-            ScriptStatus::parse("LEASE 1,4"),
-            Ok(ScriptStatus::LeaseLost(vec![1, 4]))
+            ScriptStatus::parse("MISSING").ok(),
+            Some(ScriptStatus::Missing)
+        );
+        assert_eq!(
+            ScriptStatus::parse("FENCED  p0 stored=5 expected=4").ok(),
+            Some(ScriptStatus::Fenced("p0 stored=5 expected=4".into()))
+        );
+        assert_eq!(
+            ScriptStatus::parse("LEASE 1,4").ok(),
+            Some(ScriptStatus::LeaseLost(vec![1, 4]))
         );
         assert!(ScriptStatus::parse("what").is_err());
         assert!(matches!(
             ScriptStatus::Missing.into_result("s"),
-            Err(SinkError::Fenced(_))
+            Err(SinkError::Fatal(WriteError::RedisLost { .. }))
         ));
-        assert_eq!(ScriptStatus::AlreadyApplied.into_result("s"), Ok(()));
+        assert!(ScriptStatus::AlreadyApplied.into_result("s").is_ok());
     }
 }

@@ -30,125 +30,25 @@ use futures::TryStreamExt;
 use redis::aio::MultiplexedConnection;
 
 use super::keys::{INITIALISED_FIELD, RedisKeys};
+use super::store::{RedisSinkSettings, Store, connection};
 use super::{RedisPool, leaderboard, offsets, stats};
 use crate::aggregate::{Period, PeriodKey};
 use crate::event::rfc3339;
 use crate::sinks::SinkError;
 use crate::sinks::postgres::{self, snapshot};
 
-/// What a Redis sink needs beyond its pool: timeouts and rebuild sizes.
-#[derive(Debug, Clone)]
-pub struct RedisSinkSettings {
-    /// Longest wait for one script or pipeline reply.
-    pub timeout: Duration,
-    /// Rows per pipeline while rebuilding.
-    pub rebuild_batch_size: usize,
-    /// Lifetime of the rebuild lock; refreshed after every pipeline.
-    pub rebuild_lock_ttl: Duration,
-    /// How long dated leaderboard keys live after their period.
-    pub period_ttl: Duration,
-}
-
-/// Which store a Redis sink keeps, and so what a rebuild copies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Store {
-    /// `player_stats:*` from `player_statistics`.
-    Stats,
-    /// `leaderboard:*` from `leaderboard_scores`.
-    Leaderboard,
-}
-
 /// A Redis sink and the Postgres sink whose offsets and rows it is rebuilt from.
 #[derive(Debug, Clone, Copy)]
-struct RebuildSource<'a> {
-    sink: &'static str,
-    postgres_sink: &'static str,
-    topic: &'a str,
-    store: Store,
-}
-
-/// Where a Redis sink writes and what it is rebuilt from: its pool, the Postgres twin's
-/// database, key names, settings, and which sink and store it is.
-#[derive(Clone)]
-pub struct RedisSinkStore {
-    pub redis: RedisPool,
-    pub pg: sqlx::PgPool,
-    pub keys: RedisKeys,
-    pub settings: RedisSinkSettings,
-    /// The Redis sink's name (its offsets hash, metrics, logs).
-    pub sink: &'static str,
-    /// The Postgres sink it is rebuilt from.
-    pub postgres_sink: &'static str,
-    pub store: Store,
-}
-
-impl RedisSinkStore {
-    fn source<'a>(&self, topic: &'a str) -> RebuildSource<'a> {
-        RebuildSource {
-            sink: self.sink,
-            postgres_sink: self.postgres_sink,
-            topic,
-            store: self.store,
-        }
-    }
-
-    /// See [`committed_or_rebuild`].
-    pub async fn committed(&self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
-        committed_or_rebuild(
-            &self.redis,
-            &self.pg,
-            &self.keys,
-            &self.settings,
-            self.source(topic),
-        )
-        .await
-    }
-
-    /// See [`claim_or_rebuild`].
-    pub async fn claim(
-        &self,
-        topic: &str,
-        partition: i32,
-        epoch: i64,
-    ) -> Result<Option<i64>, SinkError> {
-        let source = self.source(topic);
-        claim_or_rebuild(
-            &self.redis,
-            &self.pg,
-            &self.keys,
-            &self.settings,
-            source,
-            partition,
-            epoch,
-        )
-        .await
-    }
-
-    /// The sink's offsets hash for `topic`.
-    pub fn offsets_key(&self, topic: &str) -> String {
-        self.keys.offsets(self.sink, topic)
-    }
-
-    /// A pooled connection with the sink's reply timeout.
-    pub async fn connection(&self) -> Result<MultiplexedConnection, SinkError> {
-        connection(&self.redis, self.settings.timeout).await
-    }
-}
-
-/// A pooled connection with the sink's reply timeout (the pool's default is shorter
-/// than a large script or pipeline may take under load).
-pub async fn connection(
-    pool: &RedisPool,
-    timeout: Duration,
-) -> Result<MultiplexedConnection, SinkError> {
-    let mut conn = pool.get().await?.clone();
-    conn.set_response_timeout(timeout);
-    Ok(conn)
+pub(super) struct RebuildSource<'a> {
+    pub(super) sink: &'static str,
+    pub(super) postgres_sink: &'static str,
+    pub(super) topic: &'a str,
+    pub(super) store: Store,
 }
 
 /// The sink's committed offsets from Redis; when Redis has lost them, a rebuild from
 /// Postgres first. A rebuild running elsewhere is a transient error (retry later).
-async fn committed_or_rebuild(
+pub(super) async fn committed_or_rebuild(
     pool: &RedisPool,
     pg: &sqlx::PgPool,
     keys: &RedisKeys,
@@ -163,7 +63,7 @@ async fn committed_or_rebuild(
     let lock_key = keys.rebuild_lock(source.sink, source.topic);
     let Some(lock) = RebuildLock::acquire(&mut conn, lock_key, settings.rebuild_lock_ttl).await?
     else {
-        return Err(SinkError::Transient(format!(
+        return Err(SinkError::transient(format!(
             "{}: another process is rebuilding Redis from Postgres",
             source.sink
         )));
@@ -183,7 +83,7 @@ async fn committed_or_rebuild(
 /// Claims `partition` for lease `epoch` in the sink's offsets hash (so that a writer
 /// with an older epoch is refused from now on) and returns where to resume it;
 /// rebuilds Redis from Postgres first if it lost its data.
-async fn claim_or_rebuild(
+pub(super) async fn claim_or_rebuild(
     pool: &RedisPool,
     pg: &sqlx::PgPool,
     keys: &RedisKeys,
@@ -202,7 +102,7 @@ async fn claim_or_rebuild(
     committed_or_rebuild(pool, pg, keys, settings, source).await?;
     match offsets::claim(&mut conn, &offsets_key, partition, epoch).await? {
         offsets::Claim::Claimed(next) => Ok(next),
-        offsets::Claim::Missing => Err(SinkError::Transient(format!(
+        offsets::Claim::Missing => Err(SinkError::transient(format!(
             "{}: Redis lost its data again while claiming partition {partition}",
             source.sink
         ))),
@@ -459,8 +359,8 @@ impl RebuildLock {
         if held == 1 {
             Ok(())
         } else {
-            Err(SinkError::Transient(
-                "the rebuild lock expired during the rebuild; starting over".to_owned(),
+            Err(SinkError::transient(
+                "the rebuild lock expired during the rebuild; starting over",
             ))
         }
     }

@@ -1,0 +1,468 @@
+//! The configuration's shape: one struct per section of `config/default.toml`, the
+//! enums its settings choose from, and [`Secret`].
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[allow(unused_imports)]
+use super::*;
+
+/// The whole configuration of one gamestream process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Which halves of the daemon this process runs.
+    pub mode: Mode,
+    pub http: HttpConfig,
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub producer: ProducerConfig,
+    pub postgres: PostgresConfig,
+    pub redis: RedisConfig,
+    pub consumer: ConsumerConfig,
+    pub logger: LoggerConfig,
+    pub stats: StatsConfig,
+    pub leaderboard: LeaderboardConfig,
+    pub dlq: DlqConfig,
+    pub supervisor: SupervisorConfig,
+    pub lease: LeaseConfig,
+    pub shutdown: ShutdownConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Which halves of the daemon run in this process (a pod may run one or both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// HTTP ingestion and the consumer pipeline.
+    All,
+    /// HTTP ingestion only.
+    Ingest,
+    /// The consumer pipeline only (HTTP still serves health, metrics and queries).
+    Consume,
+}
+
+impl Mode {
+    /// Whether this process accepts events over HTTP.
+    pub fn ingests(self) -> bool {
+        matches!(self, Mode::All | Mode::Ingest)
+    }
+
+    /// Whether this process runs the consumer pipeline.
+    pub fn consumes(self) -> bool {
+        matches!(self, Mode::All | Mode::Consume)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the server binds.
+    pub bind: String,
+    /// TCP port (contract: `PORT`).
+    pub port: u16,
+    /// Largest accepted body, bytes.
+    pub body_limit_bytes: u64,
+    /// Most events in one batch request.
+    pub batch_limit: usize,
+    /// Time a request may take before it is answered 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Accepted bearer tokens; empty means open.
+    #[serde(deserialize_with = "secret_list")]
+    pub api_keys: Vec<Secret>,
+    /// Requests per second per key or client; 0 = unlimited.
+    pub rate_limit_per_second: u32,
+    /// Burst size of the token bucket, requests.
+    pub rate_limit_burst: u32,
+    /// Most clients (keys or addresses) with their own token bucket; beyond it, new
+    /// clients share one overflow bucket, so a flood of addresses cannot grow memory.
+    pub rate_limit_max_clients: usize,
+    /// `Retry-After` sent with a 503 (broker slow, down or the in-flight bound reached).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port` of the bootstrap brokers.
+    #[serde(deserialize_with = "string_list")]
+    pub bootstrap_servers: Vec<String>,
+    /// How to talk to the brokers.
+    pub security_protocol: SecurityProtocol,
+    /// SASL/SCRAM-SHA-512 user; empty = no SASL.
+    pub username: String,
+    /// SASL password.
+    pub password: Secret,
+    /// Extra CA certificates (PEM) for TLS; empty = system roots.
+    pub ca_file: String,
+    /// Client id sent to brokers.
+    pub client_id: String,
+    /// Retry deadline of one broker operation (produce: see `producer.publish_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+}
+
+/// Kafka's `security.protocol` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SecurityProtocol {
+    #[serde(rename = "PLAINTEXT", alias = "plaintext")]
+    Plaintext,
+    #[serde(rename = "SSL", alias = "ssl")]
+    Ssl,
+    #[serde(rename = "SASL_PLAINTEXT", alias = "sasl_plaintext")]
+    SaslPlaintext,
+    #[serde(rename = "SASL_SSL", alias = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl KafkaConfig {
+    /// The protocol actually used: a username with PLAINTEXT means SASL_SSL, which is what
+    /// the old deployments did when they set only `KAFKA_USERNAME`/`KAFKA_PASSWORD`.
+    pub fn effective_protocol(&self) -> SecurityProtocol {
+        match (self.security_protocol, self.username.is_empty()) {
+            (SecurityProtocol::Plaintext, false) => SecurityProtocol::SaslSsl,
+            (protocol, _) => protocol,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub player_events: String,
+    pub player_events_partitions: i32,
+    pub processed_events: String,
+    pub processed_events_partitions: i32,
+    pub statistics: String,
+    pub statistics_partitions: i32,
+    pub leaderboards: String,
+    pub leaderboards_partitions: i32,
+    pub dlq: String,
+    pub dlq_partitions: i32,
+    pub replication_factor: i16,
+}
+
+impl TopicsConfig {
+    /// Every topic of the contract with the partition count it is created with.
+    pub fn all(&self) -> [(&str, i32); 5] {
+        [
+            (&self.player_events, self.player_events_partitions),
+            (&self.processed_events, self.processed_events_partitions),
+            (&self.statistics, self.statistics_partitions),
+            (&self.leaderboards, self.leaderboards_partitions),
+            (&self.dlq, self.dlq_partitions),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// How long a record may wait for others to share its produce request.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Most records in one produce request to one partition.
+    pub max_batch_records: usize,
+    /// Most bytes in one produce request to one partition.
+    pub max_batch_bytes: usize,
+    /// Bytes accepted and not yet acknowledged, over all partitions; beyond it, 503.
+    pub max_in_flight_bytes: usize,
+    /// Produce requests outstanding at once per partition.
+    pub max_in_flight_requests: usize,
+    /// How long a caller waits for the broker's acknowledgement before it gets 503.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    pub compression: CompressionConfig,
+}
+
+/// Compression of produced record batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionConfig {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: Secret,
+    pub sslmode: SslMode,
+    pub ssl_root_cert: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Whether a commit waits for its WAL flush (PostgreSQL's `synchronous_commit`).
+    pub synchronous_commit: bool,
+}
+
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: Secret,
+    pub db: i64,
+    pub tls: bool,
+    /// Put before every key written; empty in production.
+    pub key_prefix: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Keys written per pipeline while rebuilding Redis from Postgres.
+    pub rebuild_batch_size: usize,
+    /// Lifetime of the lock one rebuilding process holds (extended while it works).
+    #[serde(with = "humantime_serde")]
+    pub rebuild_lock_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    pub fetch_max_bytes: i32,
+    #[serde(with = "humantime_serde")]
+    pub fetch_max_wait: Duration,
+    pub max_in_flight_records: usize,
+    /// How long a sink may be out of credit before readers leave it behind.
+    #[serde(with = "humantime_serde")]
+    pub detach_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+}
+
+/// The raw event logger's batching and parallelism.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    /// Records per write.
+    pub batch_size: usize,
+    /// Longest wait of a partial batch.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Concurrent writers; partitions are spread over them.
+    pub writers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    /// Largest message on the dead-letter topic, bytes.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Events buffered before a flush, so at most this many distinct players per
+    /// flush but for what one fetch brings (contract: `BUFFER_SIZE`).
+    pub buffer_size: usize,
+    /// Longest wait of a partial buffer.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Concurrent writers per store; partitions are spread over them.
+    pub writers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderboardConfig {
+    /// How often the `leaderboards` top-N table is refreshed.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Entries per game and period in the `leaderboards` table.
+    pub top_n: u32,
+    /// How long dated Redis boards live after their period ends.
+    #[serde(with = "humantime_serde")]
+    pub period_ttl: Duration,
+    /// Records per write of the leaderboard sinks.
+    pub batch_size: usize,
+    /// Longest wait of a partial batch.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Concurrent writers per store; partitions are spread over them.
+    pub writers: usize,
+    /// Entries `GET /api/v1/leaderboards/{game_id}` returns without `limit`.
+    pub query_default_limit: usize,
+    /// Largest `limit` it accepts.
+    pub query_max_limit: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    #[serde(with = "humantime_serde")]
+    pub restart_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub restart_max_backoff: Duration,
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub partition_refresh_interval: Duration,
+}
+
+/// Partition leases among several daemons (see [`crate::leases`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// This daemon's name among the others; empty: the host name plus a random suffix
+    /// (in Kubernetes, the pod name through the downward API).
+    pub member_id: String,
+    /// How long a lease (and a member's heartbeat) lasts without renewal: a dead
+    /// daemon's partitions are taken over after at most `ttl + renew_interval`.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How often held leases are renewed, free ones taken and extra ones handed over.
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// How often histogram samples are folded into their buckets. The Prometheus
+    /// recorder keeps raw samples until then, so without it memory grows between scrapes.
+    #[serde(with = "humantime_serde")]
+    pub metrics_upkeep_interval: Duration,
+    /// Most span links on one sink batch-write span (one per traced record of the
+    /// batch); the rest of a large batch's records are not linked. Count.
+    pub trace_max_links: usize,
+    /// Finished spans held for export at most; past it spans are dropped and counted in
+    /// `gamestream_trace_export_dropped_total`. Count.
+    pub trace_max_queue_spans: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A secret string (password, token). Its `Debug` and `Display` never show the value,
+/// so it cannot leak through a log line, an error or a panic message.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the one place that sends it to a server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A list given either as a TOML/JSON array or as one comma-separated string
+/// (which is how `KAFKA_BOOTSTRAP_SERVERS` arrives).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn into_vec(self) -> Vec<String> {
+        let items = match self {
+            StringOrList::One(s) => s.split(',').map(str::to_owned).collect(),
+            StringOrList::Many(v) => v,
+        };
+        items
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    StringOrList::deserialize(d).map(StringOrList::into_vec)
+}
+
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    string_list(d).map(|v| v.into_iter().map(Secret).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_support::load_with;
+
+    #[test]
+    fn secrets_never_print() {
+        let config = load_with(
+            None,
+            &[
+                ("DB_PASSWORD", "hunter2"),
+                ("KAFKA_PASSWORD", "s3cr3t"),
+                ("GAMESTREAM_HTTP__API_KEYS", "k1,k2"),
+            ],
+            &[],
+        )
+        .expect("valid");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("s3cr3t") && !debug.contains("k1"),
+            "{debug}"
+        );
+        assert_eq!(config.http.api_keys.len(), 2);
+        assert_eq!(config.http.api_keys[1].expose(), "k2");
+    }
+}

@@ -1,0 +1,156 @@
+//! What types alone cannot check: required values, ranges, and settings that must
+//! agree with each other.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Config {
+    /// Checks what types alone cannot: required values and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let sasl = matches!(
+            self.kafka.effective_protocol(),
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        );
+        let required = [
+            (
+                !self.kafka.bootstrap_servers.is_empty(),
+                "`kafka.bootstrap_servers` (KAFKA_BOOTSTRAP_SERVERS) is required: at least one host:port",
+            ),
+            (
+                !sasl || (!self.kafka.username.is_empty() && !self.kafka.password.is_empty()),
+                "`kafka.username` and `kafka.password` (KAFKA_USERNAME, KAFKA_PASSWORD) are required with a SASL security protocol",
+            ),
+            (
+                !self.postgres.host.is_empty(),
+                "`postgres.host` (DB_HOST) is required",
+            ),
+            (
+                !self.postgres.database.is_empty(),
+                "`postgres.database` (DB_NAME) is required",
+            ),
+            (
+                !self.postgres.user.is_empty(),
+                "`postgres.user` (DB_USER) is required",
+            ),
+            (
+                !self.redis.host.is_empty(),
+                "`redis.host` (REDIS_HOST) is required",
+            ),
+            (
+                !self.topics.player_events.is_empty(),
+                "`topics.player_events` is required",
+            ),
+        ];
+        problems.extend(
+            required
+                .iter()
+                .filter(|(ok, _)| !ok)
+                .map(|(_, msg)| (*msg).to_owned()),
+        );
+        for server in &self.kafka.bootstrap_servers {
+            let ok = server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                problems.push(format!(
+                    "`kafka.bootstrap_servers`: `{server}` is not host:port"
+                ));
+            }
+        }
+        for (topic, partitions) in self.topics.all() {
+            if partitions < 1 {
+                problems.push(format!(
+                    "topic `{topic}` needs at least 1 partition, got {partitions}"
+                ));
+            }
+        }
+        let positive = [
+            ("http.batch_limit", self.http.batch_limit),
+            (
+                "http.rate_limit_max_clients",
+                self.http.rate_limit_max_clients,
+            ),
+            (
+                "producer.max_batch_records",
+                self.producer.max_batch_records,
+            ),
+            ("producer.max_batch_bytes", self.producer.max_batch_bytes),
+            (
+                "producer.max_in_flight_bytes",
+                self.producer.max_in_flight_bytes,
+            ),
+            (
+                "producer.max_in_flight_requests",
+                self.producer.max_in_flight_requests,
+            ),
+            (
+                "consumer.max_in_flight_records",
+                self.consumer.max_in_flight_records,
+            ),
+            ("logger.batch_size", self.logger.batch_size),
+            ("logger.writers", self.logger.writers),
+            ("stats.buffer_size", self.stats.buffer_size),
+            ("stats.writers", self.stats.writers),
+            ("leaderboard.writers", self.leaderboard.writers),
+            ("leaderboard.batch_size", self.leaderboard.batch_size),
+            ("leaderboard.top_n", self.leaderboard.top_n as usize),
+            (
+                "leaderboard.query_default_limit",
+                self.leaderboard.query_default_limit,
+            ),
+            ("redis.rebuild_batch_size", self.redis.rebuild_batch_size),
+            ("dlq.max_message_bytes", self.dlq.max_message_bytes),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                problems.push(format!("`{name}` must be at least 1"));
+            }
+        }
+        if self.leaderboard.query_default_limit > self.leaderboard.query_max_limit {
+            problems.push(
+                "`leaderboard.query_default_limit` must not exceed `leaderboard.query_max_limit`"
+                    .to_owned(),
+            );
+        }
+        if self.leaderboard.refresh_interval.is_zero() {
+            problems.push("`leaderboard.refresh_interval` must be longer than 0".to_owned());
+        }
+        if self.lease.renew_interval.is_zero() || self.lease.renew_interval >= self.lease.ttl {
+            problems.push(
+                "`lease.renew_interval` must be longer than 0 and shorter than `lease.ttl`"
+                    .to_owned(),
+            );
+        }
+        if self.consumer.fetch_max_bytes < 1024 {
+            problems.push("`consumer.fetch_max_bytes` must be at least 1024".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_support::load_with;
+
+    #[test]
+    fn missing_required_values_are_named() {
+        let err = load_with(
+            None,
+            &[("KAFKA_BOOTSTRAP_SERVERS", ""), ("DB_HOST", "")],
+            &[],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("KAFKA_BOOTSTRAP_SERVERS"), "{text}");
+        assert!(text.contains("DB_HOST"), "{text}");
+
+        let err =
+            load_with(None, &[("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")], &[]).expect_err("invalid");
+        assert!(err.to_string().contains("KAFKA_USERNAME"), "{err}");
+    }
+}

@@ -1,0 +1,602 @@
+//! One partition's share of the producer: a task that turns queued records into
+//! produce requests.
+//!
+//! ```text
+//! queue ─► Batch (until linger elapsed, or full) ─► produce request ─► replies
+//!            ▲ keeps filling while all `max_in_flight_requests` slots are busy
+//! ```
+//!
+//! The worker owns its [`PartitionConnection`]: an rskafka `PartitionClient` created on
+//! first use and recreated after any failed or timed-out request, or after sitting idle
+//! for [`IDLE_REFRESH`]. A connection that hangs (a broker host gone without a reset)
+//! would keep hanging; a fresh client after a failure never inherits it.
+//!
+//! # Each request is sent once
+//!
+//! The producer's rskafka client never retries (see
+//! [`crate::kafka::connect_producer`]): a request whose connection broke may have
+//! been appended, and sending it again could store its events twice. What is retried,
+//! until `publish_timeout`, is what certainly appended nothing ([`appended_nothing`]):
+//! getting a connected partition client, and a batch the broker refused (a leader
+//! change). The client is connected (a ListOffsets request) before a batch is handed
+//! to it, so a broker that is down or restarting fails there, not in the produce
+//! request; a produce request that fails otherwise answers its callers with an error
+//! (a 503, "not confirmed"), and the caller decides whether to send again.
+//!
+//! Owned by [`super::ProducerTasks`]; it stops when told to close, after flushing
+//! what it holds and collecting the last acknowledgements.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::client::Client;
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{ProduceError, ProducerRecord};
+use crate::retry::Backoff;
+
+/// A partition client unused for this long is replaced before its next request: a
+/// broker (Kafka's `connections.max.idle.ms`, 10 minutes) or a load balancer may have
+/// closed its idle connection, and a request on a closed connection fails after
+/// being handed over, where it cannot be retried.
+const IDLE_REFRESH: Duration = Duration::from_secs(60);
+/// Pauses between attempts that sent nothing (getting a connected partition client,
+/// sending a refused batch again): doubling from 50 ms up to 1 s.
+fn attempt_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// The reply a caller waits for: the offset of its first record (its records are
+/// written together, so the others follow consecutively).
+pub(super) type Reply = oneshot::Sender<Result<i64, ProduceError>>;
+
+/// Settings every worker of one producer shares.
+pub(super) struct WorkerSettings {
+    pub topic: String,
+    pub linger: Duration,
+    pub max_batch_records: usize,
+    pub max_batch_bytes: usize,
+    pub max_in_flight_requests: usize,
+    pub publish_timeout: Duration,
+    pub compression: Compression,
+    /// The producer's byte bound, for the in-flight gauge.
+    pub in_flight: Arc<Semaphore>,
+    pub max_in_flight_bytes: usize,
+}
+
+/// One caller's records bound for this partition. They always travel in the same
+/// produce request, so their offsets are contiguous.
+pub(super) struct Pending {
+    records: Vec<ProducerRecord>,
+    /// Held until the produce request finished: this is what bounds memory.
+    permit: OwnedSemaphorePermit,
+    reply: Reply,
+}
+
+impl Pending {
+    pub(super) fn new(
+        records: Vec<ProducerRecord>,
+        permit: OwnedSemaphorePermit,
+        reply: Reply,
+    ) -> Self {
+        Self {
+            records,
+            permit,
+            reply,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.permit.num_permits()
+    }
+}
+
+/// Records collected for one produce request.
+#[derive(Default)]
+struct Batch {
+    pendings: Vec<Pending>,
+    records: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.pendings.is_empty()
+    }
+
+    fn is_full(&self, settings: &WorkerSettings) -> bool {
+        self.records >= settings.max_batch_records || self.bytes >= settings.max_batch_bytes
+    }
+
+    /// Whether `pending` may join without the batch passing its limits; an empty
+    /// batch takes anything, so an oversized request still goes out, alone.
+    fn fits(&self, pending: &Pending, settings: &WorkerSettings) -> bool {
+        self.is_empty()
+            || (self.records + pending.records.len() <= settings.max_batch_records
+                && self.bytes + pending.bytes() <= settings.max_batch_bytes)
+    }
+
+    fn push(&mut self, pending: Pending) {
+        self.records += pending.records.len();
+        self.bytes += pending.bytes();
+        self.pendings.push(pending);
+    }
+}
+
+/// Metric handles of one partition, registered once rather than looked up per batch.
+#[derive(Clone)]
+struct WorkerMetrics {
+    topic: String,
+    batch_records: metrics::Histogram,
+    batch_bytes: metrics::Histogram,
+    request_duration: metrics::Histogram,
+    records: metrics::Counter,
+    in_flight_bytes: metrics::Gauge,
+}
+
+impl WorkerMetrics {
+    fn new(topic: &str, partition: i32) -> Self {
+        let labels = [
+            ("topic", topic.to_owned()),
+            ("partition", partition.to_string()),
+        ];
+        Self {
+            topic: topic.to_owned(),
+            batch_records: metrics::histogram!("producer_batch_records", &labels),
+            batch_bytes: metrics::histogram!("producer_batch_bytes", &labels),
+            request_duration: metrics::histogram!("producer_request_duration_seconds", &labels),
+            records: metrics::counter!("producer_records_total", &labels),
+            in_flight_bytes: metrics::gauge!("producer_in_flight_bytes", "topic" => topic.to_owned()),
+        }
+    }
+
+    fn error(&self, reason: &'static str, n: u64) {
+        metrics::counter!("producer_errors_total", "topic" => self.topic.clone(), "reason" => reason)
+            .increment(n);
+    }
+}
+
+/// The task of one partition.
+pub(super) struct PartitionWorker {
+    partition: i32,
+    settings: Arc<WorkerSettings>,
+    queue: mpsc::UnboundedReceiver<Pending>,
+    close: watch::Receiver<bool>,
+    connection: Arc<PartitionConnection>,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl PartitionWorker {
+    pub(super) fn new(
+        client: Arc<Client>,
+        partition: i32,
+        settings: Arc<WorkerSettings>,
+        queue: mpsc::UnboundedReceiver<Pending>,
+        close: watch::Receiver<bool>,
+    ) -> Self {
+        let connection = Arc::new(PartitionConnection {
+            client,
+            topic: settings.topic.clone(),
+            partition,
+            current: tokio::sync::Mutex::new(None),
+        });
+        let metrics = Arc::new(WorkerMetrics::new(&settings.topic, partition));
+        Self {
+            partition,
+            settings,
+            queue,
+            close,
+            connection,
+            metrics,
+        }
+    }
+
+    /// Collects and dispatches batches until closed and drained.
+    pub(super) async fn run(mut self) {
+        let settings = Arc::clone(&self.settings);
+        let mut batch = Batch::default();
+        // A request that did not fit the current batch; it starts the next one.
+        let mut carry: Option<Pending> = None;
+        let mut in_flight = JoinSet::new();
+        // When the current batch's linger ends (set by its first record).
+        let mut linger_until: Option<Instant> = None;
+        let mut lingered = false;
+        let mut intake_open = true;
+        let mut closing = false;
+        loop {
+            let ready = !batch.is_empty()
+                && (lingered || closing || carry.is_some() || batch.is_full(&settings));
+            if ready && in_flight.len() < settings.max_in_flight_requests {
+                let full = std::mem::take(&mut batch);
+                in_flight.spawn(produce(
+                    Arc::clone(&self.connection),
+                    Arc::clone(&settings),
+                    Arc::clone(&self.metrics),
+                    full,
+                ));
+                lingered = false;
+                linger_until = None;
+                if let Some(pending) = carry.take() {
+                    linger_until = Some(Instant::now() + settings.linger);
+                    batch.push(pending);
+                }
+                continue;
+            }
+            if !intake_open && batch.is_empty() && in_flight.is_empty() {
+                break;
+            }
+            let can_take = intake_open && carry.is_none() && !batch.is_full(&settings);
+            tokio::select! {
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!(partition = self.partition, error = %e, "produce task failed");
+                    }
+                }
+                received = self.queue.recv(), if can_take => match received {
+                    Some(pending) if batch.fits(&pending, &settings) => {
+                        if batch.is_empty() {
+                            linger_until = Some(Instant::now() + settings.linger);
+                        }
+                        batch.push(pending);
+                    }
+                    Some(pending) => carry = Some(pending),
+                    None => intake_open = false,
+                },
+                () = sleep_until(linger_until), if linger_until.is_some() && !lingered => {
+                    lingered = true;
+                }
+                _ = self.close.changed(), if !closing => {
+                    // Stop intake; what is already queued is still received and flushed.
+                    closing = true;
+                    self.queue.close();
+                }
+            }
+        }
+        tracing::debug!(partition = self.partition, "producer worker stopped");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one batch and answers each of its callers.
+async fn produce(
+    connection: Arc<PartitionConnection>,
+    settings: Arc<WorkerSettings>,
+    metrics: Arc<WorkerMetrics>,
+    batch: Batch,
+) {
+    // A caller that stopped waiting (timed out) is not written for: its 503 is already
+    // sent, and dropping it here returns its bytes at once.
+    let (live, expired): (Vec<Pending>, Vec<Pending>) = batch
+        .pendings
+        .into_iter()
+        .partition(|p| !p.reply.is_closed());
+    if !expired.is_empty() {
+        metrics.error("expired", expired.len() as u64);
+    }
+    drop(expired);
+    if live.is_empty() {
+        record_in_flight(&settings, &metrics);
+        return;
+    }
+    let mut records = Vec::with_capacity(live.iter().map(|p| p.records.len()).sum());
+    let mut answers = Vec::with_capacity(live.len());
+    let mut bytes = 0;
+    for pending in live {
+        bytes += pending.bytes();
+        answers.push((pending.records.len(), pending.reply, pending.permit));
+        records.extend(
+            pending
+                .records
+                .into_iter()
+                .map(ProducerRecord::into_rskafka),
+        );
+    }
+    let count = records.len();
+    metrics.batch_records.record(count as f64);
+    metrics.batch_bytes.record(bytes as f64);
+    record_in_flight(&settings, &metrics);
+
+    let started = Instant::now();
+    let deadline = started + settings.publish_timeout;
+    let mut used = None;
+    let mut backoff = attempt_backoff();
+    let outcome = loop {
+        // Each attempt sends a copy: a batch the broker refused (a leader change) is sent
+        // again, which rskafka's ownership of what it sends allows only this way.
+        let attempt = send(
+            &connection,
+            &mut used,
+            records.clone(),
+            settings.compression,
+        );
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(offsets)) if offsets.len() == count && contiguous(&offsets) => break Ok(offsets),
+            Ok(Ok(offsets)) => {
+                break Err(ProduceError::Broker(Arc::from(format!(
+                    "the broker acknowledged {} of {count} records, or not at consecutive offsets",
+                    offsets.len()
+                ))));
+            }
+            // A caller that stopped waiting has its 503: nothing more is sent for it.
+            Ok(Err(e))
+                if appended_nothing(&e)
+                    && !answers.iter().any(|(_, reply, _)| reply.is_closed()) =>
+            {
+                let pause = backoff.next_delay();
+                if Instant::now() + pause >= deadline {
+                    break Err(ProduceError::Broker(Arc::from(e.to_string())));
+                }
+                tracing::info!(
+                    topic = %settings.topic,
+                    partition = connection.partition,
+                    records = count,
+                    error = %e,
+                    "produce refused before anything was appended; sending it again"
+                );
+                if let Some(client) = used.take() {
+                    connection.reset(&client).await;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            Ok(Err(e)) => break Err(ProduceError::Broker(Arc::from(e.to_string()))),
+            Err(_) => break Err(ProduceError::Timeout(settings.publish_timeout)),
+        }
+    };
+    metrics
+        .request_duration
+        .record(started.elapsed().as_secs_f64());
+    match &outcome {
+        Ok(_) => metrics.records.increment(count as u64),
+        Err(e) => {
+            metrics.error(e.kind(), count as u64);
+            tracing::warn!(
+                topic = %settings.topic,
+                partition = connection.partition,
+                records = count,
+                error = %e,
+                "produce failed; the partition client will be recreated"
+            );
+            if let Some(client) = used.as_ref() {
+                connection.reset(client).await;
+            }
+        }
+    }
+    let mut start = 0;
+    for (len, reply, permit) in answers {
+        let result = match &outcome {
+            Ok(offsets) => Ok(offsets[start]),
+            Err(e) => Err(e.clone()),
+        };
+        start += len;
+        // The caller may have gone away meanwhile; nothing to tell it then.
+        let _ = reply.send(result);
+        drop(permit);
+    }
+    record_in_flight(&settings, &metrics);
+}
+
+/// Whether a failed produce request certainly appended nothing, so that sending the
+/// same records again cannot store them twice:
+/// - no connection to the leader was made (nothing was sent);
+/// - rskafka itself found the partition has no known leader or is unknown, before
+///   sending (a *virtual* server error);
+/// - the broker refused the records before appending them: no leader yet, too few
+///   in-sync replicas to accept.
+///
+/// Never such a case: a broken connection or a timeout after sending, and a broker's
+/// NotLeaderOrFollower or UnknownTopicOrPartition answer. With `acks=all` a leader
+/// demoted after appending answers NotLeaderOrFollower, and the follower that fetched
+/// the batch keeps it as the new leader.
+fn appended_nothing(error: &rskafka::client::error::Error) -> bool {
+    use rskafka::client::error::{Error, ProtocolError};
+    match error {
+        Error::Connection(_) => true,
+        Error::ServerError {
+            protocol_error,
+            is_virtual,
+            ..
+        } => match protocol_error {
+            ProtocolError::LeaderNotAvailable | ProtocolError::NotEnoughReplicas => true,
+            ProtocolError::NotLeaderOrFollower | ProtocolError::UnknownTopicOrPartition => {
+                *is_virtual
+            }
+            _ => false,
+        },
+        // The producer's client does not retry: what rskafka would have retried comes
+        // back wrapped, with the request's own error as the source.
+        Error::RetryFailed(rskafka::BackoffError::DeadlineExceded { source, .. }) => {
+            source.downcast_ref::<Error>().is_some_and(appended_nothing)
+        }
+        _ => false,
+    }
+}
+
+/// Whether offsets follow each other (they do: one produce request appends one batch).
+fn contiguous(offsets: &[i64]) -> bool {
+    offsets.windows(2).all(|w| w[1] == w[0] + 1)
+}
+
+/// Gets a connected partition client, retrying with backoff (nothing is sent until
+/// one is connected), then sends the batch once; `used` tells the caller which client
+/// it ran on, even when the attempt is cancelled by the timeout.
+async fn send(
+    connection: &PartitionConnection,
+    used: &mut Option<Arc<PartitionClient>>,
+    records: Vec<rskafka::record::Record>,
+    compression: Compression,
+) -> Result<Vec<i64>, rskafka::client::error::Error> {
+    let mut backoff = attempt_backoff();
+    let client = loop {
+        match connection.get().await {
+            Ok(client) => break client,
+            Err(e) => {
+                let pause = backoff.next_delay();
+                tracing::debug!(partition = connection.partition, error = %e, retry_in = ?pause, "no connected partition client yet");
+                tokio::time::sleep(pause).await;
+                // rskafka keeps a cached leader that a failed client does not drop; an
+                // unconstrained metadata request replaces the cache.
+                let _ = connection.client.list_topics().await;
+            }
+        }
+    };
+    *used = Some(Arc::clone(&client));
+    client.produce(records, compression).await
+}
+
+fn record_in_flight(settings: &WorkerSettings, metrics: &WorkerMetrics) {
+    let held = settings.max_in_flight_bytes - settings.in_flight.available_permits();
+    metrics.in_flight_bytes.set(held as f64);
+}
+
+/// The partition's rskafka client, created lazily and replaced after a failure.
+struct PartitionConnection {
+    client: Arc<Client>,
+    topic: String,
+    partition: i32,
+    /// The client and when it was last handed out. A tokio mutex: creating a client
+    /// awaits the broker, and concurrent produce tasks of this partition must wait for
+    /// that one creation, not start their own.
+    current: tokio::sync::Mutex<Option<(Arc<PartitionClient>, Instant)>>,
+}
+
+impl PartitionConnection {
+    /// The current client, or a new one, connected to the partition's leader; nothing
+    /// of a batch has been sent when this fails.
+    async fn get(&self) -> Result<Arc<PartitionClient>, rskafka::client::error::Error> {
+        let mut current = self.current.lock().await;
+        let now = Instant::now();
+        if let Some((client, last_used)) = current.as_mut()
+            && now.duration_since(*last_used) < IDLE_REFRESH
+        {
+            *last_used = now;
+            return Ok(Arc::clone(client));
+        }
+        *current = None;
+        let client = self
+            .client
+            .partition_client(
+                self.topic.clone(),
+                self.partition,
+                UnknownTopicHandling::Retry,
+            )
+            .await?;
+        // rskafka connects to the leader on a client's first request: make it this one,
+        // which appends nothing, so a broker that cannot be reached fails here.
+        client.get_offset(OffsetAt::Earliest).await?;
+        let client = Arc::new(client);
+        *current = Some((Arc::clone(&client), now));
+        Ok(client)
+    }
+
+    /// Forgets `failed` if it is still the current client (another task may have
+    /// replaced it already), so the next request starts from a fresh connection.
+    async fn reset(&self, failed: &Arc<PartitionClient>) {
+        let mut current = self.current.lock().await;
+        if current
+            .as_ref()
+            .is_some_and(|(now, _)| Arc::ptr_eq(now, failed))
+        {
+            *current = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rskafka::BackoffError;
+    use rskafka::client::error::{Error, ProtocolError, RequestContext, RequestError};
+
+    /// A server error: answered by the broker, or (`is_virtual`) found by rskafka
+    /// before it sent anything.
+    fn server_error(protocol_error: ProtocolError, is_virtual: bool) -> Error {
+        Error::ServerError {
+            protocol_error,
+            error_message: None,
+            request: RequestContext::Partition("player.events.raw".into(), 0),
+            response: None,
+            is_virtual,
+        }
+    }
+
+    fn refused(protocol_error: ProtocolError) -> Error {
+        server_error(protocol_error, false)
+    }
+
+    /// As the producer's client returns what rskafka would have retried.
+    fn wrapped(error: Error) -> Error {
+        Error::RetryFailed(BackoffError::DeadlineExceded {
+            deadline: Duration::ZERO,
+            source: Box::new(error),
+        })
+    }
+
+    /// `error` wrapped, rebuilt (rskafka's errors are not Clone).
+    fn wrapped_copy(error: &Error) -> Error {
+        let copy = match error {
+            Error::ServerError {
+                protocol_error,
+                is_virtual,
+                ..
+            } => server_error(*protocol_error, *is_virtual),
+            _ => Error::Connection(rskafka::ConnectionError::Metadata(RequestError::IO(
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ))),
+        };
+        wrapped(copy)
+    }
+
+    fn broken_connection() -> Error {
+        let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "broker went away");
+        Error::Request(RequestError::Poisoned(Arc::new(RequestError::IO(io))))
+    }
+
+    #[test]
+    fn refusals_and_unmade_connections_are_sent_again() {
+        let before_sending = [
+            refused(ProtocolError::LeaderNotAvailable),
+            refused(ProtocolError::NotEnoughReplicas),
+            server_error(ProtocolError::NotLeaderOrFollower, true),
+            server_error(ProtocolError::UnknownTopicOrPartition, true),
+            Error::Connection(rskafka::ConnectionError::Metadata(RequestError::IO(
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ))),
+        ];
+        for error in before_sending {
+            assert!(appended_nothing(&wrapped_copy(&error)), "wrapped {error}");
+            assert!(appended_nothing(&error), "{error}");
+        }
+    }
+
+    #[test]
+    fn what_the_broker_may_have_appended_is_never_sent_again() {
+        assert!(!appended_nothing(&broken_connection()));
+        assert!(!appended_nothing(&wrapped(broken_connection())));
+        assert!(!appended_nothing(&Error::Timeout));
+        // Appended, not yet replicated enough; and a timeout the broker reports.
+        assert!(!appended_nothing(&refused(
+            ProtocolError::NotEnoughReplicasAfterAppend
+        )));
+        assert!(!appended_nothing(&refused(ProtocolError::RequestTimedOut)));
+        assert!(!appended_nothing(&refused(ProtocolError::MessageTooLarge)));
+        // A leader demoted after appending (acks=all) answers NotLeaderOrFollower.
+        assert!(!appended_nothing(&refused(
+            ProtocolError::NotLeaderOrFollower
+        )));
+        assert!(!appended_nothing(&wrapped(refused(
+            ProtocolError::NotLeaderOrFollower
+        ))));
+        assert!(!appended_nothing(&refused(
+            ProtocolError::UnknownTopicOrPartition
+        )));
+    }
+}

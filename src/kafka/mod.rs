@@ -1,0 +1,15 @@
+//! Kafka on rskafka: the client, topic administration, the key partitioner, and the
+//! HTTP ingest producer ([`ingest_producer`]: batching, acks=all, one worker per
+//! partition) that `POST /api/v1/events` publishes through.
+
+mod client;
+pub mod ingest_producer;
+mod partitioner;
+mod topics;
+
+pub use client::{KafkaError, connect, connect_producer};
+pub use ingest_producer::{
+    KafkaProducer, ProduceError, ProducerRecord, ProducerTasks, RecordHeaders,
+};
+pub use partitioner::{murmur2, partition_for_key};
+pub use topics::{TopicReport, create_topics, list_topics, partition_count};

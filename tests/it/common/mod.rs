@@ -1,0 +1,899 @@
+//! The integration-test harness: real Postgres, Redis and broker from the local stack
+//! (`deploy/local/stack.sh up`, which `make test` runs first).
+//!
+//! Each [`TestEnv`] isolates itself so tests run in parallel and re-run without cleanup:
+//! its own database (created and migrated), its own topic names (created), its own
+//! Redis key prefix. A test never passes silently without its services: if the stack
+//! is not up, [`TestEnv::new`] panics saying how to start it.
+
+pub mod analytics;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+pub mod ingest;
+
+use gamestream::config::{self, Config, Sources};
+use gamestream::kafka;
+use gamestream::sinks::postgres;
+
+/// Addresses of the local stack, from the env that `stack.sh env` prints.
+pub struct Stack {
+    pub kafka: String,
+    pub pg_host: String,
+    pub pg_port: String,
+    pub pg_user: String,
+    pub pg_password: String,
+    pub pg_admin_db: String,
+    pub redis_host: String,
+    pub redis_port: String,
+}
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+impl Stack {
+    pub fn from_env() -> Self {
+        Self {
+            kafka: var("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            pg_host: var("DB_HOST", "127.0.0.1"),
+            pg_port: var("DB_PORT", "5432"),
+            pg_user: var("DB_USER", "gamestream"),
+            pg_password: var("DB_PASSWORD", "gamestream"),
+            pg_admin_db: var("DB_NAME", "gamestream"),
+            redis_host: var("REDIS_HOST", "127.0.0.1"),
+            redis_port: var("REDIS_PORT", "6379"),
+        }
+    }
+
+    /// The contract env vars pointing at this stack (for child daemons and config loads).
+    pub fn env(&self, database: &str) -> Vec<(String, String)> {
+        [
+            ("KAFKA_BOOTSTRAP_SERVERS", self.kafka.as_str()),
+            ("DB_HOST", &self.pg_host),
+            ("DB_PORT", &self.pg_port),
+            ("DB_NAME", database),
+            ("DB_USER", &self.pg_user),
+            ("DB_PASSWORD", &self.pg_password),
+            ("REDIS_HOST", &self.redis_host),
+            ("REDIS_PORT", &self.redis_port),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+}
+
+/// A short random id for names (databases, topics, key prefixes).
+pub fn unique_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// One isolated test environment on the shared stack.
+pub struct TestEnv {
+    pub stack: Stack,
+    pub database: String,
+    /// `--set` overrides that isolate this env (topics, key prefix), for config and children.
+    pub overrides: Vec<(String, String)>,
+    pub config: Config,
+    pub pg: sqlx::PgPool,
+}
+
+const NOT_UP: &str =
+    "the local stack is not up: run `make test` (which starts it) or `deploy/local/stack.sh up`";
+
+impl TestEnv {
+    /// A fresh database (migrated), fresh topics (created) and a fresh Redis key prefix.
+    pub async fn new() -> Self {
+        Self::with_overrides(&[]).await
+    }
+
+    /// As [`TestEnv::new`], with extra settings (`("logger.batch_size", "10")`).
+    pub async fn with_overrides(extra: &[(&str, &str)]) -> Self {
+        let stack = Stack::from_env();
+        let id = unique_id();
+        let database = format!("gs_test_{id}");
+        create_database(&stack, &database).await;
+
+        let mut overrides: Vec<(String, String)> = vec![
+            (
+                "topics.player_events".into(),
+                format!("\"t{id}.player.events.raw\""),
+            ),
+            (
+                "topics.processed_events".into(),
+                format!("\"t{id}.player.events.processed\""),
+            ),
+            (
+                "topics.statistics".into(),
+                format!("\"t{id}.player.statistics\""),
+            ),
+            (
+                "topics.leaderboards".into(),
+                format!("\"t{id}.game.leaderboards\""),
+            ),
+            ("topics.dlq".into(), format!("\"t{id}.system.dlq\"")),
+            ("redis.key_prefix".into(), format!("\"t{id}:\"")),
+            ("http.port".into(), "0".into()),
+            ("http.bind".into(), "\"127.0.0.1\"".into()),
+        ];
+        overrides.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let config = config::load(&Sources {
+            file: None,
+            env: stack.env(&database),
+            overrides: overrides.clone(),
+        })
+        .expect("test configuration is valid");
+        let pg = postgres::connect(&config.postgres)
+            .await
+            .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
+        postgres::migrate(&pg).await.expect("migrations apply");
+        let client = kafka::connect(&config.kafka)
+            .await
+            .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
+        kafka::create_topics(&client, &config.topics)
+            .await
+            .expect("topics are created");
+        Self {
+            stack,
+            database,
+            overrides,
+            config,
+            pg,
+        }
+    }
+
+    /// Environment for a child `gamestream` process pointed at this env.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        self.stack.env(&self.database)
+    }
+
+    /// `--set` arguments for a child `gamestream` process pointed at this env.
+    pub fn child_args(&self) -> Vec<String> {
+        self.overrides
+            .iter()
+            .flat_map(|(k, v)| ["--set".to_owned(), format!("{k}={v}")])
+            .collect()
+    }
+
+    /// A `gamestream` command (the binary under test) configured for this env.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_gamestream"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.child_env())
+            .args(self.child_args())
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// A Redis connection to the stack.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        let url = format!(
+            "redis://{}:{}/",
+            self.stack.redis_host, self.stack.redis_port
+        );
+        let client = redis::Client::open(url).expect("redis url");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"))
+    }
+}
+
+/// A test that passed removes what it made on the *shared* stack: its database (hundreds
+/// of them piled up in `.stack/` otherwise, 7.6 GB after a few sessions) and the
+/// thousands of keys the stats and leaderboard sinks wrote under its Redis prefix. A
+/// failed test keeps both, as evidence. Synchronous, since `Drop` cannot await.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        self.remove_redis_keys();
+        self.drop_database();
+    }
+}
+
+impl TestEnv {
+    fn remove_redis_keys(&self) {
+        let url = format!(
+            "redis://{}:{}/",
+            self.stack.redis_host, self.stack.redis_port
+        );
+        let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+            return;
+        };
+        let pattern = format!("{}*", self.config.redis.key_prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let Ok((next, keys)) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query::<(u64, Vec<String>)>(&mut conn)
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _ = redis::cmd("UNLINK").arg(&keys).query::<i64>(&mut conn);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+
+    /// `DROP DATABASE … WITH (FORCE)` from a thread of its own (this may run inside the
+    /// test's runtime, which cannot be blocked on); FORCE ends the pool's and any child
+    /// daemon's connections. Best effort: a failure only leaves the database behind.
+    fn drop_database(&self) {
+        let url = admin_url(&self.stack);
+        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let connect = sqlx::PgPool::connect(&url);
+                if let Ok(Ok(admin)) = tokio::time::timeout(Duration::from_secs(10), connect).await
+                {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(statement))
+                        .execute(&admin)
+                        .await;
+                    admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The stack's maintenance database, where databases are created and dropped.
+fn admin_url(stack: &Stack) -> String {
+    format!(
+        "postgres://{}:{}@{}:{}/{}",
+        stack.pg_user, stack.pg_password, stack.pg_host, stack.pg_port, stack.pg_admin_db
+    )
+}
+
+/// Creates a database on the stack (the stack's role has CREATEDB).
+pub async fn create_database(stack: &Stack, database: &str) {
+    let url = admin_url(stack);
+    let admin = tokio::time::timeout(Duration::from_secs(10), sqlx::PgPool::connect(&url))
+        .await
+        .unwrap_or_else(|_| panic!("{NOT_UP}: postgres did not answer"))
+        .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
+    let statement = format!("CREATE DATABASE \"{database}\"");
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns whether it did.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A valid event for tests: `player_score` every third, with a score.
+pub fn sample_event(i: usize, players: usize, games: usize) -> gamestream::event::Event {
+    use chrono::TimeZone;
+    let event_type = ["player_level_up", "player_score", "quest_completed"][i % 3];
+    let data = if event_type == "player_score" {
+        format!(r#"{{"score":{}}}"#, i % 97)
+    } else {
+        format!(r#"{{"level":{i}}}"#)
+    };
+    let score = if event_type == "player_score" {
+        gamestream::event::Score::Integer((i % 97) as i64)
+    } else {
+        gamestream::event::Score::Absent
+    };
+    gamestream::event::Event {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: event_type.to_owned(),
+        player_id: format!("player-{}", i % players),
+        game_id: format!("game-{}", i % games),
+        timestamp: chrono::Utc
+            .timestamp_opt(1_700_000_000 + i as i64, 0)
+            .single()
+            .expect("valid time"),
+        ingested_at: chrono::Utc
+            .timestamp_opt(1_700_000_001 + i as i64, 0)
+            .single()
+            .expect("valid time"),
+        data,
+        score,
+    }
+}
+
+/// A raw record to produce: key and value bytes.
+pub struct RawRecord {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+impl RawRecord {
+    pub fn of(event: &gamestream::event::Event) -> Self {
+        Self {
+            key: event.player_id.clone().into_bytes(),
+            value: event.to_record_value(),
+        }
+    }
+}
+
+/// Produces records straight to `topic`, partitioned by key as our producer does,
+/// in chunks; returns the number produced per partition.
+pub async fn produce_raw(config: &Config, topic: &str, records: &[RawRecord]) -> Vec<usize> {
+    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+    let client = kafka::connect(&config.kafka).await.expect("kafka");
+    let partitions = kafka::partition_count(&client, topic)
+        .await
+        .expect("topic exists");
+    let mut per_partition: Vec<Vec<rskafka::record::Record>> =
+        (0..partitions).map(|_| Vec::new()).collect();
+    for r in records {
+        let p = kafka::partition_for_key(&r.key, partitions) as usize;
+        per_partition[p].push(rskafka::record::Record {
+            key: Some(r.key.clone()),
+            value: Some(r.value.clone()),
+            headers: Default::default(),
+            timestamp: chrono::Utc::now(),
+        });
+    }
+    let mut counts = Vec::new();
+    for (p, records) in per_partition.into_iter().enumerate() {
+        counts.push(records.len());
+        let pc = client
+            .partition_client(topic.to_owned(), p as i32, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition");
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for record in records {
+            bytes += record.approximate_size();
+            chunk.push(record);
+            if bytes > 512 * 1024 {
+                pc.produce(std::mem::take(&mut chunk), Compression::NoCompression)
+                    .await
+                    .expect("produce");
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            pc.produce(chunk, Compression::NoCompression)
+                .await
+                .expect("produce");
+        }
+    }
+    counts
+}
+
+/// The high watermark of each partition of `topic` (from Fetch, which tansu answers right).
+pub async fn high_watermarks(config: &Config, topic: &str) -> Vec<i64> {
+    use rskafka::client::partition::UnknownTopicHandling;
+    let client = kafka::connect(&config.kafka).await.expect("kafka");
+    let partitions = kafka::partition_count(&client, topic)
+        .await
+        .expect("topic exists");
+    let mut marks = Vec::new();
+    for p in 0..partitions {
+        let pc = client
+            .partition_client(topic.to_owned(), p, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition");
+        let (_, hw) = pc.fetch_records(0, 1..1024, 10).await.expect("fetch");
+        marks.push(hw);
+    }
+    marks
+}
+
+/// Every record of `topic`, all partitions, as (partition, offset, key, value, headers).
+pub async fn consume_all(
+    config: &Config,
+    topic: &str,
+) -> Vec<(i32, i64, Option<Vec<u8>>, Option<Vec<u8>>)> {
+    use rskafka::client::partition::UnknownTopicHandling;
+    let client = kafka::connect(&config.kafka).await.expect("kafka");
+    let partitions = kafka::partition_count(&client, topic)
+        .await
+        .expect("topic exists");
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let pc = client
+            .partition_client(topic.to_owned(), p, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition");
+        let mut offset = 0;
+        loop {
+            let (records, hw) = pc
+                .fetch_records(offset, 1..8 * 1024 * 1024, 50)
+                .await
+                .expect("fetch");
+            for r in records {
+                if r.offset >= offset {
+                    out.push((p, r.offset, r.record.key, r.record.value));
+                    offset = r.offset + 1;
+                }
+            }
+            if offset >= hw {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The committed next offset of `sink` per partition.
+pub async fn committed_offsets(pg: &sqlx::PgPool, sink: &str, topic: &str) -> Vec<(i32, i64)> {
+    sqlx::query_as("SELECT partition, next_offset FROM sink_offsets WHERE sink = $1 AND topic = $2 ORDER BY partition")
+        .bind(sink)
+        .bind(topic)
+        .fetch_all(pg)
+        .await
+        .expect("query offsets")
+}
+
+/// A private PostgreSQL server (own data dir, own port) for tests that stop and start
+/// the database, which they cannot do to the shared stack.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    const BIN: &'static str = "/usr/lib/postgresql/15/bin";
+
+    fn as_postgres(program: &str) -> std::process::Command {
+        // PostgreSQL refuses to run as root; the Debian package's `postgres` user can.
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        if root {
+            let mut cmd = std::process::Command::new("runuser");
+            cmd.args(["-u", "postgres", "--", &format!("{}/{program}", Self::BIN)]);
+            cmd
+        } else {
+            std::process::Command::new(format!("{}/{program}", Self::BIN))
+        }
+    }
+
+    /// initdb + start on a free port, with a `gamestream` superuser (trust auth).
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gs-pg-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::process::Command::new("chmod")
+            .args(["777", &dir.path().display().to_string()])
+            .status()
+            .expect("chmod");
+        let data = dir.path().join("data");
+        let status = Self::as_postgres("initdb")
+            .args([
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "gamestream",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(status.success(), "initdb failed");
+        let port = free_port();
+        let pg = Self { port, dir };
+        pg.resume();
+        pg
+    }
+
+    /// Starts (again) on the same port and data.
+    pub fn resume(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("pg.log");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let status = Self::as_postgres("pg_ctl")
+            .args([
+                "-D",
+                &data.display().to_string(),
+                "-l",
+                &log.display().to_string(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl start");
+        assert!(status.success(), "private postgres did not start");
+    }
+
+    /// A connection to its `postgres` database as the `gamestream` superuser.
+    pub async fn admin(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&format!(
+            "postgres://gamestream@127.0.0.1:{}/postgres",
+            self.port
+        ))
+        .await
+        .expect("private postgres answers")
+    }
+
+    /// Creates the (empty) database `name`: a fresh server has only `postgres`.
+    pub async fn create_database(&self, name: &str) {
+        let mut admin = self.admin().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+    }
+
+    /// Stops it (fast: connections are cut, as in a crash of the client's view).
+    pub fn pause(&self) {
+        let data = self.dir.path().join("data");
+        let _ = Self::as_postgres("pg_ctl")
+            .args([
+                "-D",
+                &data.display().to_string(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.pause();
+    }
+}
+
+/// A loopback TCP port nobody listens on right now, below the ephemeral port range.
+pub fn free_port() -> u16 {
+    // Not bind(0): its ports come from the kernel's ephemeral range, which every
+    // outgoing connection (each test opens many) also draws from, so one of them could
+    // take the port before the child binds it ("Address already in use"). A random
+    // port below that range is only ever taken by a bind; binding it checks it is free.
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (15_000, ephemeral_start.max(20_000));
+    loop {
+        let port = rand::random_range(low..high);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A tansu broker of one test's own, on a free loopback port with in-memory storage,
+/// that the test may stop and start again (the shared stack's broker must never be
+/// stopped). Memory storage forgets everything on restart, topics included.
+pub struct PrivateBroker {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+    /// Working directory (tansu reads a `.env` from it) and log file.
+    dir: tempfile::TempDir,
+    /// `--storage-engine`: memory, or a sqlite file in `dir` that survives restarts.
+    storage: &'static str,
+}
+
+impl PrivateBroker {
+    /// Starts a broker and waits until it answers Kafka requests.
+    pub async fn start() -> Self {
+        Self::start_with("memory://tansu/").await
+    }
+
+    /// As [`PrivateBroker::start`], with durable storage (sqlite, in its directory):
+    /// topics and records survive [`PrivateBroker::restart`].
+    pub async fn start_durable() -> Self {
+        // tansu resolves `sqlite://NAME` against its working directory, `dir`.
+        let broker = Self::start_with("sqlite://tansu.db").await;
+        broker.index_sqlite_headers().await;
+        broker
+    }
+
+    /// tansu 0.6's sqlite schema has no index on `header (topition, offset_id)`, and
+    /// it looks up the headers of every record it fetches, so each fetched record
+    /// scans the whole header table (`EXPLAIN QUERY PLAN`: `SCAN h`). Every event
+    /// carries two headers (CONTRACT.md), so a fetch costs O(records stored): at
+    /// ~30k records the broker used a whole core and produce acks passed the
+    /// daemon's publish timeout. The index makes it a search. Added right after the
+    /// broker created its schema, before any record; sqlite lets a second
+    /// connection change the schema of a WAL database in use, and tansu's prepared
+    /// statements are re-prepared on the schema change.
+    async fn index_sqlite_headers(&self) {
+        const SQL: &str = "import sqlite3, sys\n\
+            db = sqlite3.connect(sys.argv[1], timeout=30)\n\
+            db.execute('create index if not exists header_topition_offset_id \
+            on header (topition, offset_id)')\n\
+            db.commit()\n";
+        let db = self.dir.path().join("tansu.db");
+        let status = tokio::process::Command::new("python3")
+            .args(["-c", SQL])
+            .arg(&db)
+            .status()
+            .await
+            .expect("python3 (its sqlite3 module indexes the broker's header table)");
+        assert!(status.success(), "cannot index {}: {status}", db.display());
+    }
+
+    async fn start_with(storage: &'static str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut broker = Self {
+            port,
+            child: None,
+            dir,
+            storage,
+        };
+        broker.restart().await;
+        broker
+    }
+
+    /// `host:port` for `kafka.bootstrap_servers`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (like a crash) and waits until it is gone.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the broker again on the same port (with empty storage, unless durable).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("broker log file");
+        let log_err = log.try_clone().expect("broker log file");
+        let child = tokio::process::Command::new(tansu_binary())
+            .current_dir(self.dir.path())
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("SCHEMA_REGISTRY")
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .args([
+                "broker",
+                "--cluster-id",
+                "gamestream-test",
+                "--storage-engine",
+                self.storage,
+            ])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}", tansu_binary()));
+        self.child = Some(child);
+        let address = self.address();
+        let up = eventually(Duration::from_secs(30), || {
+            let address = address.clone();
+            async move {
+                let build = rskafka::client::ClientBuilder::new(vec![address]).build();
+                match tokio::time::timeout(Duration::from_secs(2), build).await {
+                    Ok(Ok(client)) => client.list_topics().await.is_ok(),
+                    _ => false,
+                }
+            }
+        })
+        .await;
+        assert!(
+            up,
+            "private tansu did not come up on {}; log in {:?}",
+            self.address(),
+            self.dir.path()
+        );
+    }
+}
+
+/// The tansu binary: `$TANSU`, else `~/.cargo/bin/tansu`, else `tansu` on PATH.
+pub fn tansu_binary() -> String {
+    if let Ok(path) = std::env::var("TANSU") {
+        return path;
+    }
+    let home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let cargo_bin = format!("{home}/bin/tansu");
+    if std::path::Path::new(&cargo_bin).exists() {
+        cargo_bin
+    } else {
+        "tansu".to_owned()
+    }
+}
+
+/// A private Redis server (own port, no persistence) for tests that stop, restart or
+/// flush Redis, which they must never do to the shared stack. Killed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    paused: bool,
+}
+
+impl PrivateRedis {
+    /// How long a (re)started server may take to answer PING.
+    const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Starts an empty server on a free port.
+    pub fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+            paused: false,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server) starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Self::READY_TIMEOUT;
+        while !self.answers_ping() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private redis did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    /// Kills it (SIGKILL): everything it held is gone.
+    pub fn kill(&mut self) {
+        self.resume();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it and starts an empty one on the same port (a restart without persistence).
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open and nothing answers, as in
+    /// a network partition. Data is kept.
+    pub fn pause(&mut self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "-STOP");
+            self.paused = true;
+        }
+    }
+
+    /// Undoes [`PrivateRedis::pause`].
+    pub fn resume(&mut self) {
+        if let (Some(child), true) = (&self.child, self.paused) {
+            signal(child.id(), "-CONT");
+            self.paused = false;
+        }
+    }
+
+    /// A connection to it.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("private redis answers")
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every key matching `pattern` (SCAN, so it is safe on the shared server).
+pub async fn scan_keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .expect("scan");
+        keys.extend(found);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}

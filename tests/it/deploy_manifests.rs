@@ -1,0 +1,391 @@
+//! The deployment files against the code (issue 7): every env var the Kubernetes
+//! manifests and docker-compose set is one gamestream reads, and gamestream accepts the
+//! config file with that environment; probe paths answer on a running daemon and the
+//! ports match; the kustomize overlays render; the dashboard's metric list is current.
+//!
+//! `deploy/validate.sh` checks much more (schemas, promtool, wiring); this test keeps
+//! the essentials in `make test`, so a renamed setting or route breaks the build.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gamestream::config::{self, CONTRACT_ENV, ENV_PREFIX, LogFormat, Sources};
+
+/// Read by gamestream outside `config.rs`: the log filter and the OpenTelemetry standard.
+const OTHER_ENV: &[&str] = &[
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+];
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `KEY=VALUE` lines of a kustomize env file.
+fn env_file(path: &Path) -> BTreeMap<String, String> {
+    read(path)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{}: {l}", path.display()));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+fn unquote(v: &str) -> String {
+    v.trim().trim_matches('"').to_owned()
+}
+
+/// `stringData` of each Secret in secrets.example.yaml: name → key → value.
+fn example_secrets() -> BTreeMap<String, BTreeMap<String, String>> {
+    let text = read(&deploy().join("k8s/secrets.example.yaml"));
+    let mut out = BTreeMap::new();
+    for doc in text.split("\n---") {
+        let Some(name) = doc
+            .lines()
+            .find_map(|l| l.strip_prefix("  name: "))
+            .map(str::trim)
+        else {
+            continue;
+        };
+        let mut data = BTreeMap::new();
+        let mut in_data = false;
+        for line in doc.lines() {
+            if line.starts_with("stringData:") {
+                in_data = true;
+            } else if in_data && line.starts_with("  ") && !line.trim_start().starts_with('#') {
+                if let Some((k, v)) = line.trim().split_once(": ") {
+                    data.insert(k.to_owned(), unquote(v));
+                }
+            } else if !line.starts_with("  ") && !line.trim_start().starts_with('#') {
+                in_data = false;
+            }
+        }
+        out.insert(name.to_owned(), data);
+    }
+    out
+}
+
+/// The Deployment's explicit env entries (all from secretKeyRef): VAR → (secret, key).
+fn deployment_secret_env() -> BTreeMap<String, (String, String)> {
+    let text = read(&deploy().join("k8s/base/deployment.yaml"));
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut secret = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- name: ") {
+            // Upper-case names are env entries; containers and volumes are lower-case.
+            current = name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                .then(|| name.to_owned());
+            secret = None;
+        } else if let Some(var) = &current {
+            if let Some(name) = line.strip_prefix("name: ") {
+                secret = Some(name.to_owned());
+            } else if let (Some(s), Some(key)) = (&secret, line.strip_prefix("key: ")) {
+                out.insert(var.clone(), (s.clone(), key.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// A pod name, for the env entries the downward API fills in.
+const POD_NAME: &str = "gamestream-7d4b9c5f6-x2k4p";
+
+/// The Deployment's env entries from the downward API (`fieldRef`): VAR → a sample value.
+fn deployment_field_env() -> BTreeMap<String, String> {
+    let text = read(&deploy().join("k8s/base/deployment.yaml"));
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- name: ") {
+            current = Some(name.to_owned());
+        } else if let (Some(var), Some(field)) = (&current, line.strip_prefix("fieldPath: ")) {
+            assert_eq!(
+                field, "metadata.name",
+                "{var}: only the pod name is expected"
+            );
+            out.insert(var.clone(), POD_NAME.to_owned());
+        }
+    }
+    out
+}
+
+/// The environment a gamestream container of an overlay gets, with the secrets'
+/// example values.
+fn k8s_env(overlay: &str) -> BTreeMap<String, String> {
+    let mut env = env_file(&deploy().join("k8s/base/gamestream.env"));
+    env.extend(env_file(
+        &deploy().join(format!("k8s/overlays/{overlay}/gamestream.env")),
+    ));
+    let secrets = example_secrets();
+    // envFrom: secretRef gamestream-db (its keys are variable names).
+    let db = secrets
+        .get("gamestream-db")
+        .expect("gamestream-db in secrets.example.yaml");
+    env.extend(db.clone());
+    env.extend(deployment_field_env());
+    for (var, (secret, key)) in deployment_secret_env() {
+        let value = secrets
+            .get(&secret)
+            .and_then(|s| s.get(&key))
+            .unwrap_or_else(|| panic!("{var}: {secret}/{key} is not in secrets.example.yaml"));
+        env.insert(var, value.clone());
+    }
+    env
+}
+
+/// The `x-gamestream-env` block of docker-compose.yml (`${VAR:-default}` → default).
+fn compose_env() -> BTreeMap<String, String> {
+    let text = read(&deploy().join("docker-compose.yml"));
+    let block = text
+        .split("x-gamestream-env: &gamestream-env\n")
+        .nth(1)
+        .expect("x-gamestream-env block");
+    block
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.trim().split_once(": "))
+        .map(|(k, v)| {
+            let v = unquote(v);
+            let v = match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                Some(inner) => inner.split_once(":-").map_or("", |(_, d)| d).to_owned(),
+                None => v,
+            };
+            (k.to_owned(), v)
+        })
+        .collect()
+}
+
+fn assert_read_by_gamestream(
+    env: &BTreeMap<String, String>,
+    file: Option<PathBuf>,
+    what: &str,
+) -> config::Config {
+    for name in env.keys() {
+        let known = CONTRACT_ENV.iter().any(|(n, _)| n == name)
+            || OTHER_ENV.contains(&name.as_str())
+            || name.starts_with(ENV_PREFIX);
+        assert!(
+            known,
+            "{what}: {name} is not an environment variable gamestream reads"
+        );
+    }
+    // Unknown GAMESTREAM_ keys, wrong types and bad values are refused here.
+    config::load(&Sources {
+        file,
+        env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        overrides: vec![],
+    })
+    .unwrap_or_else(|e| panic!("{what}: gamestream refuses the configuration: {e}"))
+}
+
+fn container_port() -> u16 {
+    let text = read(&deploy().join("k8s/base/deployment.yaml"));
+    let ports: Vec<u16> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("containerPort: "))
+        .map(|p| p.parse().expect("containerPort"))
+        .collect();
+    assert_eq!(ports.len(), 1, "one containerPort expected: {ports:?}");
+    ports[0]
+}
+
+#[test]
+fn manifest_and_compose_env_is_read_by_gamestream() {
+    let base_toml = deploy().join("k8s/base/gamestream.toml");
+    for overlay in ["dev", "prod"] {
+        let env = k8s_env(overlay);
+        let config =
+            assert_read_by_gamestream(&env, Some(base_toml.clone()), &format!("k8s/{overlay}"));
+        assert_eq!(
+            config.http.port,
+            container_port(),
+            "k8s/{overlay}: the daemon's port is the containerPort"
+        );
+        assert_eq!(
+            config.lease.member_id, POD_NAME,
+            "k8s/{overlay}: the lease member id is the pod name"
+        );
+        if overlay == "prod" {
+            assert_eq!(
+                config.telemetry.log_format,
+                LogFormat::Json,
+                "prod logs JSON"
+            );
+        }
+    }
+    let env = compose_env();
+    assert!(env.contains_key("KAFKA_BOOTSTRAP_SERVERS"), "{env:?}");
+    let config = assert_read_by_gamestream(&env, None, "docker-compose.yml");
+    let compose = read(&deploy().join("docker-compose.yml"));
+    let mapping = format!("\"{0}:{0}\"", config.http.port);
+    assert!(compose.contains(&mapping), "compose publishes {mapping}");
+}
+
+/// Paths the probes, healthchecks and scrape annotations use.
+fn probe_paths() -> BTreeSet<String> {
+    let mut paths = BTreeSet::new();
+    let deployment = read(&deploy().join("k8s/base/deployment.yaml"));
+    for line in deployment.lines().map(str::trim) {
+        if let Some(p) = line
+            .strip_prefix("path: ")
+            .or_else(|| line.strip_prefix("prometheus.io/path: "))
+        {
+            paths.insert(p.to_owned());
+        }
+    }
+    for file in ["Dockerfile", "docker-compose.yml"] {
+        let text = read(&deploy().join(file));
+        for part in text.split("GET ").skip(1) {
+            let path = part.split_whitespace().next().unwrap_or_default();
+            if path.starts_with('/') {
+                paths.insert(path.to_owned());
+            }
+        }
+    }
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_paths_answer_on_a_running_daemon() {
+    let paths = probe_paths();
+    assert!(
+        paths.contains("/health") && paths.contains("/ready") && paths.contains("/metrics"),
+        "{paths:?}"
+    );
+    let env = crate::common::TestEnv::new().await;
+    let shutdown = gamestream::shutdown::Shutdown::new();
+    let running = gamestream::daemon::start(env.config.clone(), false, shutdown.clone())
+        .await
+        .expect("daemon starts");
+    let client = reqwest::Client::new();
+    for path in &paths {
+        let response = client
+            .get(format!("http://{}{path}", running.http_addr))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(
+            response.status(),
+            200,
+            "GET {path} (a probe or healthcheck uses it)"
+        );
+    }
+    shutdown.trigger();
+    running.stop().await;
+}
+
+/// `kubectl kustomize`, `kustomize build`, or the bundled renderer (python3 + PyYAML).
+fn render(dir: &Path) -> String {
+    let candidates: [(&str, Vec<String>); 3] = [
+        (
+            "kubectl",
+            vec!["kustomize".into(), dir.display().to_string()],
+        ),
+        ("kustomize", vec!["build".into(), dir.display().to_string()]),
+        (
+            "python3",
+            vec![
+                deploy()
+                    .join("tools/kustomize_lite.py")
+                    .display()
+                    .to_string(),
+                dir.display().to_string(),
+            ],
+        ),
+    ];
+    let mut tried = Vec::new();
+    for (program, args) in candidates {
+        match Command::new(program).args(&args).output() {
+            Ok(out) if out.status.success() => {
+                return String::from_utf8(out.stdout).expect("utf-8");
+            }
+            Ok(out) => tried.push(format!(
+                "{program}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => tried.push(format!("{program}: {e}")),
+        }
+    }
+    panic!(
+        "no kustomize renderer worked for {} (install kubectl, kustomize, or python3 with PyYAML):\n{}",
+        dir.display(),
+        tried.join("\n")
+    );
+}
+
+#[test]
+fn kustomize_overlays_render() {
+    for overlay in ["dev", "prod"] {
+        let out = render(&deploy().join("k8s/overlays").join(overlay));
+        for needle in [
+            "kind: Deployment",
+            "kind: Service\n",
+            "kind: PodDisruptionBudget",
+            "namespace: gamemetrics",
+            "component: consumer",
+            "name: kafka-credentials",
+            "path: /health",
+            "path: /ready",
+        ] {
+            assert!(
+                out.contains(needle),
+                "{overlay}: rendered output lacks {needle:?}"
+            );
+        }
+        assert_eq!(
+            out.contains("kind: HorizontalPodAutoscaler"),
+            overlay == "prod",
+            "{overlay}: HPA in prod only"
+        );
+    }
+}
+
+#[test]
+fn dashboard_metric_list_is_current() {
+    let dashboard: serde_json::Value = serde_json::from_str(&read(
+        &deploy().join("observability/grafana/dashboards/gamestream.json"),
+    ))
+    .expect("dashboard JSON");
+    let mut queried = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            {
+                if ["gamestream_", "events_", "http_request_", "producer_"]
+                    .iter()
+                    .any(|p| token.starts_with(p))
+                {
+                    queried.insert(token.to_owned());
+                }
+            }
+        }
+    }
+    let listed: BTreeSet<String> = read(&deploy().join("observability/dashboard-metrics.txt"))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        listed, queried,
+        "deploy/observability/dashboard-metrics.txt is out of date"
+    );
+}

@@ -1,0 +1,285 @@
+//! The Redis sink scripts on a real Redis: offsets compare-and-set (apply once, a
+//! repeat is a no-op, a stale writer is fenced, lost data is noticed), type checks
+//! before any write, and the rollover of the current-period boards.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::common::analytics::{hgetall, zset};
+use crate::common::{Stack, unique_id};
+use chrono::{DateTime, Utc};
+use gamestream::aggregate::{Period, PeriodKey, ScoreDelta, StatsDelta};
+use gamestream::event::{Event, Score};
+use gamestream::sinks::redis::{RedisKeys, leaderboard, stats};
+use gamestream::sinks::{OffsetCommit, SinkError};
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    let stack = Stack::from_env();
+    redis::Client::open(format!(
+        "redis://{}:{}/",
+        stack.redis_host, stack.redis_port
+    ))
+    .expect("url")
+    .get_multiplexed_async_connection()
+    .await
+    .expect("the local stack's redis answers (deploy/local/stack.sh up)")
+}
+
+fn event(player: &str, event_type: &str, t: DateTime<Utc>, score: Score) -> Event {
+    Event {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: event_type.to_owned(),
+        player_id: player.to_owned(),
+        game_id: "g".to_owned(),
+        timestamp: t,
+        ingested_at: t,
+        data: "{}".to_owned(),
+        score,
+    }
+}
+
+fn commit(partition: i32, expected: Option<i64>, next: i64) -> OffsetCommit {
+    OffsetCommit {
+        partition,
+        expected,
+        next,
+        epoch: None,
+    }
+}
+
+/// Removes a test's keys from the shared Redis.
+async fn remove_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
+    for key in crate::common::scan_keys(conn, &format!("{prefix}*")).await {
+        let _: i64 = redis::cmd("UNLINK")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .expect("unlink");
+    }
+}
+
+async fn mark_initialised(conn: &mut redis::aio::MultiplexedConnection, offsets: &str) {
+    let _: () = redis::cmd("HSET")
+        .arg(offsets)
+        .arg("initialised_at")
+        .arg("test")
+        .query_async(conn)
+        .await
+        .expect("hset");
+}
+
+#[tokio::test]
+async fn stats_script_applies_once_and_fences() {
+    let mut conn = redis().await;
+    let prefix = format!("s{}:", unique_id());
+    let keys = RedisKeys::new(prefix.clone());
+    let offsets = keys.offsets("stats-aggregator-redis", "t");
+    let script = stats::script();
+    let t = Utc::now();
+    let events = [
+        event("a", "player_score", t, Score::Integer(1)),
+        event("a", "quest_completed", t, Score::Absent),
+        event(
+            "b",
+            "quest_completed",
+            t - chrono::Duration::seconds(5),
+            Score::Absent,
+        ),
+    ];
+    let delta = StatsDelta::of(&events);
+    let first = stats::script_args(&keys, &offsets, &delta, &[commit(0, None, 3)]);
+
+    let missing = stats::write(&mut conn, &script, "s", &first).await;
+    assert!(
+        matches!(missing, Err(SinkError::Fatal(ref e)) if e.to_string().contains("lost its data")),
+        "{missing:?}"
+    );
+    assert!(
+        hgetall(&mut conn, &keys.player_stats("a")).await.is_empty(),
+        "nothing applied without the marker"
+    );
+
+    mark_initialised(&mut conn, &offsets).await;
+    stats::write(&mut conn, &script, "s", &first)
+        .await
+        .expect("applied");
+    stats::write(&mut conn, &script, "s", &first)
+        .await
+        .expect("a repeat is a no-op");
+    let a = hgetall(&mut conn, &keys.player_stats("a")).await;
+    assert_eq!(a["total_events"], "2");
+    assert_eq!(a["event_player_score"], "1");
+    assert_eq!(a["event_quest_completed"], "1");
+    assert_eq!(hgetall(&mut conn, &offsets).await["0"], "3");
+
+    // A writer that still thinks partition 0 is at 1: fenced, nothing applied.
+    let stale = stats::script_args(&keys, &offsets, &delta, &[commit(0, Some(1), 4)]);
+    let fenced = stats::write(&mut conn, &script, "s", &stale).await;
+    assert!(
+        matches!(fenced, Err(SinkError::Fatal(ref e)) if e.to_string().contains("stored=3")),
+        "{fenced:?}"
+    );
+    assert_eq!(
+        hgetall(&mut conn, &keys.player_stats("a")).await["total_events"],
+        "2"
+    );
+
+    // The next batch: last_event only moves forward.
+    let older = [event(
+        "a",
+        "boss_defeated",
+        t - chrono::Duration::hours(1),
+        Score::Absent,
+    )];
+    let next = stats::script_args(
+        &keys,
+        &offsets,
+        &StatsDelta::of(&older),
+        &[commit(0, Some(3), 4)],
+    );
+    stats::write(&mut conn, &script, "s", &next)
+        .await
+        .expect("applied");
+    let a = hgetall(&mut conn, &keys.player_stats("a")).await;
+    assert_eq!(a["total_events"], "3");
+    assert_eq!(
+        a["last_event"],
+        crate::common::analytics::last_event_text(t)
+    );
+
+    // A key of the wrong type is refused before anything is written (and is fatal:
+    // the store is broken, not the record).
+    let _: () = redis::cmd("SET")
+        .arg(keys.player_stats("z"))
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let bad = [
+        event("a", "x", t, Score::Absent),
+        event("z", "x", t, Score::Absent),
+    ];
+    let refused = stats::script_args(
+        &keys,
+        &offsets,
+        &StatsDelta::of(&bad),
+        &[commit(0, Some(4), 6)],
+    );
+    let result = stats::write(&mut conn, &script, "s", &refused).await;
+    assert!(
+        matches!(result, Err(SinkError::Fatal(ref e)) if e.to_string().contains("WRONGTYPE")),
+        "{result:?}"
+    );
+    assert_eq!(
+        hgetall(&mut conn, &keys.player_stats("a")).await["total_events"],
+        "3",
+        "no partial write"
+    );
+    assert_eq!(hgetall(&mut conn, &offsets).await["0"], "4");
+    remove_keys(&mut conn, &prefix).await;
+}
+
+#[tokio::test]
+async fn leaderboard_script_rolls_the_current_boards_over() {
+    let mut conn = redis().await;
+    let prefix = format!("l{}:", unique_id());
+    let keys = RedisKeys::new(prefix.clone());
+    let offsets = keys.offsets("leaderboard-manager-redis", "t");
+    mark_initialised(&mut conn, &offsets).await;
+    let script = leaderboard::script();
+    let now = Utc::now();
+    let ttl = Duration::from_secs(35 * 86_400);
+    let today = PeriodKey::of(Period::Daily, now);
+    let undated = keys.leaderboard("g", Period::Daily);
+    let dated = keys.leaderboard_of("g", today);
+
+    // Yesterday's board is still in the undated key (as if it had not expired yet), and
+    // today's dated key already has an early event.
+    let _: () = redis::pipe()
+        .zadd(&undated, "yesterday-player", 99)
+        .ignore()
+        .set(keys.leaderboard_period("g", Period::Daily), "1999-01-01")
+        .ignore()
+        .zadd(&dated, "early", 3)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("setup");
+
+    let events = [
+        event("p", "player_score", now, Score::Integer(10)),
+        event("p", "player_score", now, Score::Integer(5)),
+        event(
+            "q",
+            "player_score",
+            now - chrono::Duration::days(3),
+            Score::Integer(7),
+        ),
+        event("r", "player_score", now, Score::NotAnInteger),
+    ];
+    let delta = ScoreDelta::of(&events).expect("no overflow");
+    let plan = leaderboard::plan(&keys, &delta, now, ttl);
+    let args = plan.script_args(&offsets, &[commit(0, None, 4)]);
+    leaderboard::write(&mut conn, &script, "l", &args)
+        .await
+        .expect("applied");
+    leaderboard::write(&mut conn, &script, "l", &args)
+        .await
+        .expect("repeat is a no-op");
+
+    let want = |pairs: &[(&str, i64)]| -> BTreeMap<String, i64> {
+        pairs.iter().map(|(p, s)| ((*p).to_owned(), *s)).collect()
+    };
+    assert_eq!(
+        zset(&mut conn, &undated).await,
+        want(&[("early", 3), ("p", 15)]),
+        "rolled over, then added"
+    );
+    assert_eq!(
+        zset(&mut conn, &dated).await,
+        want(&[("early", 3), ("p", 15)])
+    );
+    assert_eq!(
+        zset(&mut conn, &keys.leaderboard("g", Period::AllTime)).await,
+        want(&[("p", 15), ("q", 7)])
+    );
+    let three_days_ago = keys.leaderboard_of(
+        "g",
+        PeriodKey::of(Period::Daily, now - chrono::Duration::days(3)),
+    );
+    assert_eq!(
+        zset(&mut conn, &three_days_ago).await,
+        want(&[("q", 7)]),
+        "a late event lands in its own day"
+    );
+    let marker: String = redis::cmd("GET")
+        .arg(keys.leaderboard_period("g", Period::Daily))
+        .query_async(&mut conn)
+        .await
+        .expect("marker");
+    assert_eq!(marker, today.to_string());
+    let end = today.end().expect("a day ends").timestamp();
+    let expires: i64 = redis::cmd("EXPIRETIME")
+        .arg(&undated)
+        .query_async(&mut conn)
+        .await
+        .expect("expiretime");
+    assert_eq!(expires, end, "the current board expires when the day ends");
+    let expires: i64 = redis::cmd("EXPIRETIME")
+        .arg(&dated)
+        .query_async(&mut conn)
+        .await
+        .expect("expiretime");
+    assert_eq!(
+        expires,
+        end + ttl.as_secs() as i64,
+        "the dated board lives period_ttl longer"
+    );
+    let alltime_ttl: i64 = redis::cmd("TTL")
+        .arg(keys.leaderboard("g", Period::AllTime))
+        .query_async(&mut conn)
+        .await
+        .expect("ttl");
+    assert_eq!(alltime_ttl, -1, "all time never expires");
+    remove_keys(&mut conn, &prefix).await;
+}

@@ -1,0 +1,420 @@
+//! Statistics and leaderboards against real Postgres, Redis and the broker: exact
+//! counts and scores through kill -9, periods around midnight and ISO week boundaries,
+//! late events, and Redis lost mid-stream or flushed (private Redis servers).
+
+use std::time::Duration;
+
+use crate::common::analytics::{
+    Expected, REDIS_SINKS, assert_stores_match, day_key, midnight, mixed_event, monday,
+    redis_offsets, wait_all_caught_up, wait_leaderboards_table, week_key, zset,
+};
+use crate::common::{PrivateRedis, RawRecord, TestEnv, eventually, produce_raw};
+use chrono::Utc;
+use gamestream::daemon;
+use gamestream::event::{Event, Score};
+use gamestream::shutdown::Shutdown;
+
+/// Small fetches and batches (a player's events spread over many commits, and kills
+/// land between them), a fast refresh, a short top N (so the table is really cut).
+const SETTINGS: [(&str, &str); 9] = [
+    ("mode", "\"consume\""),
+    ("consumer.fetch_max_bytes", "32768"),
+    ("logger.batch_size", "300"),
+    ("stats.buffer_size", "200"),
+    ("stats.linger", "\"50ms\""),
+    ("leaderboard.batch_size", "250"),
+    ("leaderboard.linger", "\"50ms\""),
+    ("leaderboard.refresh_interval", "\"1s\""),
+    ("leaderboard.top_n", "5"),
+];
+const TOP_N: usize = 5;
+/// The default `leaderboard.period_ttl`.
+const PERIOD_TTL: Duration = Duration::from_secs(35 * 24 * 3600);
+
+async fn total_counted(pg: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT COALESCE(SUM(total_events), 0)::int8 FROM player_statistics")
+        .fetch_one(pg)
+        .await
+        .expect("sum")
+}
+
+async fn produce(env: &TestEnv, events: &[Event]) {
+    let records: Vec<_> = events.iter().map(RawRecord::of).collect();
+    produce_raw(&env.config, &env.config.topics.player_events, &records).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_aggregating_counts_every_event_once() {
+    let env = TestEnv::with_overrides(&SETTINGS).await;
+    let now = Utc::now();
+    let n = 30_000;
+    let events: Vec<_> = (0..n).map(|i| mixed_event(i, 400, 6, now)).collect();
+    produce(&env, &events).await;
+    let mut redis = env.redis().await;
+
+    let spawn = || {
+        env.command(&["serve"])
+            // The bad scores' dead letters are expected; keep the output for surprises.
+            .env("RUST_LOG", "warn,gamestream::actors::dlq=error")
+            .spawn()
+            .expect("spawn gamestream serve")
+    };
+    let mut killed_mid_stream = 0;
+    for round in 0..3 {
+        let mut child = spawn();
+        let progressed = eventually(Duration::from_secs(60), || async {
+            total_counted(&env.pg).await > (round + 1) * 6_000
+        })
+        .await;
+        child.kill().await.expect("kill -9");
+        assert!(progressed, "round {round}: no progress before the kill");
+        if total_counted(&env.pg).await < n as i64 {
+            killed_mid_stream += 1;
+        }
+    }
+    assert!(killed_mid_stream > 0, "no kill happened mid-stream");
+
+    let mut child = spawn();
+    let caught_up = wait_all_caught_up(&env, &mut redis, Duration::from_secs(120)).await;
+    let table = if caught_up {
+        wait_leaderboards_table(&env, &Expected::of(&events), TOP_N, Duration::from_secs(30)).await
+    } else {
+        Err("not caught up".to_owned())
+    };
+    child.kill().await.expect("kill");
+    assert!(caught_up, "the sinks did not catch up after the kills");
+    assert_stores_match(&env, &mut redis, &Expected::of(&events), PERIOD_TTL).await;
+    table.expect("leaderboards table holds the top N");
+}
+
+/// One event per player, so that each board's members say exactly which events it got.
+fn scored(player: &str, t: chrono::DateTime<Utc>, points: i64) -> Event {
+    Event {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: "player_score".to_owned(),
+        player_id: player.to_owned(),
+        game_id: "periods".to_owned(),
+        timestamp: t,
+        ingested_at: Utc::now(),
+        data: format!(r#"{{"score":{points}}}"#),
+        score: Score::Integer(points),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_land_in_their_own_periods() {
+    let env = TestEnv::with_overrides(&SETTINGS).await;
+    let now = Utc::now();
+    let ms = chrono::Duration::milliseconds;
+    let before_midnight = scored("p-before-midnight", midnight(now) - ms(1), 10);
+    let at_midnight = scored("p-at-midnight", midnight(now), 20);
+    let before_monday = scored("p-sunday", monday(now) - ms(1), 100);
+    let at_monday = scored("p-monday", monday(now), 1000);
+    let late = scored("p-late", now - chrono::Duration::days(10), 5);
+    let ancient = scored("p-ancient", now - chrono::Duration::days(400), 7);
+    assert_ne!(
+        day_key(before_midnight.timestamp),
+        day_key(at_midnight.timestamp)
+    );
+    assert_ne!(
+        week_key(before_monday.timestamp),
+        week_key(at_monday.timestamp)
+    );
+
+    let shutdown = Shutdown::new();
+    let running = daemon::start(env.config.clone(), false, shutdown.clone())
+        .await
+        .expect("daemon starts");
+    let mut redis = env.redis().await;
+    let in_time = [
+        before_midnight.clone(),
+        at_midnight.clone(),
+        before_monday.clone(),
+        at_monday.clone(),
+    ];
+    produce(&env, &in_time).await;
+    assert!(wait_all_caught_up(&env, &mut redis, Duration::from_secs(60)).await);
+    // The late and the ancient event arrive after newer ones were applied.
+    produce(&env, &[late.clone(), ancient.clone()]).await;
+    assert!(wait_all_caught_up(&env, &mut redis, Duration::from_secs(60)).await);
+    shutdown.trigger();
+    running.stop().await;
+
+    let prefix = &env.config.redis.key_prefix;
+    let board = |suffix: String| format!("{prefix}leaderboard:periods:{suffix}");
+    let all = [
+        &before_midnight,
+        &at_midnight,
+        &before_monday,
+        &at_monday,
+        &late,
+        &ancient,
+    ];
+    for e in all {
+        let (p, s) = (e.player_id.clone(), e.score_points());
+        let day = day_key(e.timestamp);
+        let week = week_key(e.timestamp);
+        assert_eq!(
+            zset(&mut redis, &board("alltime".into())).await.get(&p),
+            Some(&s),
+            "{p} all time"
+        );
+        let ancient = e.player_id == "p-ancient";
+        for (period, key) in [("daily", &day), ("weekly", &week)] {
+            let dated = zset(&mut redis, &board(format!("{period}:{key}"))).await;
+            assert_eq!(
+                dated.get(&p).copied(),
+                (!ancient).then_some(s),
+                "{p} in {period}:{key}"
+            );
+            let row: Option<i64> = sqlx::query_scalar(
+                "SELECT score FROM leaderboard_scores
+                 WHERE game_id = 'periods' AND period = $1 AND period_key = $2 AND player_id = $3",
+            )
+            .bind(period)
+            .bind(key)
+            .bind(&p)
+            .fetch_optional(&env.pg)
+            .await
+            .expect("score row");
+            assert_eq!(row, Some(s), "{p}: Postgres keeps {period} {key}");
+        }
+        let today = zset(&mut redis, &board("daily".into())).await;
+        assert_eq!(
+            today.get(&p).copied(),
+            (day == day_key(now)).then_some(s),
+            "{p} in today's board"
+        );
+        let this_week = zset(&mut redis, &board("weekly".into())).await;
+        assert_eq!(
+            this_week.get(&p).copied(),
+            (week == week_key(now)).then_some(s),
+            "{p} in this week's board"
+        );
+    }
+    // The boundary cases, spelled out: a millisecond apart, different boards.
+    let today = zset(&mut redis, &board("daily".into())).await;
+    assert!(today.contains_key("p-at-midnight") && !today.contains_key("p-before-midnight"));
+    let this_week = zset(&mut redis, &board("weekly".into())).await;
+    assert!(this_week.contains_key("p-monday") && !this_week.contains_key("p-sunday"));
+    assert!(!this_week.contains_key("p-late") && !this_week.contains_key("p-ancient"));
+}
+
+/// Score of a test event built with an integer score.
+trait Points {
+    fn score_points(&self) -> i64;
+}
+
+impl Points for Event {
+    fn score_points(&self) -> i64 {
+        match self.score {
+            Score::Integer(s) => s,
+            _ => panic!("test events have integer scores"),
+        }
+    }
+}
+
+/// A daemon in this process whose Redis is `private`.
+async fn env_on_private_redis(private: &PrivateRedis, extra: &[(&str, &str)]) -> TestEnv {
+    let port = private.port.to_string();
+    let mut settings = SETTINGS.to_vec();
+    settings.extend([
+        ("redis.port", port.as_str()),
+        ("redis.timeout", "\"1s\""),
+        ("consumer.retry_max_backoff", "\"500ms\""),
+    ]);
+    settings.extend(extra);
+    TestEnv::with_overrides(&settings).await
+}
+
+/// The marker field of a Redis sink's offsets hash (changes with every rebuild).
+async fn marker(
+    redis: &mut redis::aio::MultiplexedConnection,
+    env: &TestEnv,
+    sink: &str,
+) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(format!(
+            "{}gamestream:offsets:{sink}:{}",
+            env.config.redis.key_prefix, env.config.topics.player_events
+        ))
+        .arg("initialised_at")
+        .query_async(redis)
+        .await
+        .expect("hget")
+}
+
+fn rebuilds_counted(sink: &str) -> u64 {
+    let text = gamestream::telemetry::metrics_handle().render();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("gamestream_redis_rebuilds_total")
+                && l.contains(&format!("sink=\"{sink}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lost_mid_stream_is_rebuilt_from_postgres() {
+    let mut private = PrivateRedis::start();
+    let env = env_on_private_redis(&private, &[]).await;
+    let now = Utc::now();
+    let first: Vec<_> = (0..20_000).map(|i| mixed_event(i, 300, 5, now)).collect();
+    produce(&env, &first).await;
+    let shutdown = Shutdown::new();
+    let running = daemon::start(env.config.clone(), false, shutdown.clone())
+        .await
+        .expect("daemon starts");
+    let rebuilds_before: Vec<u64> = REDIS_SINKS.iter().map(|s| rebuilds_counted(s)).collect();
+
+    let mut redis = private.connection().await;
+    let topic = env.config.topics.player_events.clone();
+    let prefix = env.config.redis.key_prefix.clone();
+    let started = eventually(Duration::from_secs(60), || {
+        let mut redis = redis.clone();
+        let (topic, prefix) = (topic.clone(), prefix.clone());
+        async move {
+            let applied: i64 = redis_offsets(&mut redis, &prefix, REDIS_SINKS[0], &topic)
+                .await
+                .values()
+                .sum();
+            applied > 2_000
+        }
+    })
+    .await;
+    assert!(started, "Redis sinks made no progress");
+    let applied_before_loss: i64 = redis_offsets(&mut redis, &prefix, REDIS_SINKS[0], &topic)
+        .await
+        .values()
+        .sum();
+    assert!(
+        applied_before_loss < first.len() as i64,
+        "the loss must happen mid-stream"
+    );
+
+    private.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    private.restart_empty();
+    let second: Vec<_> = (20_000..30_000)
+        .map(|i| mixed_event(i, 300, 5, now))
+        .collect();
+    produce(&env, &second).await;
+
+    let mut redis = private.connection().await;
+    let caught_up = wait_all_caught_up(&env, &mut redis, Duration::from_secs(120)).await;
+    shutdown.trigger();
+    running.stop().await;
+    assert!(caught_up, "did not catch up after Redis came back empty");
+    let all: Vec<Event> = first.into_iter().chain(second).collect();
+    assert_stores_match(&env, &mut redis, &Expected::of(&all), PERIOD_TTL).await;
+    for (sink, before) in REDIS_SINKS.iter().zip(rebuilds_before) {
+        let marker = marker(&mut redis, &env, sink).await.unwrap_or_default();
+        assert!(marker.contains("rebuilt from postgres"), "{sink}: {marker}");
+        assert!(
+            rebuilds_counted(sink) > before,
+            "{sink}: rebuild counted in the metric"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_is_noticed_and_redis_rebuilt() {
+    let private = PrivateRedis::start();
+    let env = env_on_private_redis(&private, &[]).await;
+    let now = Utc::now();
+    let first: Vec<_> = (0..8_000).map(|i| mixed_event(i, 200, 4, now)).collect();
+    produce(&env, &first).await;
+    let shutdown = Shutdown::new();
+    let running = daemon::start(env.config.clone(), false, shutdown.clone())
+        .await
+        .expect("daemon starts");
+    let mut redis = private.connection().await;
+    assert!(wait_all_caught_up(&env, &mut redis, Duration::from_secs(60)).await);
+    let markers_before = [
+        marker(&mut redis, &env, REDIS_SINKS[0]).await,
+        marker(&mut redis, &env, REDIS_SINKS[1]).await,
+    ];
+    assert!(markers_before.iter().all(Option::is_some));
+
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut redis)
+        .await
+        .expect("flushall (private redis)");
+    let second: Vec<_> = (8_000..16_000)
+        .map(|i| mixed_event(i, 200, 4, now))
+        .collect();
+    produce(&env, &second).await;
+    let caught_up = wait_all_caught_up(&env, &mut redis, Duration::from_secs(120)).await;
+    shutdown.trigger();
+    running.stop().await;
+    assert!(caught_up, "did not catch up after FLUSHALL");
+    for (sink, before) in REDIS_SINKS.iter().zip(markers_before) {
+        let after = marker(&mut redis, &env, sink).await;
+        assert!(
+            after.is_some() && after != before,
+            "{sink}: rebuilt ({before:?} → {after:?})"
+        );
+    }
+    let all: Vec<Event> = first.into_iter().chain(second).collect();
+    assert_stores_match(&env, &mut redis, &Expected::of(&all), PERIOD_TTL).await;
+}
+
+/// Redis unresponsive (SIGSTOP, data kept): the readers leave its sinks behind after
+/// `consumer.detach_after`, Postgres goes on to the end, and when Redis answers again its
+/// sinks catch up from their own offsets (no rebuild: the data is still there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_up_while_redis_is_down() {
+    let mut private = PrivateRedis::start();
+    let env = env_on_private_redis(
+        &private,
+        &[
+            ("consumer.max_in_flight_records", "1000"),
+            ("consumer.detach_after", "\"1s\""),
+        ],
+    )
+    .await;
+    assert!(
+        env.config.consumer.max_in_flight_records < 18_000 / 3,
+        "the outage must outlast the readers' credit, or no sink is ever left behind"
+    );
+    let now = Utc::now();
+    let events: Vec<_> = (0..20_000).map(|i| mixed_event(i, 300, 5, now)).collect();
+    let shutdown = Shutdown::new();
+    let running = daemon::start(env.config.clone(), false, shutdown.clone())
+        .await
+        .expect("daemon starts");
+    let mut redis = private.connection().await;
+    produce(&env, &events[..2_000]).await;
+    assert!(wait_all_caught_up(&env, &mut redis, Duration::from_secs(60)).await);
+
+    private.pause(); // unresponsive, data kept
+    let paused_at = std::time::Instant::now();
+    produce(&env, &events[2_000..]).await;
+    let pg_kept_up = eventually(Duration::from_secs(90), || async {
+        total_counted(&env.pg).await == events.len() as i64
+    })
+    .await;
+    let kept_up_after = paused_at.elapsed();
+    private.resume();
+    let prefix = env.config.redis.key_prefix.clone();
+    let topic = env.config.topics.player_events.clone();
+    let redis_applied: i64 = redis_offsets(&mut redis, &prefix, REDIS_SINKS[0], &topic)
+        .await
+        .values()
+        .sum();
+    let caught_up = wait_all_caught_up(&env, &mut redis, Duration::from_secs(120)).await;
+    shutdown.trigger();
+    running.stop().await;
+    assert!(
+        pg_kept_up,
+        "Postgres statistics did not keep up while Redis was down"
+    );
+    assert!(
+        redis_applied < events.len() as i64 / 2,
+        "Redis was behind while Postgres finished (it had {redis_applied}, Postgres all after {kept_up_after:?})"
+    );
+    assert!(caught_up, "Redis did not catch up from its own offsets");
+    assert_stores_match(&env, &mut redis, &Expected::of(&events), PERIOD_TTL).await;
+}
