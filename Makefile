@@ -1,10 +1,15 @@
 # gamestream: the two commands of the README, and a few helpers.
 #
-#   make run    bring up Postgres, Redis and the broker, migrate, create topics, run the daemon
+#   make run    bring up Postgres, Redis and Kafka, migrate, create topics, run the daemon
 #   make test   bring up the stack if needed and run the whole test suite
 #
-# Both install what is missing (apt-get for Postgres and Redis, cargo install for the
-# broker) through deploy/local/stack.sh, idempotently.
+# Both install what is missing through deploy/local/stack.sh, idempotently: apt-get for
+# Postgres, Redis, Java and Maven; Maven for Apache Kafka 4.1.1 (deploy/local/kafka.sh;
+# with STACK_KAFKA=tansu, cargo install for tansu instead).
+#
+# The broker outlives `make run`: Ctrl-C ends the daemon, not the stack (its services
+# run in their own sessions), and a later `make test` uses the same broker. Tests make
+# their own topics, groups and databases, so what a dev run left there does not matter.
 
 SHELL := /usr/bin/env bash
 STACK := deploy/local/stack.sh
@@ -14,6 +19,8 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 .PHONY: run test stack-up stack-down stack-status build lint bench fuzz
 
 run:
+	@# Apache Kafka keeps a dev run's events on disk anyway; STACK_KAFKA_STORAGE only
+	@# applies to STACK_KAFKA=tansu, whose default storage (memory) would not.
 	STACK_KAFKA_STORAGE=$${STACK_KAFKA_STORAGE:-sqlite} $(STACK) up
 	cargo build --release --bin gamestream
 	eval "$$($(STACK) env)" && \

@@ -8,14 +8,18 @@
 #   yamllint         every YAML file under deploy/
 #   ShellCheck       this script
 #   hadolint         deploy/Dockerfile
-#   kustomize        renders base, dev, prod and prod + servicemonitor (kubectl kustomize
-#                    or kustomize when installed, and always tools/kustomize_lite.py; the
-#                    two must agree)
+#   kustomize        renders base, dev, prod, and prod + each optional component
+#                    (servicemonitor, prometheusrule, keda) with kubectl kustomize or
+#                    kustomize when installed, and always tools/kustomize_lite.py; the
+#                    two must agree
 #   kubernetes-validate --strict   the rendered objects against the Kubernetes 1.30 and
 #                    1.37 schemas (1.30: oldest with the native preStop sleep)
-#   check-jsonschema the ServiceMonitor (tools/schemas) and docker-compose.yml
-#                    (compose-spec)
-#   promtool         prometheus.yml, the k8s scrape config, every dashboard query
+#   check-jsonschema the custom resources (ServiceMonitor, PrometheusRule, KEDA
+#                    ScaledObject and TriggerAuthentication: tools/schemas) and
+#                    docker-compose.yml (compose-spec)
+#   promtool         prometheus.yml, the k8s scrape config, every dashboard query, the
+#                    alert rules (alerts.yml and the PrometheusRule's copy), and their
+#                    unit tests (observability/prometheus/alerts_test.yml)
 #   tools/check_deploy.py   env vars, probes, ports, wiring, metrics (see its docstring)
 #
 # Settings (environment):
@@ -55,26 +59,9 @@ install_python_tools() {
     echo "$want" >"$stamp"
 }
 
-# promtool: from PATH, else Debian's prometheus package unpacked (not installed: no
-# service, no root needed). Debian's build lacks kubernetes_sd; check_deploy.py covers it.
+# promtool: from PATH, else Debian's prometheus package unpacked (tools/promtool.sh).
 find_promtool() {
-    if command -v promtool >/dev/null; then
-        command -v promtool
-        return
-    fi
-    local dir=$TOOLS_DIR/prometheus
-    if [[ ! -x $dir/usr/bin/promtool ]]; then
-        command -v apt-get >/dev/null || die "promtool not found and no apt-get to fetch it"
-        log "fetching promtool (Debian package prometheus, unpacked into $dir)" >&2
-        local tmp
-        tmp=$(mktemp -d)
-        (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) \
-            || die "apt-get download prometheus failed (run apt-get update?)"
-        mkdir -p "$dir"
-        dpkg-deb -x "$tmp"/prometheus_*.deb "$dir"
-        rm -rf "$tmp"
-    fi
-    echo "$dir/usr/bin/promtool"
+    DEPLOY_TOOLS_DIR=$TOOLS_DIR "$DEPLOY/tools/promtool.sh" || die "no promtool"
 }
 
 find_gamestream() {
@@ -124,6 +111,21 @@ promtool_checks() {
     "$PROMTOOL" check config "$DEPLOY/observability/prometheus/prometheus.yml" || rc=1
     "$PROMTOOL" check config "$OUT/promtool/prometheus-kubernetes-nosd.yml" || rc=1
     "$PROMTOOL" check rules "$OUT/promtool/dashboard-rules.yml" || rc=1
+    "$PROMTOOL" check rules "$DEPLOY/observability/prometheus/alerts.yml" || rc=1
+    "$PROMTOOL" check rules "$OUT/promtool/prometheusrule-rules.yml" || rc=1
+    return $rc
+}
+
+crd_schemas() {
+    local rc=0 pair schema file
+    for pair in servicemonitor:servicemonitor/servicemonitor.yaml \
+        prometheusrule:prometheusrule/prometheusrule.yaml \
+        scaledobject:keda/scaledobject.yaml \
+        triggerauthentication:keda/triggerauthentication.yaml; do
+        schema=$DEPLOY/tools/schemas/${pair%%:*}.schema.json
+        file=$DEPLOY/k8s/components/${pair#*:}
+        check-jsonschema --schemafile "$schema" "$file" || rc=1
+    done
     return $rc
 }
 
@@ -148,19 +150,19 @@ main() {
     export PATH=$VENV/bin:$PATH
 
     step "yamllint" yamllint --strict -c "$DEPLOY/.yamllint.yaml" "$DEPLOY"
-    step "shellcheck validate.sh" shellcheck "$DEPLOY/validate.sh"
+    step "shellcheck validate.sh, tools/promtool.sh" shellcheck "$DEPLOY/validate.sh" "$DEPLOY/tools/promtool.sh"
     step "hadolint Dockerfile" hadolint "$DEPLOY/Dockerfile"
-    step "kustomize render (base, dev, prod, prod+servicemonitor)" \
+    step "kustomize render (base, dev, prod, prod + servicemonitor / prometheusrule / keda)" \
         python "$DEPLOY/tools/check_deploy.py" render "$OUT/k8s"
     step "kubernetes-validate --strict" k8s_validate
-    step "ServiceMonitor schema" check-jsonschema \
-        --schemafile "$DEPLOY/tools/schemas/servicemonitor.schema.json" \
-        "$DEPLOY/k8s/components/servicemonitor/servicemonitor.yaml"
+    step "CRD schemas (ServiceMonitor, PrometheusRule, ScaledObject, TriggerAuthentication)" crd_schemas
     step "compose-spec schema" check-jsonschema --builtin-schema vendor.compose-spec \
         "$DEPLOY/docker-compose.yml"
     step "docker compose config" compose_config
     step "promtool inputs" python "$DEPLOY/tools/check_deploy.py" prepare "$OUT/promtool"
-    step "promtool (scrape configs, dashboard queries)" promtool_checks
+    step "promtool check (scrape configs, dashboard queries, alert rules)" promtool_checks
+    step "promtool test rules (alerts_test.yml)" \
+        "$PROMTOOL" test rules "$DEPLOY/observability/prometheus/alerts_test.yml"
     step "semantic checks (env, probes, wiring, metrics)" \
         python "$DEPLOY/tools/check_deploy.py" check "$OUT/k8s"
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Local service stack for gamestream: PostgreSQL 15, Redis and tansu (a
-# Kafka-wire-compatible broker), all on 127.0.0.1, all state under $STACK_DIR.
+# Local service stack for gamestream: PostgreSQL 15, Redis and Apache Kafka 4.1.1
+# (a single KRaft node, through deploy/local/kafka.sh; or, with STACK_KAFKA=tansu,
+# tansu, a Kafka-wire-compatible broker), all on 127.0.0.1, all state under
+# $STACK_DIR.
 #
 #   deploy/local/stack.sh up|down|status|env
 #   deploy/local/stack.sh start|stop|restart postgres|redis|kafka
@@ -23,6 +25,8 @@ STACK_DIR=${STACK_DIR%/}
 PG_PORT=${STACK_PG_PORT:-5432}
 REDIS_PORT=${STACK_REDIS_PORT:-6379}
 KAFKA_PORT=${STACK_KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${STACK_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
+KAFKA_HEAP=${STACK_KAFKA_HEAP:-512m}
 KAFKA_STORAGE=${STACK_KAFKA_STORAGE:-memory}
 DB_USER_=${STACK_DB_USER:-gamestream}
 DB_PASSWORD_=${STACK_DB_PASSWORD:-gamestream}
@@ -41,7 +45,11 @@ REDIS_ROOT=$STACK_DIR/redis
 REDIS_PID=$REDIS_ROOT/redis.pid
 REDIS_LOG=$REDIS_ROOT/redis.log
 
+# Apache Kafka: kafka.sh's broker directory (server.properties, data/, server.log,
+# kafka.pid); tansu: the tansu.* files beside it
+KAFKA_SH=$SCRIPT_DIR/kafka.sh
 KAFKA_ROOT=$STACK_DIR/kafka
+KAFKA_FLAVOUR_FILE=$KAFKA_ROOT/flavour
 KAFKA_PID=$KAFKA_ROOT/tansu.pid
 KAFKA_LOG=$KAFKA_ROOT/tansu.log
 KAFKA_DB=$KAFKA_ROOT/tansu.db
@@ -398,7 +406,7 @@ stop_wait() {
 
 # ------------------------------------------------------------ kafka (tansu) --
 
-kafka_pid() {
+tansu_pid() {
     local pid
     [[ -f $KAFKA_PID ]] || return 1
     pid=$(cat "$KAFKA_PID" 2>/dev/null || true)
@@ -408,7 +416,6 @@ kafka_pid() {
 
 # `start|restart kafka` without STACK_KAFKA_STORAGE keep the storage the broker
 # last ran with (a fault-injection restart must not swap sqlite for memory)
-KAFKA_STICKY=0
 kafka_storage_url() {
     if [[ -z ${STACK_KAFKA_STORAGE:-} && $KAFKA_STICKY -eq 1 && -s $KAFKA_ROOT/storage ]]; then
         cat "$KAFKA_ROOT/storage"
@@ -439,10 +446,10 @@ kafka_ready() {
     ' "$HOST" "$port" 2>/dev/null
 }
 
-start_kafka() {
+start_tansu() {
     local pid url
     url=$(kafka_storage_url)
-    if pid=$(kafka_pid); then
+    if pid=$(tansu_pid); then
         local running
         running=$(cat "$KAFKA_ROOT/storage" 2>/dev/null || echo '?')
         log "kafka: already running (pid $pid) on $HOST:$(recorded_port kafka "$KAFKA_PORT"), storage $running"
@@ -483,6 +490,7 @@ start_kafka() {
     sleep 1 # settle
     pid_is "$pid" tansu || die_log "kafka: tansu (pid $pid) is gone right after startup" "$KAFKA_LOG"
     record_port kafka "$KAFKA_PORT"
+    printf 'tansu\n' >"$KAFKA_FLAVOUR_FILE"
     if [[ $url == sqlite://* ]]; then index_kafka_sqlite; fi
     log "kafka: running (pid $pid) on $HOST:$KAFKA_PORT"
 }
@@ -505,17 +513,110 @@ db.commit()
 PY
 }
 
-stop_kafka() {
+stop_tansu() {
     local pid
-    if ! pid=$(kafka_pid); then
-        log "kafka: not running"
+    if ! pid=$(tansu_pid); then
         rm -f "$KAFKA_PID"
-        return 0
+        return 1
     fi
-    log "kafka: stopping (pid $pid)"
+    log "kafka: stopping tansu (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     stop_wait "$pid" tansu kafka
     rm -f "$KAFKA_PID"
+}
+
+# ----------------------------------------------------- kafka (Apache Kafka) --
+
+# the pid of the stack's Apache Kafka broker, if it runs
+apache_pid() {
+    local line
+    line=$("$KAFKA_SH" status --dir "$KAFKA_ROOT" 2>/dev/null) || return 1
+    # "running pid N ..." (or "starting pid N ..." before it has started)
+    line=${line#* pid }
+    printf '%s\n' "${line%% *}"
+}
+
+start_apache() {
+    local pid
+    if pid=$(apache_pid); then
+        local port
+        port=$(recorded_port kafka "$KAFKA_PORT")
+        log "kafka: Apache Kafka already running (pid $pid) on $HOST:$port"
+        [[ $port == "$KAFKA_PORT" ]] || warn "kafka runs on $port, not STACK_KAFKA_PORT=$KAFKA_PORT; restart it to move it"
+        return 0
+    fi
+    require_free_port "$KAFKA_PORT" STACK_KAFKA_PORT kafka
+    require_free_port "$KAFKA_CONTROLLER_PORT" STACK_KAFKA_CONTROLLER_PORT "kafka (controller)"
+    log "kafka: starting Apache Kafka on $HOST:$KAFKA_PORT (controller $HOST:$KAFKA_CONTROLLER_PORT), data $KAFKA_ROOT/data"
+    mkdir -p "$KAFKA_ROOT"
+    # kafka.sh assembles the broker on first use (Maven; apt-get installs Java and
+    # Maven when missing), formats the storage on the first start, starts the
+    # broker detached (its own session: a Ctrl-C in this terminal does not reach
+    # it) and waits until it has started
+    pid=$("$KAFKA_SH" start --dir "$KAFKA_ROOT" --port "$KAFKA_PORT" \
+        --controller-port "$KAFKA_CONTROLLER_PORT" --heap "$KAFKA_HEAP" --timeout "$TIMEOUT" 9>&-) ||
+        die_log "kafka: Apache Kafka did not start" "$KAFKA_ROOT/server.log"
+    record_port kafka "$KAFKA_PORT"
+    printf 'apache\n' >"$KAFKA_FLAVOUR_FILE"
+    log "kafka: running (pid $pid) on $HOST:$KAFKA_PORT"
+}
+
+stop_apache() {
+    local pid
+    pid=$(apache_pid) || return 1
+    log "kafka: stopping Apache Kafka (pid $pid)"
+    "$KAFKA_SH" stop --dir "$KAFKA_ROOT" --timeout 30 9>&- 2>/dev/null ||
+        die "kafka: could not stop Apache Kafka (pid $pid)"
+}
+
+# ------------------------------------------------------------------ kafka ---
+
+# Which broker: STACK_KAFKA (apache|tansu), default apache. `start|restart kafka`
+# without STACK_KAFKA keep the broker that ran last (a fault-injection restart
+# must not swap brokers).
+KAFKA_STICKY=0
+kafka_flavour() {
+    local f=${STACK_KAFKA:-}
+    if [[ -z $f && $KAFKA_STICKY -eq 1 && -s $KAFKA_FLAVOUR_FILE ]]; then
+        f=$(cat "$KAFKA_FLAVOUR_FILE")
+    fi
+    f=${f:-apache}
+    case $f in
+        apache | tansu) printf '%s\n' "$f" ;;
+        *) die "STACK_KAFKA must be 'apache' or 'tansu', not '$f'" ;;
+    esac
+}
+
+# the broker that runs now (apache|tansu), if any
+kafka_running() {
+    if apache_pid >/dev/null; then
+        echo apache
+    elif tansu_pid >/dev/null; then
+        echo tansu
+    else
+        return 1
+    fi
+}
+
+kafka_pid() { apache_pid || tansu_pid; }
+
+start_kafka() {
+    local want running
+    want=$(kafka_flavour)
+    running=$(kafka_running) || running=""
+    if [[ -n $running && $running != "$want" ]]; then
+        # one port, one broker: the requested one replaces the other
+        log "kafka: $running runs, STACK_KAFKA=$want asked for: replacing it"
+        "stop_$running"
+    fi
+    "start_$want"
+}
+
+stop_kafka() {
+    local stopped=0
+    if stop_apache; then stopped=1; fi
+    if stop_tansu; then stopped=1; fi
+    [[ $stopped -eq 1 ]] || log "kafka: not running"
 }
 
 # ------------------------------------------------------------- commands ---
@@ -534,8 +635,13 @@ status_line() {
             ;;
         kafka)
             port=$(recorded_port kafka "$KAFKA_PORT")
-            extra="  storage $(cat "$KAFKA_ROOT/storage" 2>/dev/null || kafka_storage_url)"
-            pid=$(kafka_pid) || pid=""
+            if pid=$(apache_pid); then
+                extra="  Apache Kafka 4.1.1, data $KAFKA_ROOT/data"
+            elif pid=$(tansu_pid); then
+                extra="  tansu $TANSU_VERSION, storage $(cat "$KAFKA_ROOT/storage" 2>/dev/null || echo '?')"
+            else
+                pid=""
+            fi
             ;;
     esac
     if [[ -n $pid ]]; then
@@ -591,8 +697,10 @@ usage: $0 up|down|status|env
        $0 start|stop|restart postgres|redis|kafka
 
 state dir: $STACK_DIR (STACK_DIR)
-ports:     STACK_PG_PORT=$PG_PORT STACK_REDIS_PORT=$REDIS_PORT STACK_KAFKA_PORT=$KAFKA_PORT (all on $HOST)
-kafka:     STACK_KAFKA_STORAGE=memory|sqlite (now: $KAFKA_STORAGE)
+ports:     STACK_PG_PORT=$PG_PORT STACK_REDIS_PORT=$REDIS_PORT STACK_KAFKA_PORT=$KAFKA_PORT
+           STACK_KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT (all on $HOST)
+kafka:     STACK_KAFKA=apache|tansu (default apache: Apache Kafka 4.1.1 via deploy/local/kafka.sh)
+           tansu only: STACK_KAFKA_STORAGE=memory|sqlite (now: $KAFKA_STORAGE)
 EOF
 }
 

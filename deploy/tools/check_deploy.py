@@ -6,8 +6,13 @@
                                   and compared when kubectl is there)
     check_deploy.py prepare OUT   write inputs for promtool: the dashboard's queries
                                   as a rule file, the k8s scrape config without its
-                                  kubernetes_sd block (Debian's promtool lacks k8s SD)
+                                  kubernetes_sd block (Debian's promtool lacks k8s SD),
+                                  the PrometheusRule's rules as a plain rule file
     check_deploy.py check   OUT   everything else (below); exit 1 on any problem
+    check_deploy.py prometheusrule [--write]
+                                  compare components/prometheusrule/prometheusrule.yaml
+                                  with what alerts.yml generates (exit 1 if they differ);
+                                  --write regenerates it
 
 `check` verifies, against the code rather than against a copy of it:
   * every env var the manifests and compose set is one gamestream reads (CONTRACT_ENV
@@ -17,12 +22,22 @@
   * probes and ports: /health and /ready exist as routes, probes and healthchecks use
     them on the port the daemon listens on; the healthcheck scripts work (run against a
     stub server);
-  * Kubernetes wiring: namespace, labels, selectors, HPA target, Service ports, secrets'
-    keys, securityContext, grace period vs shutdown.grace_period, identical env in the
-    init containers;
+  * Kubernetes wiring: namespace, labels, selectors, HPA target, Service ports (the
+    CONTRACT's event-ingestion:8080 too), secrets' keys, securityContext, grace period
+    vs shutdown.grace_period, identical env in the init containers; CA files on mounted
+    secret keys, and TLS everywhere in prod; the KEDA ScaledObject (instead of the HPA,
+    never both): target, CONTRACT consumer groups and topic, TriggerAuthentication
+    secrets, the env it reads bootstrap servers from;
   * compose wiring: depends_on, volumes, mounts, build context, ports, grace period;
   * the dashboard: structure, and that every metric it queries is registered in the
-    code (src/ and local branches) and listed in observability/dashboard-metrics.txt.
+    code (src/ and local branches) and listed in observability/dashboard-metrics.txt;
+  * the alert rules: the PrometheusRule is alerts.yml's rules exactly; each alert has a
+    severity, summary, description and a runbook anchor; alerts_test.yml has a firing
+    and a quiet case for each; every metric they use is registered in the code (or
+    listed in observability/pending-metrics.txt).
+
+Settings the daemon does not read yet (deploy/tools/pending-settings.txt) are warnings
+rather than errors, like pending metrics; listing one the daemon reads is an error.
 """
 
 from __future__ import annotations
@@ -79,8 +94,23 @@ RENDER_TARGETS = {
     "dev": K8S / "overlays" / "dev",
     "prod": K8S / "overlays" / "prod",
 }
-# Rendered as an extra target: prod plus the optional ServiceMonitor component.
-COMPONENT_TARGET = ("prod-servicemonitor", K8S / "overlays" / "prod", K8S / "components" / "servicemonitor")
+# Rendered as extra targets: prod plus each optional component.
+COMPONENT_TARGETS = {
+    "prod-servicemonitor": (K8S / "overlays" / "prod", [K8S / "components" / "servicemonitor"]),
+    "prod-prometheusrule": (K8S / "overlays" / "prod", [K8S / "components" / "prometheusrule"]),
+    "prod-keda": (K8S / "overlays" / "prod", [K8S / "components" / "keda"]),
+}
+ALERTS = OBS / "prometheus" / "alerts.yml"
+ALERTS_TEST = OBS / "prometheus" / "alerts_test.yml"
+PROMETHEUS_RULE = K8S / "components" / "prometheusrule" / "prometheusrule.yaml"
+PENDING_SETTINGS = DEPLOY / "tools" / "pending-settings.txt"
+# CONTRACT: the old consumers' groups (KEDA reads their lag) and the Services clients use.
+CONSUMER_GROUPS = {"event-logger-group", "stats-aggregator-group", "leaderboard-manager-group"}
+SERVICE_PORTS = {"gamestream": 80, "event-ingestion": 8080}
+# Settings that name a CA file the daemon reads.
+CA_FILE_SETTINGS = {"postgres.ssl_root_cert", "kafka.ca_file", "redis.ca_file"}
+# Series Prometheus makes itself.
+PROMETHEUS_OWN = {"up", "ALERTS", "ALERTS_FOR_STATE"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
                 "unless", "offset", "inf", "nan", "le"}
 
@@ -95,7 +125,8 @@ class Problems:
         self.errors.append(msg)
 
     def warn(self, msg):
-        self.warnings.append(msg)
+        if msg not in self.warnings:
+            self.warnings.append(msg)
 
     def ok(self, msg):
         self.passed.append(msg)
@@ -197,15 +228,16 @@ def render_all(out: Path, p: Problems) -> dict[str, list[dict]]:
     kustomize = shutil.which("kustomize")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        # prod + the optional component: a kustomization outside the tree that uses both.
-        comp_dir = Path(tmp) / COMPONENT_TARGET[0]
-        comp_dir.mkdir()
-        (comp_dir / "kustomization.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [os.path.relpath(COMPONENT_TARGET[1], comp_dir)],
-            "components": [os.path.relpath(COMPONENT_TARGET[2], comp_dir)]}))
         targets = dict(RENDER_TARGETS)
-        targets[COMPONENT_TARGET[0]] = comp_dir
+        # An overlay + optional components: a kustomization outside the tree using both.
+        for name, (overlay, components) in COMPONENT_TARGETS.items():
+            comp_dir = Path(tmp) / name
+            comp_dir.mkdir()
+            (comp_dir / "kustomization.yaml").write_text(yaml.safe_dump({
+                "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                "resources": [os.path.relpath(overlay, comp_dir)],
+                "components": [os.path.relpath(c, comp_dir) for c in components]}))
+            targets[name] = comp_dir
         for name, directory in targets.items():
             try:
                 lite = kustomize_lite.render(directory)
@@ -237,16 +269,42 @@ def render_all(out: Path, p: Problems) -> dict[str, list[dict]]:
 
 def load_rendered(out: Path) -> dict[str, list[dict]]:
     return {f.stem: [d for d in yaml.safe_load_all(f.read_text()) if d] for f in sorted(out.glob("*.yaml"))
-            if f.stem in RENDER_TARGETS or f.stem == COMPONENT_TARGET[0]}
+            if f.stem in RENDER_TARGETS or f.stem in COMPONENT_TARGETS}
 
 
 # --------------------------------------------------------------- env checks ---
+
+def pending_settings() -> dict[str, str]:
+    """pending-settings.txt: env var -> the setting it will set, for settings the daemon
+    does not read yet."""
+    out = {}
+    for line in PENDING_SETTINGS.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, setting = line.partition(" ")
+            out[name] = setting.strip()
+    return out
+
 
 class EnvRules:
     def __init__(self):
         self.defaults = config_defaults()
         self.contract = contract_env()
         self.prefix = env_prefix()
+        self.pending = pending_settings()
+
+    def reads(self, name: str) -> bool:
+        setting = self.setting_of(name)
+        return setting is not None and setting in self.defaults
+
+    def check_pending(self, p: Problems):
+        for name, setting in self.pending.items():
+            ok = re.fullmatch(r"[A-Z][A-Z0-9_]*", name) is not None and re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_]+", setting)
+            p.check(ok, f"pending-settings.txt: `{name} {setting}` is not `ENV_VAR section.key`")
+            if name.startswith(self.prefix):
+                p.check(self.setting_of(name) == setting,
+                        f"pending-settings.txt: {name} would set `{self.setting_of(name)}`, not `{setting}`")
+            p.check(not self.reads(name), f"pending-settings.txt: gamestream reads {name} now; remove it from the list")
 
     def setting_of(self, name: str) -> str | None:
         if name in self.contract:
@@ -272,6 +330,10 @@ class EnvRules:
                         f"{where}: OTEL_EXPORTER_OTLP_ENDPOINT={value!r} is not http(s)://host:port")
             return
         setting = self.setting_of(name)
+        if name in self.pending and not self.reads(name):
+            p.warn(f"{name} (`{self.pending[name]}`) is set but gamestream does not read it yet "
+                   "(pending-settings.txt)")
+            return
         if setting is None:
             p.error(f"{where}: {name} is not read by gamestream (not in CONTRACT_ENV, not "
                     f"{self.prefix}<SECTION>__<KEY>, not OTEL_*/RUST_LOG)")
@@ -475,8 +537,14 @@ def check_k8s(rendered: dict[str, list[dict]], rules: EnvRules, routes: set[str]
             p.check(any(m.get("resource", {}).get("name") == "cpu" for m in h["spec"].get("metrics", [])),
                     f"{w}: HPA does not scale on CPU")
             p.check("replicas" not in dep["spec"], f"{w}: Deployment sets replicas although an HPA owns them")
+        scaled = [d for d in docs if d["kind"] == "ScaledObject"]
         if name != "dev":
-            p.check(bool(hpas), f"{w}: no HorizontalPodAutoscaler")
+            # One autoscaler: KEDA creates an HPA of its own, and two would fight.
+            p.check(len(hpas) + len(scaled) == 1,
+                    f"{w}: expected one autoscaler (an HPA or a KEDA ScaledObject), got {len(hpas)} HPA(s) "
+                    f"and {len(scaled)} ScaledObject(s)")
+        p.check(not scaled or "replicas" not in dep["spec"],
+                f"{w}: Deployment sets replicas although a ScaledObject owns them")
 
         spec = tmpl["spec"]
         psc = spec.get("securityContext", {})
@@ -551,13 +619,25 @@ def check_k8s(rendered: dict[str, list[dict]], rules: EnvRules, routes: set[str]
         p.check(str(ann.get("prometheus.io/port")) == str(listen), f"{w}: prometheus.io/port != {listen}")
         p.check(ann.get("prometheus.io/path") == "/metrics" and "/metrics" in routes,
                 f"{w}: prometheus.io/path is not the /metrics route")
-        for svc in (d for d in docs if d["kind"] == "Service"):
+        services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+        for svc_name, svc_port in SERVICE_PORTS.items():
+            svc = services.get(svc_name)
+            p.check(svc is not None and any(sp["port"] == svc_port for sp in svc["spec"]["ports"]),
+                    f"{w}: no Service {svc_name} on port {svc_port}")
+        for svc in services.values():
             for sp in svc["spec"]["ports"]:
                 tp = sp.get("targetPort")
                 p.check(ports.get(tp) == listen if isinstance(tp, str) else tp == listen,
-                        f"{w}: Service port {sp.get('name')} targets {tp}, not the daemon's port")
-            p.check(any(sp["port"] == 80 for sp in svc["spec"]["ports"]), f"{w}: Service has no port 80")
-            for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+                        f"{w}: Service {svc['metadata']['name']} port {sp.get('name')} targets {tp}, "
+                        "not the daemon's port")
+        for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+            want = sm["spec"]["selector"].get("matchLabels", {})
+            selected = [svc for svc in services.values()
+                        if all(svc["metadata"].get("labels", {}).get(k) == v for k, v in want.items())]
+            # Two Services over the same pods would scrape every pod twice.
+            p.check(len(selected) == 1, f"{w}: ServiceMonitor selects {len(selected)} Services "
+                    f"({[x['metadata']['name'] for x in selected]}), expected exactly one")
+            for svc in selected:
                 for ep in sm["spec"]["endpoints"]:
                     p.check(ep.get("port") in {sp.get("name") for sp in svc["spec"]["ports"]},
                             f"{w}: ServiceMonitor port {ep.get('port')} is not a Service port name")
@@ -570,9 +650,13 @@ def check_k8s(rendered: dict[str, list[dict]], rules: EnvRules, routes: set[str]
         tgps = spec.get("terminationGracePeriodSeconds", 30)
         p.check(pre + parse_duration(grace) < tgps,
                 f"{w}: terminationGracePeriodSeconds {tgps} <= preStop {pre}s + shutdown.grace_period {grace}")
-        if name == "prod":
+        prod = name == "prod" or name.startswith("prod-")
+        if prod:
             p.check(env.get("LOG_FORMAT") == "json", f"{w}: prod logs are not JSON (LOG_FORMAT)")
             p.check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT"), f"{w}: prod has no OTEL_EXPORTER_OTLP_ENDPOINT")
+        check_tls(w, prod, main, volumes, env, cfg, rules, secrets, p)
+        for so in scaled:
+            check_keda(w, so, docs, dep, main, env, cfg, rules, secrets, p)
 
         # What the binary itself makes of it (secret values from secrets.example.yaml).
         literal_env = {k: v for k, v in env.items() if v is not None}
@@ -586,6 +670,117 @@ def check_k8s(rendered: dict[str, list[dict]], rules: EnvRules, routes: set[str]
                 literal_env[e["name"]] = secrets[s["name"]][s["key"]]
         binary_runs.append((w, config_text, literal_env))
         p.ok(f"{w}: {len(containers)} containers, {len(env)} env vars, probes on :{listen}")
+
+
+def setting_values(env: dict[str, str | None], cfg: dict, rules: EnvRules) -> dict[str, str | None]:
+    """The value of each setting as the container gets it: env over the config file over
+    the defaults (None: from a secret)."""
+    values: dict[str, str | None] = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in rules.defaults.items()}
+    values.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in cfg.items()})
+    for var, value in env.items():
+        setting = rules.setting_of(var) or rules.pending.get(var)
+        if setting:
+            values[setting] = value
+    return values
+
+
+def check_tls(w: str, prod: bool, main: dict, volumes: dict, env: dict, cfg: dict, rules: EnvRules,
+              secrets: dict, p: Problems):
+    """CA files are keys of mounted Secrets (listed in secrets.example.yaml); prod uses TLS
+    with verified certificates to Kafka, Postgres and Redis (DESIGN.md, invariant 10)."""
+    values = setting_values(env, cfg, rules)
+    mounts = main.get("volumeMounts", [])
+    for setting in sorted(CA_FILE_SETTINGS):
+        path = values.get(setting)
+        if not path or path == '""':
+            continue
+        mount = next((m for m in mounts if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+        if not p.check(mount is not None, f"{w}: {setting} = {path} is not on a mounted volume"):
+            continue
+        vol = volumes.get(mount["name"], {})
+        rel = path[len(mount["mountPath"].rstrip("/")) + 1:]
+        sources = [vol] if "secret" in vol else [s for s in vol.get("projected", {}).get("sources", []) if "secret" in s]
+        found = None
+        for src in sources:
+            sec = src["secret"]
+            sname = sec.get("secretName") or sec.get("name")
+            items = sec.get("items")
+            key = next((i["key"] for i in items if i["path"] == rel), None) if items else rel
+            if key is not None:
+                found = (sname, key)
+        if p.check(found is not None, f"{w}: {setting} = {path}: no Secret key is mounted there"):
+            sname, key = found
+            p.check(key in secrets.get(sname, {}),
+                    f"{w}: {setting} = {path} is Secret {sname} key {key}, which secrets.example.yaml lacks")
+    if not prod:
+        return
+    protocol = (values.get("kafka.security_protocol") or "").upper()
+    p.check(protocol in ("SSL", "SASL_SSL"), f"{w}: prod talks to Kafka without TLS ({protocol})")
+    p.check(values.get("postgres.sslmode") == "verify-full",
+            f"{w}: prod does not verify Postgres' certificate (sslmode {values.get('postgres.sslmode')})")
+    p.check(values.get("redis.tls") == "true", f"{w}: prod talks to Redis without TLS (redis.tls)")
+    for setting in sorted(CA_FILE_SETTINGS):
+        p.check(values.get(setting) not in (None, "", '""'), f"{w}: prod sets no CA file ({setting})")
+
+
+def check_keda(w: str, so: dict, docs: list[dict], dep: dict, main: dict, env: dict, cfg: dict,
+               rules: EnvRules, secrets: dict, p: Problems):
+    """The KEDA ScaledObject: what it scales, the CONTRACT groups and topic, how it logs in."""
+    sw = f"{w}: ScaledObject/{so['metadata']['name']}"
+    spec = so["spec"]
+    ref = spec["scaleTargetRef"]
+    p.check(ref.get("kind", "Deployment") == "Deployment" and ref["name"] == dep["metadata"]["name"],
+            f"{sw}: targets {ref}, not the Deployment")
+    p.check(ref.get("envSourceContainerName", main["name"]) == main["name"],
+            f"{sw}: envSourceContainerName is not the gamestream container")
+    lo, hi = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+    # Never zero: the same pods serve HTTP ingest.
+    p.check(1 <= lo <= hi, f"{sw}: minReplicaCount {lo} / maxReplicaCount {hi} (need 1 <= min <= max)")
+    values = setting_values(env, cfg, rules)
+    topic = values.get("topics.player_events")
+    protocol = (values.get("kafka.security_protocol") or "").upper()
+    partitions = int(values.get("topics.player_events_partitions") or 0)
+    kafka = [t for t in spec["triggers"] if t["type"] == "kafka"]
+    groups = [t["metadata"].get("consumerGroup") for t in kafka]
+    p.check(sorted(groups) == sorted(CONSUMER_GROUPS),
+            f"{sw}: kafka triggers on groups {groups}, expected the CONTRACT's {sorted(CONSUMER_GROUPS)}")
+    thresholds = set()
+    auths = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
+    for t in kafka:
+        m = t["metadata"]
+        tw = f"{sw}: trigger {m.get('consumerGroup')}"
+        p.check(m.get("topic") == topic, f"{tw}: topic {m.get('topic')} is not {topic}")
+        lag = m.get("lagThreshold", "")
+        p.check(isinstance(lag, str) and lag.isdigit() and int(lag) > 0, f"{tw}: lagThreshold {lag!r} is not a positive integer string")
+        thresholds.add(lag)
+        p.check(m.get("allowIdleConsumers", "false") == "false", f"{tw}: allowIdleConsumers (pods beyond partitions consume nothing)")
+        var = m.get("bootstrapServersFromEnv")
+        p.check(var is not None or m.get("bootstrapServers"), f"{tw}: no bootstrap servers")
+        if var is not None:
+            p.check(var == "KAFKA_BOOTSTRAP_SERVERS" and var in env,
+                    f"{tw}: bootstrapServersFromEnv {var} is not the container's KAFKA_BOOTSTRAP_SERVERS")
+        sasl, tls = m.get("sasl", "none"), m.get("tls", "disable")
+        p.check((tls == "enable") == (protocol in ("SSL", "SASL_SSL")),
+                f"{tw}: tls {tls} does not match the daemon's security protocol {protocol}")
+        p.check((sasl == "scram_sha512") == protocol.startswith("SASL_"),
+                f"{tw}: sasl {sasl} does not match {protocol} (CONTRACT: SASL/SCRAM-SHA-512)")
+        auth = auths.get(t.get("authenticationRef", {}).get("name"))
+        if not p.check(auth is not None, f"{tw}: authenticationRef {t.get('authenticationRef')} is not rendered"):
+            continue
+        params = set()
+        for r in auth["spec"].get("secretTargetRef", []):
+            params.add(r["parameter"])
+            if r["name"] == KAFKA_SECRET:
+                p.check(r["key"] in KAFKA_SECRET_KEYS, f"{tw}: {KAFKA_SECRET} has no key {r['key']!r} (CONTRACT)")
+            else:
+                p.check(r["key"] in secrets.get(r["name"], {}),
+                        f"{tw}: Secret {r['name']} key {r['key']} is not in secrets.example.yaml")
+        if sasl != "none":
+            p.check({"username", "password"} <= params, f"{tw}: SASL without username and password")
+    p.check(len(thresholds) <= 1, f"{sw}: the kafka triggers' lagThresholds differ: {sorted(thresholds)}")
+    p.check(any(t["type"] == "cpu" for t in spec["triggers"]), f"{sw}: no cpu trigger (ingest scales on CPU)")
+    if partitions and lo >= partitions:
+        p.warn(f"{sw}: minReplicaCount {lo} >= {partitions} partitions: the lag triggers can never add a pod")
 
 
 # ------------------------------------------------------------- compose checks ---
@@ -717,6 +912,7 @@ def metric_names(expr: str) -> set[str]:
     e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)           # strings
     e = re.sub(r"\{[^}]*\}", "", e)                          # label matchers
     e = re.sub(r"\[[^\]]*\]", "", e)                         # ranges
+    e = re.sub(r"\boffset\s+-?[0-9a-z]+", "", e)             # offset 5m
     e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
     names = set()
     for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", e):
@@ -752,17 +948,19 @@ def check_observability(p: Problems, metrics: dict[str, set[str]], metric_source
         for var in re.findall(r"\$([A-Za-z_]\w*)", expr):
             p.check(var.startswith("__") or var in variables, f"dashboard: {title!r} uses undefined ${var}")
         queried |= metric_names(substitute_grafana(expr))
-    queried.discard("up")  # Prometheus' own
+    queried -= PROMETHEUS_OWN
     listed = {line.strip() for line in (OBS / "dashboard-metrics.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")}
     p.check(listed == queried, "dashboard-metrics.txt differs from the dashboard's metrics: "
             f"missing {sorted(queried - listed)}, extra {sorted(listed - queried)}")
     pending = {line.strip() for line in (OBS / "pending-metrics.txt").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
+    alerted = check_alerts(p)
     for name in pending:
         p.check(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", name) is not None,
                 f"pending-metrics.txt: {name!r} is not a metric name")
-        p.check(name in queried, f"pending-metrics.txt: {name} is not queried by the dashboard; remove it")
+        p.check(name in queried or name in alerted,
+                f"pending-metrics.txt: {name} is used by neither the dashboard nor alerts.yml; remove it")
     for v in d["templating"]["list"]:
         if v.get("type") == "query":
             p.check(v.get("definition") == v.get("query", {}).get("query"),
@@ -780,15 +978,96 @@ def check_observability(p: Problems, metrics: dict[str, set[str]], metric_source
             ref = x.get("jsonData", {}).get(key, {}).get("datasourceUid")
             if ref:
                 p.check(ref in uids, f"datasources.yaml: {x['name']} {key} points at unknown uid {ref}")
-    for name in sorted(queried | ds_metrics):
+    for name in sorted(queried | ds_metrics | alerted):
+        user = "dashboard queries" if name in queried | ds_metrics else "alerts.yml uses"
         if name in metrics:
             p.check(name not in pending, f"pending-metrics.txt: {name} is registered now; remove it from the list")
         elif name in pending:
-            p.warn(f"dashboard queries {name}, which no code registers yet (pending-metrics.txt)")
+            p.warn(f"{user} {name}, which no code registers yet (pending-metrics.txt)")
         else:
-            p.error(f"dashboard queries {name}, which no code registers ({', '.join(metric_sources)})")
+            p.error(f"{user} {name}, which no code registers ({', '.join(metric_sources)})")
     p.ok(f"dashboard: {len(d['panels'])} panels, {len(queried)} metrics queried, "
          f"{len(queried - pending)} registered in code")
+
+
+PROMETHEUS_RULE_HEADER = """\
+# GENERATED from deploy/observability/prometheus/alerts.yml: do not edit. Change the
+# rules there, then run
+#   python3 deploy/tools/check_deploy.py prometheusrule --write
+# (deploy/validate.sh and `make test` fail while the two differ). Needs the Prometheus
+# Operator's CRDs (monitoring.coreos.com); added by components/prometheusrule.
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: gamestream
+  # Explicit: an overlay that adds this component may not set a namespace itself.
+  namespace: gamemetrics
+  labels:
+    app: gamestream
+    component: consumer
+    # kube-prometheus-stack selects rules by its release label by default; set it to
+    # your release name (or configure ruleSelectorNilUsesHelmValues).
+    release: kube-prometheus-stack
+spec:
+"""
+
+
+def prometheus_rule_text() -> str:
+    """The PrometheusRule: the header above, then alerts.yml from `groups:` on, indented
+    by two spaces under `spec:` (comments and all, so the thresholds' notes come along)."""
+    lines = ALERTS.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("groups:"))
+    return PROMETHEUS_RULE_HEADER + "".join(("  " + line if line else "") + "\n" for line in lines[start:])
+
+
+def alert_rules() -> list[dict]:
+    return [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+
+
+def check_alerts(p: Problems) -> set[str]:
+    """alerts.yml, its PrometheusRule and its tests; returns the metrics the rules use."""
+    # The PrometheusRule is alerts.yml, exactly.
+    p.check(PROMETHEUS_RULE.read_text() == prometheus_rule_text(),
+            f"{PROMETHEUS_RULE.relative_to(REPO)} differs from what alerts.yml generates: run "
+            "`python3 deploy/tools/check_deploy.py prometheusrule --write`")
+    rule = yaml.safe_load(PROMETHEUS_RULE.read_text())
+    p.check(rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"],
+            "prometheusrule.yaml: spec.groups differ from alerts.yml's groups")
+    rules = alert_rules()
+    names = [r.get("alert") for r in rules]
+    p.check(all(names) and len(names) == len(set(names)), f"alerts.yml: alert names missing or repeated: {names}")
+    used: set[str] = set()
+    for r in rules:
+        a = r.get("alert", "?")
+        p.check(r.get("labels", {}).get("severity") in ("warning", "critical"),
+                f"alerts.yml: {a}: severity label is not warning or critical")
+        ann = r.get("annotations", {})
+        for key in ("summary", "description"):
+            p.check(bool(ann.get(key)), f"alerts.yml: {a}: no {key} annotation")
+        p.check(ann.get("runbook") == f"README.md#alert-{a.lower()}",
+                f"alerts.yml: {a}: runbook annotation is not README.md#alert-{a.lower()}")
+        used |= metric_names(r["expr"])
+    # Every alert fires in some test and stays quiet in another.
+    tests = yaml.safe_load(ALERTS_TEST.read_text())
+    p.check(tests.get("rule_files") == [ALERTS.name], f"alerts_test.yml: rule_files is not [{ALERTS.name}]")
+    fires, quiet = set(), set()
+    for t in tests.get("tests", []):
+        for case in t.get("alert_rule_test", []):
+            (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
+    for a in names:
+        p.check(a in fires, f"alerts_test.yml: no test where {a} fires")
+        p.check(a in quiet, f"alerts_test.yml: no test where {a} stays quiet")
+    p.check(fires | quiet <= set(names), f"alerts_test.yml: tests of unknown alerts {sorted((fires | quiet) - set(names))}")
+    # The runbooks: the README's "Alerts" section, once it is there.
+    readme = (REPO / "README.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.*)$", readme, re.M)}
+    missing = [a for a in names if f"alert-{a.lower()}" not in anchors]
+    if missing:
+        p.warn(f"README.md has no runbook heading for {len(missing)} alert(s) (\"Alert: <name>\"): "
+               f"{', '.join(missing)}; the runbook links dangle until it does")
+    p.ok(f"alerts: {len(rules)} rules, each with a firing and a quiet test; PrometheusRule matches alerts.yml")
+    return used - PROMETHEUS_OWN
 
 
 def write_promtool_inputs(out: Path):
@@ -810,6 +1089,9 @@ def write_promtool_inputs(out: Path):
         if sd is not None:
             job["static_configs"] = [{"targets": ["placeholder:8080"]}]
     (out / "prometheus-kubernetes-nosd.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # What the Prometheus Operator loads: the PrometheusRule's spec as a rule file.
+    spec = yaml.safe_load(PROMETHEUS_RULE.read_text())["spec"]
+    (out / "prometheusrule-rules.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 def check_kubernetes_sd(p: Problems):
@@ -880,6 +1162,21 @@ def report(p: Problems) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) in (2, 3) and argv[1] == "prometheusrule":
+        text = prometheus_rule_text()
+        if argv[2:] == ["--write"]:
+            PROMETHEUS_RULE.write_text(text)
+            print(f"wrote {PROMETHEUS_RULE.relative_to(REPO)}")
+            return 0
+        if argv[2:]:
+            print(__doc__, file=sys.stderr)
+            return 2
+        if PROMETHEUS_RULE.read_text() != text:
+            print(f"{PROMETHEUS_RULE.relative_to(REPO)} differs from what alerts.yml generates; run "
+                  f"`python3 deploy/tools/check_deploy.py prometheusrule --write`", file=sys.stderr)
+            return 1
+        print(f"{PROMETHEUS_RULE.relative_to(REPO)} matches alerts.yml")
+        return 0
     if len(argv) != 3 or argv[1] not in ("render", "prepare", "check"):
         print(__doc__, file=sys.stderr)
         return 2
@@ -893,6 +1190,7 @@ def main(argv: list[str]) -> int:
         write_promtool_inputs(out)
         return 0
     rules = EnvRules()
+    rules.check_pending(p)
     routes = http_routes()
     for r in ("/health", "/ready", "/metrics"):
         p.check(r in routes, f"src/http: no route {r}")

@@ -183,18 +183,21 @@ def strategic_merge(base, patch, field: str | None = None):
                 out[key] = copy.deepcopy(value)
         return out
     if isinstance(patch, list) and isinstance(base, list) and MERGE_KEYS.get(field):
+        # kustomize's (kyaml's) order: the patch's items first, in the patch's order (each
+        # merged into its match), then the base's items the patch does not name.
         key = MERGE_KEYS[field]
-        out = [copy.deepcopy(item) for item in base]
+        rest = [copy.deepcopy(item) for item in base]
+        out = []
         for item in patch:
-            match = next((i for i, b in enumerate(out) if isinstance(b, dict) and b.get(key) == item.get(key)), None)
+            match = next((i for i, b in enumerate(rest) if isinstance(b, dict) and b.get(key) == item.get(key)), None)
             if item.get("$patch") == "delete":
                 if match is not None:
-                    out.pop(match)
+                    rest.pop(match)
             elif match is None:
                 out.append(copy.deepcopy(item))
             else:
-                out[match] = strategic_merge(out[match], item, None)
-        return out
+                out.append(strategic_merge(rest.pop(match), item, None))
+        return out + rest
     return copy.deepcopy(patch)
 
 

@@ -389,3 +389,62 @@ fn dashboard_metric_list_is_current() {
         "deploy/observability/dashboard-metrics.txt is out of date"
     );
 }
+
+/// The alert rules (`deploy/observability/prometheus/alerts.yml`) pass `promtool check
+/// rules` and their unit tests (`alerts_test.yml`: every alert fires in one case and
+/// stays quiet in another), and the Prometheus Operator's copy
+/// (`deploy/k8s/components/prometheusrule/prometheusrule.yaml`) is generated from them.
+/// promtool comes from PATH or Debian's package, through `deploy/tools/promtool.sh` as
+/// in `deploy/validate.sh`. Self-contained: it uses no helper of this file.
+#[test]
+fn alert_rules_pass_promtool_tests() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let rules_dir = deploy.join("observability/prometheus");
+    let helper = std::process::Command::new("bash")
+        .arg(deploy.join("tools/promtool.sh"))
+        .output()
+        .expect("run deploy/tools/promtool.sh");
+    assert!(
+        helper.status.success(),
+        "deploy/tools/promtool.sh found no promtool (without one on PATH it fetches Debian's \
+         prometheus package with apt-get):\n{}",
+        String::from_utf8_lossy(&helper.stderr)
+    );
+    let promtool = String::from_utf8(helper.stdout).expect("promtool path is UTF-8");
+    let promtool = promtool.trim();
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = std::process::Command::new(promtool)
+            .args(args)
+            .current_dir(&rules_dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{promtool}: {e}"));
+        assert!(
+            out.status.success(),
+            "promtool {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // prometheusrule.yaml: a header, then alerts.yml from `groups:` on, under `spec:`.
+    let alerts = std::fs::read_to_string(rules_dir.join("alerts.yml")).expect("alerts.yml");
+    let rule_path = deploy.join("k8s/components/prometheusrule/prometheusrule.yaml");
+    let rule = std::fs::read_to_string(&rule_path).expect("prometheusrule.yaml");
+    let mut body = String::from("\nspec:\n");
+    for line in alerts.lines().skip_while(|l| !l.starts_with("groups:")) {
+        if !line.is_empty() {
+            body.push_str("  ");
+            body.push_str(line);
+        }
+        body.push('\n');
+    }
+    assert!(
+        body.contains("groups:") && rule.ends_with(&body),
+        "{} is not generated from alerts.yml: run \
+         `python3 deploy/tools/check_deploy.py prometheusrule --write`",
+        rule_path.display()
+    );
+}
