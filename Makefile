@@ -33,12 +33,10 @@ test:
 	@# The deploy-manifest tests render the kustomize overlays; without kubectl they use
 	@# deploy/tools/kustomize_lite.py, which needs PyYAML.
 	python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check pyyaml
-	eval "$$($(STACK) env)" && \
-	  if cargo nextest --version >/dev/null 2>&1; then \
-	    cargo nextest run --all-targets --no-fail-fast; \
-	  else \
-	    cargo test --all-targets --no-fail-fast; \
-	  fi
+	@# nextest runs every test in its own process: the suites of the one test binary
+	@# (tests/it) each install a global metrics recorder and tracing subscriber.
+	cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+	eval "$$($(STACK) env)" && cargo nextest run --all-targets --no-fail-fast
 
 # The long fuzz run (README "Fuzzing"); `make test` replays the corpus instead.
 FUZZ_SECONDS ?= 300

@@ -6,7 +6,7 @@
 # From PATH, else Debian's prometheus package, downloaded with apt-get and unpacked
 # (not installed: no service, no root needed) under $DEPLOY_TOOLS_DIR/prometheus
 # (default <repo>/.stack/deploy-tools). Used by deploy/validate.sh and by the alert-rule
-# test in tests/deploy_manifests.rs. Debian's build lacks kubernetes_sd;
+# test in tests/it/deploy_manifests.rs. Debian's build lacks kubernetes_sd;
 # tools/check_deploy.py covers that block.
 set -euo pipefail
 

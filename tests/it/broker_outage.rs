@@ -2,7 +2,7 @@
 //! bound is reached) while it is gone, memory held by the producer returns to zero, and
 //! publishing resumes by itself. No acknowledged event is lost.
 //!
-//! Runs against a private tansu (the shared stack's broker must never be stopped).
+//! Runs against a private Apache Kafka broker (the shared stack's broker must never be stopped).
 //! Its memory storage starts empty after a restart, so events acknowledged before the
 //! stop are checked on the broker before stopping it, and the topics are created again
 //! after the restart, as a durable broker would still have them.

@@ -1,15 +1,15 @@
 //! The chaos suite: under continuous HTTP load the daemon is killed (-9) three times
 //! (twice restarted under its lease member id, as a container in its pod; once under a
 //! new one, as a replaced pod), Postgres restarts, Redis restarts empty and the broker
-//! (durable sqlite storage) restarts; then every table and key is checked against the
+//! (Apache Kafka, killed with SIGKILL) restarts; then every table and key is checked against the
 //! suite's own tally.
 //!
 //! ```text
 //!  load workers ──POST /api/v1/events/batch──► gamestream serve (child, kill -9 ×3)
 //!       │ tally: 2xx-acknowledged attempts          │           │            │
 //!       │        and unacknowledged ones            ▼           ▼            ▼
-//!       │                                   private tansu   private PG   private Redis
-//!  fault driver ── kill/restart, time to recover ──┘ (sqlite)   (restart)   (restart empty)
+//!       │                                   private Kafka   private PG   private Redis
+//!  fault driver ── kill/restart, time to recover ──┘ (kill -9)  (restart)   (restart empty)
 //! ```
 //!
 //! All three services are private to the test (`tests/it/common`): the shared stack is
@@ -797,7 +797,7 @@ async fn chaos_under_load_loses_and_duplicates_nothing() {
         abort: AtomicBool::new(false),
         tally: Mutex::new(Tally::default()),
         // `CHAOS_RATE` (events/s over all workers) paces the load, e.g. to a production
-        // rate or below what the sqlite-backed broker sustains on a busy machine.
+        // rate or below what the broker sustains on a busy machine.
         pace: std::env::var("CHAOS_RATE")
             .ok()
             .and_then(|r| r.parse::<f64>().ok())

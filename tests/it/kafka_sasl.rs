@@ -1,63 +1,27 @@
-//! SASL/SCRAM-SHA-512 to Kafka (issue 7), against a private tansu 0.6 broker that
-//! requires authentication: the CONTRACT env (`KAFKA_USERNAME`, `KAFKA_PASSWORD`,
-//! `KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT`) connects, creates topics, produces and
-//! reads back; a wrong password and no credentials are refused.
+//! SASL/SCRAM-SHA-512 to Apache Kafka, over SASL_PLAINTEXT and SASL_SSL, against a
+//! private broker whose SCRAM user is created at format time (`kafka.sh --scram`) and
+//! whose TLS listener is signed by a CA `kafka.sh tls` generated for the test.
 //!
-//! tansu creates users through the Kafka API, which an authenticating broker only
-//! serves to authenticated clients, so the user is created first on the same sqlite
-//! storage with authentication off, then the broker restarts with `--authentication`.
+//! The contract's environment (`KAFKA_USERNAME`, `KAFKA_PASSWORD`,
+//! `KAFKA_SECURITY_PROTOCOL`, and the CA file setting) connects, creates topics,
+//! produces and reads back; a wrong password, no credentials, an untrusted certificate
+//! and a missing CA are each refused with an error that names the cause, and no error
+//! shows the password.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{RawRecord, eventually, free_port, high_watermarks, produce_raw, sample_event};
+use crate::common::{
+    BrokerSecurity, PrivateBroker, RawRecord, high_watermarks, produce_raw, sample_event,
+};
 use gamestream::config::{self, Config, Sources};
 use gamestream::kafka;
 
 const USER: &str = "gamestream";
-const PASSWORD: &str = "scram-s3cret";
+const PASSWORD: &str = "scram-s3cret-pw";
 
-/// A tansu broker on `port`, with its sqlite storage in `dir`.
-fn broker(dir: &std::path::Path, port: u16, authentication: bool) -> tokio::process::Child {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("tansu.log"))
-        .expect("log file");
-    let log_err = log.try_clone().expect("log file");
-    let mut cmd = tokio::process::Command::new(crate::common::tansu_binary());
-    cmd.current_dir(dir)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("SCHEMA_REGISTRY")
-        .env("RUST_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .args(["broker", "--cluster-id", "gamestream-sasl"])
-        // Resolved against the working directory.
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .kill_on_drop(true);
-    if authentication {
-        cmd.arg("--authentication");
-    }
-    cmd.spawn().expect("start tansu")
-}
-
-async fn listening(port: u16) -> bool {
-    eventually(Duration::from_secs(30), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await
-}
-
-fn config_with(port: u16, kafka_env: &[(&str, &str)]) -> Config {
+fn config_with(address: &str, kafka_env: &[(&str, &str)]) -> Config {
     let mut env: Vec<(String, String)> = [
-        ("KAFKA_BOOTSTRAP_SERVERS", format!("127.0.0.1:{port}")),
+        ("KAFKA_BOOTSTRAP_SERVERS", address.to_owned()),
         ("DB_HOST", "127.0.0.1".to_owned()),
         ("DB_NAME", "unused".to_owned()),
         ("DB_USER", "unused".to_owned()),
@@ -79,51 +43,8 @@ fn config_with(port: u16, kafka_env: &[(&str, &str)]) -> Config {
     .expect("valid configuration")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scram_sha_512_connects_and_wrong_credentials_are_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-
-    let mut open = broker(dir.path(), port, false);
-    assert!(
-        listening(port).await,
-        "tansu did not start: {:?}",
-        dir.path()
-    );
-    let created = eventually(Duration::from_secs(30), || async {
-        tokio::process::Command::new(crate::common::tansu_binary())
-            .args(["user", "create", "--mechanism", "scram512"])
-            .args([
-                "--broker",
-                &format!("tcp://127.0.0.1:{port}"),
-                USER,
-                PASSWORD,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .is_ok_and(|s| s.success())
-    })
-    .await;
-    assert!(created, "tansu user create failed");
-    open.kill().await.expect("stop the open broker");
-
-    let _secured = broker(dir.path(), port, true);
-    assert!(
-        listening(port).await,
-        "tansu with --authentication did not start"
-    );
-
-    let config = config_with(
-        port,
-        &[
-            ("KAFKA_USERNAME", USER),
-            ("KAFKA_PASSWORD", PASSWORD),
-            ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
-        ],
-    );
+/// Connects, creates the topics, produces ten records and reads their count back.
+async fn round_trip(config: &Config) {
     let client = kafka::connect(&config.kafka)
         .await
         .expect("SCRAM-SHA-512 authenticates");
@@ -134,26 +55,130 @@ async fn scram_sha_512_connects_and_wrong_credentials_are_refused() {
     let sent: Vec<_> = (0..10)
         .map(|i| RawRecord::of(&sample_event(i, 3, 1)))
         .collect();
-    produce_raw(&config, &topic, &sent).await;
-    let marks: i64 = high_watermarks(&config, &topic).await.iter().sum();
+    produce_raw(config, &topic, &sent).await;
+    let marks: i64 = high_watermarks(config, &topic).await.iter().sum();
     assert_eq!(marks, 10, "what was produced over SASL is there");
+}
 
-    let wrong = config_with(
-        port,
+/// The error of connecting with `config`, which must fail.
+async fn refusal(config: &Config) -> String {
+    match tokio::time::timeout(Duration::from_secs(60), kafka::connect(&config.kafka)).await {
+        Ok(Err(e)) => {
+            let text = format!("{e:#} {e:?}");
+            assert!(
+                !text.contains(PASSWORD),
+                "the password is never in an error: {text}"
+            );
+            text
+        }
+        Ok(Ok(client)) => match client.list_topics().await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("connecting was not refused"),
+        },
+        Err(_) => panic!("no answer within 60 s"),
+    }
+}
+
+fn users() -> Vec<(String, String)> {
+    vec![(USER.to_owned(), PASSWORD.to_owned())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_plaintext_scram_connects_and_wrong_credentials_are_refused() {
+    let broker = PrivateBroker::start_secured(BrokerSecurity {
+        protocol: "SASL_PLAINTEXT",
+        users: users(),
+    })
+    .await;
+    let address = broker.address();
+    round_trip(&config_with(
+        &address,
+        &[
+            ("KAFKA_USERNAME", USER),
+            ("KAFKA_PASSWORD", PASSWORD),
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+        ],
+    ))
+    .await;
+
+    let wrong = refusal(&config_with(
+        &address,
         &[
             ("KAFKA_USERNAME", USER),
             ("KAFKA_PASSWORD", "not-the-password"),
             ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
         ],
-    );
+    ))
+    .await;
     assert!(
-        kafka::connect(&wrong.kafka).await.is_err(),
-        "a wrong password is refused"
+        wrong.to_lowercase().contains("auth") || wrong.contains("SASL"),
+        "a wrong password is refused as an authentication failure: {wrong}"
     );
-    let anonymous = config_with(port, &[]);
-    let refused = match kafka::connect(&anonymous.kafka).await {
-        Err(_) => true,
-        Ok(client) => client.list_topics().await.is_err(),
+    let anonymous = refusal(&config_with(&address, &[])).await;
+    assert!(
+        !anonymous.is_empty(),
+        "a client without credentials is refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_ssl_verifies_the_broker_and_refuses_untrusted_certificates() {
+    let broker = PrivateBroker::start_secured(BrokerSecurity {
+        protocol: "SASL_SSL",
+        users: users(),
+    })
+    .await;
+    let address = broker.address();
+    let ca = broker.ca_file();
+    let ca = ca.to_str().expect("utf-8 path");
+    let secured = |ca_file: &str, password: &str| {
+        config_with(
+            &address,
+            &[
+                ("KAFKA_USERNAME", USER),
+                ("KAFKA_PASSWORD", password),
+                ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("GAMESTREAM_KAFKA__CA_FILE", ca_file),
+            ],
+        )
     };
-    assert!(refused, "a client without credentials is refused");
+    round_trip(&secured(ca, PASSWORD)).await;
+
+    let wrong = refusal(&secured(ca, "not-the-password")).await;
+    assert!(
+        wrong.to_lowercase().contains("auth") || wrong.contains("SASL"),
+        "a wrong password over TLS is an authentication failure: {wrong}"
+    );
+
+    // The broker's certificate is signed by the test's own CA, which only `ca_file`
+    // makes trusted: without it, the system roots refuse it.
+    let untrusted = refusal(&secured("", PASSWORD)).await;
+    assert!(
+        untrusted.to_lowercase().contains("certificate")
+            || untrusted.to_lowercase().contains("tls"),
+        "an untrusted certificate is refused as such: {untrusted}"
+    );
+
+    // Another CA than the one that signed the broker: refused as well.
+    let other = tempfile::tempdir().expect("tempdir");
+    let made = std::process::Command::new("bash")
+        .arg(crate::common::kafka_sh())
+        .args(["tls", "--dir"])
+        .arg(other.path())
+        .output()
+        .expect("kafka.sh tls");
+    assert!(made.status.success(), "{made:?}");
+    let other_ca = other.path().join("ca.crt");
+    let foreign = refusal(&secured(other_ca.to_str().unwrap(), PASSWORD)).await;
+    assert!(
+        foreign.to_lowercase().contains("certificate") || foreign.to_lowercase().contains("tls"),
+        "a certificate of another CA is refused as such: {foreign}"
+    );
+
+    // A CA file that is not there: the error names the file.
+    let missing = refusal(&secured("/nonexistent/ca.crt", PASSWORD)).await;
+    assert!(
+        missing.contains("/nonexistent/ca.crt"),
+        "a missing CA file is named: {missing}"
+    );
 }

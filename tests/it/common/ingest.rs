@@ -178,7 +178,7 @@ impl Consumed {
 }
 
 /// Every record of `config.topics.player_events`, read up to each partition's high
-/// watermark as Fetch reports it (tansu's ListOffsets(latest) is not reliable).
+/// watermark as Fetch reports it (the same answer on every broker).
 pub async fn consume_all(config: &Config) -> Vec<Consumed> {
     let client = kafka::connect(&config.kafka).await.expect("kafka connects");
     let topic = &config.topics.player_events;

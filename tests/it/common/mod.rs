@@ -397,7 +397,7 @@ pub async fn produce_raw(config: &Config, topic: &str, records: &[RawRecord]) ->
     counts
 }
 
-/// The high watermark of each partition of `topic` (from Fetch, which tansu answers right).
+/// The high watermark of each partition of `topic` (from Fetch).
 pub async fn high_watermarks(config: &Config, topic: &str) -> Vec<i64> {
     use rskafka::client::partition::UnknownTopicHandling;
     let client = kafka::connect(&config.kafka).await.expect("kafka");
@@ -608,69 +608,56 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A tansu broker of one test's own, on a free loopback port with in-memory storage,
-/// that the test may stop and start again (the shared stack's broker must never be
-/// stopped). Memory storage forgets everything on restart, topics included.
+/// `deploy/local/kafka.sh`, which assembles Apache Kafka from Maven Central jars (cached)
+/// and runs KRaft brokers.
+pub fn kafka_sh() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/kafka.sh").to_owned()
+}
+
+/// How a private broker's client listener is secured.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerSecurity {
+    /// `PLAINTEXT` (default), `SASL_PLAINTEXT` or `SASL_SSL`.
+    pub protocol: &'static str,
+    /// SCRAM-SHA-512 users created at format time.
+    pub users: Vec<(String, String)>,
+}
+
+/// An Apache Kafka broker of one test's own (KRaft, one combined node, its log in a
+/// temporary directory), on free loopback ports, that the test may kill and start
+/// again (the shared stack's broker must never be stopped). Its data survive
+/// [`PrivateBroker::restart`], as on a real broker.
 pub struct PrivateBroker {
     pub port: u16,
+    controller_port: u16,
     child: Option<tokio::process::Child>,
-    /// Working directory (tansu reads a `.env` from it) and log file.
-    dir: tempfile::TempDir,
-    /// `--storage-engine`: memory, or a sqlite file in `dir` that survives restarts.
-    storage: &'static str,
+    /// The node's config, data and logs (`server.log`), kept by `kafka.sh`.
+    pub dir: tempfile::TempDir,
+    security: BrokerSecurity,
 }
 
 impl PrivateBroker {
-    /// Starts a broker and waits until it answers Kafka requests.
+    /// Starts a PLAINTEXT broker and waits until it answers Kafka requests.
     pub async fn start() -> Self {
-        Self::start_with("memory://tansu/").await
+        Self::start_secured(BrokerSecurity::default()).await
     }
 
-    /// As [`PrivateBroker::start`], with durable storage (sqlite, in its directory):
-    /// topics and records survive [`PrivateBroker::restart`].
+    /// As [`PrivateBroker::start`]; kept for the suites that ask for durable storage
+    /// by name (Apache Kafka's log always is).
     pub async fn start_durable() -> Self {
-        // tansu resolves `sqlite://NAME` against its working directory, `dir`.
-        let broker = Self::start_with("sqlite://tansu.db").await;
-        broker.index_sqlite_headers().await;
-        broker
+        Self::start().await
     }
 
-    /// tansu 0.6's sqlite schema has no index on `header (topition, offset_id)`, and
-    /// it looks up the headers of every record it fetches, so each fetched record
-    /// scans the whole header table (`EXPLAIN QUERY PLAN`: `SCAN h`). Every event
-    /// carries two headers (CONTRACT.md), so a fetch costs O(records stored): at
-    /// ~30k records the broker used a whole core and produce acks passed the
-    /// daemon's publish timeout. The index makes it a search. Added right after the
-    /// broker created its schema, before any record; sqlite lets a second
-    /// connection change the schema of a WAL database in use, and tansu's prepared
-    /// statements are re-prepared on the schema change.
-    async fn index_sqlite_headers(&self) {
-        const SQL: &str = "import sqlite3, sys\n\
-            db = sqlite3.connect(sys.argv[1], timeout=30)\n\
-            db.execute('create index if not exists header_topition_offset_id \
-            on header (topition, offset_id)')\n\
-            db.commit()\n";
-        let db = self.dir.path().join("tansu.db");
-        let status = tokio::process::Command::new("python3")
-            .args(["-c", SQL])
-            .arg(&db)
-            .status()
-            .await
-            .expect("python3 (its sqlite3 module indexes the broker's header table)");
-        assert!(status.success(), "cannot index {}: {status}", db.display());
-    }
-
-    async fn start_with(storage: &'static str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+    /// A broker whose client listener uses `security` (`tls/` in its directory holds
+    /// the CA and broker certificate `kafka.sh tls` made, for `SASL_SSL`).
+    pub async fn start_secured(security: BrokerSecurity) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut broker = Self {
-            port,
+            port: free_port(),
+            controller_port: free_port(),
             child: None,
             dir,
-            storage,
+            security,
         };
         broker.restart().await;
         broker
@@ -681,77 +668,83 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Kills the broker (like a crash) and waits until it is gone.
+    /// The CA certificate the broker's TLS listener is signed with (`SASL_SSL` only).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("tls/ca.crt")
+    }
+
+    /// Kills the broker with SIGKILL (like a crash) and waits until it is gone.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
     }
 
-    /// Starts the broker again on the same port (with empty storage, unless durable).
+    /// Starts the broker again on the same ports, with the same data.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let protocol = if self.security.protocol.is_empty() {
+            "PLAINTEXT"
+        } else {
+            self.security.protocol
+        };
+        let mut command = tokio::process::Command::new("bash");
+        command
+            .arg(kafka_sh())
+            .arg("run")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--port", &self.port.to_string()])
+            .args(["--controller-port", &self.controller_port.to_string()])
+            .args(["--security", protocol])
+            // A killed node is back in the metadata quorum sooner.
+            .args(["--set", "broker.session.timeout.ms=3000"])
+            .args(["--set", "broker.heartbeat.interval.ms=500"])
+            .args(["--heap", "384m"]);
+        for (user, password) in &self.security.users {
+            command.args(["--scram", &format!("{user}:{password}")]);
+        }
+        if protocol == "SASL_SSL" {
+            command.arg("--tls-dir").arg(self.dir.path().join("tls"));
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("tansu.log"))
+            .open(self.dir.path().join("kafka-sh.log"))
             .expect("broker log file");
         let log_err = log.try_clone().expect("broker log file");
-        let child = tokio::process::Command::new(tansu_binary())
-            .current_dir(self.dir.path())
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("SCHEMA_REGISTRY")
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .args([
-                "broker",
-                "--cluster-id",
-                "gamestream-test",
-                "--storage-engine",
-                self.storage,
-            ])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        let child = command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}", tansu_binary()));
+            .expect("cannot run deploy/local/kafka.sh");
         self.child = Some(child);
-        let address = self.address();
-        let up = eventually(Duration::from_secs(30), || {
-            let address = address.clone();
+        let dir = self.dir.path().to_owned();
+        let up = eventually(Duration::from_secs(90), || {
+            let dir = dir.clone();
             async move {
-                let build = rskafka::client::ClientBuilder::new(vec![address]).build();
-                match tokio::time::timeout(Duration::from_secs(2), build).await {
-                    Ok(Ok(client)) => client.list_topics().await.is_ok(),
-                    _ => false,
-                }
+                tokio::process::Command::new("bash")
+                    .arg(kafka_sh())
+                    .args(["wait", "--dir"])
+                    .arg(&dir)
+                    .args(["--timeout", "2"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.success())
             }
         })
         .await;
         assert!(
             up,
-            "private tansu did not come up on {}; log in {:?}",
+            "private Apache Kafka did not come up on {}; logs in {:?}",
             self.address(),
             self.dir.path()
         );
-    }
-}
-
-/// The tansu binary: `$TANSU`, else `~/.cargo/bin/tansu`, else `tansu` on PATH.
-pub fn tansu_binary() -> String {
-    if let Ok(path) = std::env::var("TANSU") {
-        return path;
-    }
-    let home = std::env::var("CARGO_HOME")
-        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
-    let cargo_bin = format!("{home}/bin/tansu");
-    if std::path::Path::new(&cargo_bin).exists() {
-        cargo_bin
-    } else {
-        "tansu".to_owned()
     }
 }
 

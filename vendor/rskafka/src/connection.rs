@@ -54,6 +54,27 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// Whether connecting again with the same settings cannot succeed: the broker
+    /// refused the SASL credentials or mechanism, or its TLS certificate is not
+    /// trusted (gamestream patch).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::SaslFailed(crate::messenger::SaslError::RequestError(_)) => false,
+            Self::SaslFailed(_) => true,
+            #[cfg(feature = "transport-tls")]
+            Self::Transport {
+                error: transport::Error::IO(io),
+                ..
+            } => io
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+                .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_))),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub struct MultiError(Vec<Box<dyn std::error::Error + Send + Sync>>);
 
@@ -503,6 +524,12 @@ where
 
                 let connection = match conn {
                     Ok(transport) => transport,
+                    // Refused credentials or an untrusted certificate: every retry
+                    // would meet the same answer, so say it now (gamestream patch).
+                    Err(e) if e.is_permanent() => {
+                        warn!(%e, "Broker refused the connection for good");
+                        return ControlFlow::Break(Err(e));
+                    }
                     Err(e) => {
                         warn!(%e, "Failed to connect to broker");
                         errors.push(Box::new(e));
@@ -510,14 +537,14 @@ where
                     }
                 };
 
-                return ControlFlow::Break(connection);
+                return ControlFlow::Break(Ok(connection));
             }
             let err = Box::<dyn std::error::Error + Send + Sync>::from(MultiError(errors));
             let err: Arc<dyn std::error::Error + Send + Sync> = err.into();
             ControlFlow::Continue(ErrorOrThrottle::Error(err))
         })
         .await
-        .map_err(Error::RetryFailed)
+        .map_err(Error::RetryFailed)?
 }
 
 async fn metadata_request_with_retry<A>(
