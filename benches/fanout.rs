@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gamestream::actors::dlq::DlqMessage;
-use gamestream::actors::partition_reader::{PartitionReader, ReaderArgs};
+use gamestream::actors::partition_reader::{PartitionReader, ReaderArgs, prepare_reader};
 use gamestream::actors::sink::{
     PartitionFenced, SinkActor, SinkArgs, SinkMessage, SinkSettings, SinkWriter, WriteBatch,
 };
@@ -231,11 +231,15 @@ async fn drain(f: &Fixture, batch_size: usize, credit: usize) -> Duration {
     }
     let mut readers = Vec::new();
     for partition in 0..PARTITIONS {
+        let shards: Vec<_> = sinks.iter().map(|(n, s, _)| (*n, s.clone())).collect();
+        let start = prepare_reader(&f.kafka, &f.topic, partition, &shards, GIVE_UP)
+            .await
+            .expect("reader start");
         let args = ReaderArgs {
-            kafka: Arc::clone(&f.kafka),
+            start,
             topic: Arc::clone(&f.topic),
             partition,
-            sinks: sinks.iter().map(|(n, s, _)| (*n, s.clone())).collect(),
+            sinks: shards,
             max_in_flight_records: credit,
             detach_after: f.config.consumer.detach_after,
             fetch_max_bytes: f.config.consumer.fetch_max_bytes,

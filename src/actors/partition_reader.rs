@@ -60,8 +60,72 @@ impl TryFrom<ReaderMessage> for SinkAck {
     }
 }
 
+/// What a reader starts from: its partition client and the first offset to fetch.
+/// Prepared by [`prepare_reader`] before the reader is spawned, so that starting the
+/// actor does no I/O.
+pub struct ReaderStart {
+    pub client: PartitionClient,
+    pub next_offset: i64,
+}
+
+impl std::fmt::Debug for ReaderStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaderStart")
+            .field("next_offset", &self.next_offset)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects a partition client and asks each sink where it needs to resume (each call
+/// bounded by `timeout`): the reader begins at the lowest, or at the earliest offset when
+/// a sink has nothing for the partition.
+pub async fn prepare_reader(
+    kafka: &rskafka::client::Client,
+    topic: &str,
+    partition: i32,
+    sinks: &[(&'static str, ActorRef<SinkMessage>)],
+    timeout: Duration,
+) -> Result<ReaderStart, ActorProcessingErr> {
+    let client = tokio::time::timeout(
+        timeout,
+        kafka.partition_client(topic.to_owned(), partition, UnknownTopicHandling::Retry),
+    )
+    .await
+    .map_err(|_| format!("no partition client within {timeout:?}"))??;
+    let mut resume: Option<i64> = None;
+    let mut any_missing = false;
+    for (name, sink) in sinks {
+        let reply = sink
+            .call(
+                |reply| SinkMessage::ResumeOffset { partition, reply },
+                Some(timeout),
+            )
+            .await?;
+        match reply {
+            ractor::rpc::CallResult::Success(Some(offset)) => {
+                resume = Some(resume.map_or(offset, |r| r.min(offset)))
+            }
+            ractor::rpc::CallResult::Success(None) => any_missing = true,
+            other => {
+                return Err(format!("sink {name} did not say where to resume: {other:?}").into());
+            }
+        }
+    }
+    let earliest = tokio::time::timeout(timeout, client.get_offset(OffsetAt::Earliest))
+        .await
+        .map_err(|_| format!("no earliest offset within {timeout:?}"))??;
+    let next_offset = match resume {
+        Some(offset) if !any_missing => offset.max(earliest),
+        _ => earliest,
+    };
+    Ok(ReaderStart {
+        client,
+        next_offset,
+    })
+}
+
 pub struct ReaderArgs {
-    pub kafka: Arc<rskafka::client::Client>,
+    pub start: ReaderStart,
     pub topic: Arc<str>,
     pub partition: i32,
     /// The sinks and their names (the names match their `Ack`s).
@@ -125,39 +189,10 @@ impl Actor for PartitionReader {
         myself: ActorRef<ReaderMessage>,
         args: ReaderArgs,
     ) -> Result<ReaderState, ActorProcessingErr> {
-        let client = args
-            .kafka
-            .partition_client(
-                args.topic.to_string(),
-                args.partition,
-                UnknownTopicHandling::Retry,
-            )
-            .await?;
-        let mut resume: Option<i64> = None;
-        let mut any_missing = false;
-        for (_, sink) in &args.sinks {
-            let reply = sink
-                .call(
-                    |reply| SinkMessage::ResumeOffset {
-                        partition: args.partition,
-                        reply,
-                    },
-                    None,
-                )
-                .await?;
-            match reply {
-                ractor::rpc::CallResult::Success(Some(offset)) => {
-                    resume = Some(resume.map_or(offset, |r| r.min(offset)))
-                }
-                ractor::rpc::CallResult::Success(None) => any_missing = true,
-                other => return Err(format!("sink did not say where to resume: {other:?}").into()),
-            }
-        }
-        let earliest = client.get_offset(OffsetAt::Earliest).await?;
-        let next_offset = match resume {
-            Some(offset) if !any_missing => offset.max(earliest),
-            _ => earliest,
-        };
+        let ReaderStart {
+            client,
+            next_offset,
+        } = args.start;
         // Every sink starts at the common minimum; a sink that is further on skips what
         // it already has (the sink dedupes by offset), so they share fetches at once.
         tracing::info!(topic = %args.topic, partition = args.partition, offset = next_offset, "reader starting");

@@ -498,6 +498,7 @@ impl<W: SinkWriter> SinkState<W> {
         metrics::histogram!("gamestream_sink_batch_records", "sink" => name).record(count as f64);
         metrics::histogram!("gamestream_sink_write_duration_seconds", "sink" => name)
             .record(started.elapsed().as_secs_f64());
+        record_latency(name, &batch.records, chrono::Utc::now());
         Ok(None)
     }
 
@@ -599,6 +600,32 @@ impl<W: SinkWriter> SinkState<W> {
 
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), ActorProcessingErr> {
         send_dead_letters(&self.dlq, letters).await
+    }
+}
+
+/// At most this many records of a committed batch are sampled into the latency
+/// histograms (evenly spread), so their memory between two upkeeps stays small at any rate.
+const LATENCY_SAMPLES_PER_BATCH: usize = 64;
+
+/// Records, for records evenly sampled from a committed batch, the time from their
+/// `ingested_at` (end-to-end latency) and from their event time (freshness) to `now`.
+fn record_latency(
+    sink: &'static str,
+    records: &[SinkRecord<'_>],
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    if records.is_empty() {
+        return;
+    }
+    let latency = metrics::histogram!("gamestream_end_to_end_latency_seconds", "sink" => sink);
+    let freshness = metrics::histogram!("gamestream_event_freshness_seconds", "sink" => sink);
+    let step = records.len().div_ceil(LATENCY_SAMPLES_PER_BATCH);
+    for record in records.iter().step_by(step) {
+        let seconds = |since: chrono::DateTime<chrono::Utc>| {
+            (now - since).num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6
+        };
+        latency.record(seconds(record.event.ingested_at));
+        freshness.record(seconds(record.event.timestamp));
     }
 }
 

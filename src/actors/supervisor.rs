@@ -42,7 +42,9 @@ use super::leaderboard::{LeaderboardPgWriter, LeaderboardRedisWriter};
 use super::leaderboard_refresher::{LeaderboardRefresher, RefresherArgs, RefresherMessage};
 use super::lease_manager::{LeaseArgs, LeaseEvent, LeaseManager, LeaseMessage};
 use super::logger::LoggerWriter;
-use super::partition_reader::{PartitionReader, ReaderArgs, ReaderMessage};
+use super::partition_reader::{
+    PartitionReader, ReaderArgs, ReaderMessage, ReaderStart, prepare_reader,
+};
 use super::sink::{PartitionFenced, SinkActor, SinkArgs, SinkMessage, SinkSettings, SinkWriter};
 use super::stats::{StatsPgWriter, StatsRedisWriter};
 use crate::catalogue::{
@@ -85,6 +87,12 @@ pub enum SupervisorMessage {
     Lease(LeaseEvent),
     /// A sink's write for a partition was refused: its lease is gone.
     Fenced(PartitionFenced),
+    /// The take-over of `lease` (claims in the sinks, the reader's start) finished.
+    Claimed {
+        lease: Lease,
+        generation: u64,
+        result: Result<ReaderStart, String>,
+    },
 }
 
 impl From<LeaseEvent> for SupervisorMessage {
@@ -144,6 +152,8 @@ struct Children {
     sinks: Vec<SinkGroup>,
     /// The reader of each held partition, with the lease epoch it reads under.
     readers: BTreeMap<i32, (ActorRef<ReaderMessage>, i64)>,
+    /// Partitions being taken over (claims under way), with their lease epoch.
+    claiming: BTreeMap<i32, i64>,
     leases: ActorRef<LeaseMessage>,
     /// Refreshes the `leaderboards` table; drained after the sinks.
     refresher: ActorRef<RefresherMessage>,
@@ -239,7 +249,16 @@ impl Actor for Supervisor {
             }
             SupervisorMessage::Lease(LeaseEvent::Acquired { lease, generation }) => {
                 if generation == state.generation && !state.stopping {
-                    state.take_over(&myself, lease).await?;
+                    state.take_over(&myself, lease).await;
+                }
+            }
+            SupervisorMessage::Claimed {
+                lease,
+                generation,
+                result,
+            } => {
+                if generation == state.generation && !state.stopping {
+                    state.claimed(&myself, lease, result).await;
                 }
             }
             SupervisorMessage::Lease(LeaseEvent::Lost { lease, generation }) => {
@@ -319,6 +338,7 @@ impl SupervisorState {
         if self.crashes.len() as u32 > sup.max_restarts {
             tracing::error!(actor = label, reason, crashes = self.crashes.len(), window = ?sup.restart_window,
                 "pipeline keeps crashing; giving up so the daemon exits (and its pod restarts)");
+            metrics::counter!("gamestream_supervisor_escalations_total").increment(1);
             self.ctx.escalated.store(true, Ordering::SeqCst);
             self.ctx.shutdown.trigger();
             myself.stop(Some("escalated".to_owned()));
@@ -422,6 +442,7 @@ impl SupervisorState {
             dlq,
             sinks,
             readers: BTreeMap::new(),
+            claiming: BTreeMap::new(),
             leases,
             refresher,
         });
@@ -543,56 +564,93 @@ impl SupervisorState {
         Ok(())
     }
 
-    /// Claims `lease` in every sink serving its partition, then starts its reader.
-    async fn take_over(
-        &mut self,
-        myself: &ActorRef<SupervisorMessage>,
-        lease: Lease,
-    ) -> Result<(), ActorProcessingErr> {
+    /// Starts taking `lease` over: claims it in every sink serving its partition and
+    /// prepares its reader (the resume offset, a partition client) in a task of its
+    /// own, which answers [`SupervisorMessage::Claimed`]. Nothing here waits, so a crash
+    /// that comes meanwhile is handled at once (and makes the answer stale).
+    async fn take_over(&mut self, myself: &ActorRef<SupervisorMessage>, lease: Lease) {
         let partition = lease.partition;
         let existing = self
             .children
             .as_ref()
             .and_then(|c| c.readers.get(&partition).map(|(_, epoch)| *epoch));
         match existing {
-            Some(epoch) if epoch == lease.epoch => return Ok(()),
+            Some(epoch) if epoch == lease.epoch => return,
             Some(_) => {
                 self.stop_partition(partition, None).await;
             }
             None => {}
         }
-        let config = Arc::clone(&self.ctx.config);
-        let grace = config.shutdown.grace_period;
         let Some(children) = self.children.as_mut() else {
-            return Ok(());
+            return;
         };
-        for group in &children.sinks {
-            let shard = group.shard_for(partition);
-            let claim = shard.call(
-                |reply| SinkMessage::Claim {
-                    partition,
-                    epoch: lease.epoch,
-                    reply,
-                },
-                Some(grace),
-            );
-            let failure = match claim.await {
-                Ok(ractor::rpc::CallResult::Success(Ok(()))) => continue,
-                Ok(ractor::rpc::CallResult::Success(Err(e))) => e.to_string(),
-                Ok(other) => format!("{:?}", other.map(|_| ())),
-                Err(e) => e.to_string(),
-            };
-            tracing::warn!(sink = group.name, partition, epoch = lease.epoch, error = %failure, "claiming the partition failed; giving the lease up");
-            for group in &children.sinks {
-                let _ = group
-                    .shard_for(partition)
-                    .cast(SinkMessage::Forget { partition });
-            }
-            children.leases.cast(LeaseMessage::Drop(lease))?;
-            return Ok(());
+        if children.claiming.get(&partition) == Some(&lease.epoch) {
+            return;
         }
+        children.claiming.insert(partition, lease.epoch);
+        let config = Arc::clone(&self.ctx.config);
+        let shards: Vec<(&'static str, ActorRef<SinkMessage>)> = children
+            .sinks
+            .iter()
+            .map(|group| (group.name, group.shard_for(partition)))
+            .collect();
+        let kafka = Arc::clone(&self.ctx.kafka);
+        let topic = Arc::clone(&self.topic);
+        let generation = self.generation;
+        let myself = myself.clone();
+        // Ends by itself: every call in it is bounded by the grace period.
+        drop(tokio::spawn(async move {
+            let timeout = config.shutdown.grace_period;
+            let started = Instant::now();
+            let result = async {
+                claim_in_sinks(&shards, lease, timeout).await?;
+                prepare_reader(&kafka, &topic, partition, &shards, timeout)
+                    .await
+                    .map_err(|e| format!("preparing the reader: {e}"))
+            }
+            .await;
+            metrics::histogram!("gamestream_partition_takeover_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let _ = myself.cast(SupervisorMessage::Claimed {
+                lease,
+                generation,
+                result,
+            });
+        }));
+    }
+
+    /// The take-over task of `lease` finished: start its reader, or give the lease up.
+    async fn claimed(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+        lease: Lease,
+        result: Result<ReaderStart, String>,
+    ) {
+        let partition = lease.partition;
+        let config = Arc::clone(&self.ctx.config);
+        let Some(children) = self.children.as_mut() else {
+            return;
+        };
+        // Lost (or taken over again) while the claims ran: nothing to start.
+        if children.claiming.get(&partition) != Some(&lease.epoch) {
+            return;
+        }
+        children.claiming.remove(&partition);
+        let start = match result {
+            Ok(start) => start,
+            Err(failure) => {
+                tracing::warn!(partition, epoch = lease.epoch, error = %failure, "taking the partition over failed; giving the lease up");
+                for group in &children.sinks {
+                    let _ = group
+                        .shard_for(partition)
+                        .cast(SinkMessage::Forget { partition });
+                }
+                let _ = children.leases.cast(LeaseMessage::Drop(lease));
+                return;
+            }
+        };
         let args = ReaderArgs {
-            kafka: Arc::clone(&self.ctx.kafka),
+            start,
             topic: Arc::clone(&self.topic),
             partition,
             sinks: children
@@ -609,13 +667,19 @@ impl SupervisorState {
                 config.consumer.retry_max_backoff,
             ),
         };
-        let (reader, _) =
-            Actor::spawn_linked(None, PartitionReader, args, myself.get_cell()).await?;
-        self.current.insert(reader.get_id(), "partition_reader");
-        children.readers.insert(partition, (reader, lease.epoch));
-        tracing::info!(partition, epoch = lease.epoch, "partition taken over");
-        metrics::gauge!("gamestream_partitions_owned").set(children.readers.len() as f64);
-        Ok(())
+        // The reader's start does no I/O (the task above did it), so this is quick.
+        match Actor::spawn_linked(None, PartitionReader, args, myself.get_cell()).await {
+            Ok((reader, _)) => {
+                self.current.insert(reader.get_id(), "partition_reader");
+                children.readers.insert(partition, (reader, lease.epoch));
+                tracing::info!(partition, epoch = lease.epoch, "partition taken over");
+                metrics::gauge!("gamestream_partitions_owned").set(children.readers.len() as f64);
+            }
+            Err(e) => {
+                let reason = format!("starting the reader of partition {partition}: {e}");
+                self.on_child_down(myself, "partition_reader", &reason);
+            }
+        }
     }
 
     /// Stops the reader of `partition` (if it reads under `epoch`, when given) and has
@@ -623,6 +687,10 @@ impl SupervisorState {
     async fn stop_partition(&mut self, partition: i32, epoch: Option<i64>) -> Option<i64> {
         let grace = self.ctx.config.shutdown.grace_period;
         let children = self.children.as_mut()?;
+        // A take-over under way for it is void now.
+        if epoch.is_none_or(|want| children.claiming.get(&partition) == Some(&want)) {
+            children.claiming.remove(&partition);
+        }
         let stopped = match children.readers.get(&partition) {
             Some((_, e)) if epoch.is_none_or(|want| want == *e) => {
                 children.readers.remove(&partition)
@@ -657,6 +725,7 @@ impl SupervisorState {
             return;
         };
         let partition = lease.partition;
+        children.claiming.remove(&partition);
         if let Some((reader, _)) = children.readers.remove(&partition) {
             self.current.remove(&reader.get_id());
             stop_reader(&reader, partition, grace).await;
@@ -736,4 +805,37 @@ async fn stop_reader(reader: &ActorRef<ReaderMessage>, partition: i32, grace: Du
     if let Err(e) = reader.stop_and_wait(None, Some(grace)).await {
         tracing::warn!(partition, error = %e, "reader did not stop in time");
     }
+}
+
+/// Claims `lease` in every sink shard serving its partition, all at once, each bounded
+/// by `timeout`.
+async fn claim_in_sinks(
+    shards: &[(&'static str, ActorRef<SinkMessage>)],
+    lease: Lease,
+    timeout: Duration,
+) -> Result<(), String> {
+    let claims = shards.iter().map(|(name, shard)| async move {
+        let claim = shard.call(
+            |reply| SinkMessage::Claim {
+                partition: lease.partition,
+                epoch: lease.epoch,
+                reply,
+            },
+            Some(timeout),
+        );
+        match claim.await {
+            Ok(ractor::rpc::CallResult::Success(Ok(()))) => Ok(()),
+            Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(format!("{name}: {e}")),
+            Ok(ractor::rpc::CallResult::Timeout) => {
+                Err(format!("{name}: no answer to the claim within {timeout:?}"))
+            }
+            Ok(ractor::rpc::CallResult::SenderError) => Err(format!("{name}: the sink stopped")),
+            Err(e) => Err(format!("{name}: {e}")),
+        }
+    });
+    futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()
+        .map(|_| ())
 }

@@ -96,6 +96,7 @@ async fn ready(state: &HttpState) -> warp::reply::WithStatus<warp::reply::Json> 
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    metrics::gauge!("gamestream_ready").set(if ok { 1.0 } else { 0.0 });
     let mut body = json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks});
     if let Some(leases) = &state.leases {
         body["leases"] = json!(leases.snapshot());

@@ -22,6 +22,8 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 
 use super::traces::OtelLayer;
+use std::io::IsTerminal;
+
 use crate::config::{LogFormat, TelemetryConfig};
 
 /// Installs the subscriber; `false` when one was installed before (a second daemon in a
@@ -39,7 +41,14 @@ pub fn install(config: &TelemetryConfig, otel: Option<OtelLayer>) -> bool {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
-                    .with_filter(filter()),
+                    // Colours only for a person at a terminal: a file or a pipe (a log
+                    // collector) gets plain text. NO_COLOR turns them off anywhere.
+                    .with_ansi(colour(
+                        std::io::stderr().is_terminal(),
+                        std::env::var_os("NO_COLOR"),
+                    ))
+                    .with_filter(filter())
+                    .with_filter(ClientAborts),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -47,11 +56,63 @@ pub fn install(config: &TelemetryConfig, otel: Option<OtelLayer>) -> bool {
                 tracing_subscriber::fmt::layer()
                     .event_format(JsonLine)
                     .with_writer(std::io::stderr)
-                    .with_filter(filter()),
+                    .with_filter(filter())
+                    .with_filter(ClientAborts),
             )
             .try_init(),
     };
     result.is_ok()
+}
+
+/// Whether text logs carry ANSI colours: only on a terminal, and never with `NO_COLOR`
+/// set to anything non-empty (<https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Drops warp's `server connection error` events that only say a client closed its
+/// connection in the middle of a request (`IncompleteMessage`: a load test stopping, a
+/// phone losing its network), counting them in `http_client_aborted_connections_total`
+/// instead: they are not the server's errors. Every other connection error still logs.
+struct ClientAborts;
+
+impl<S> tracing_subscriber::layer::Filter<S> for ClientAborts {
+    fn enabled(
+        &self,
+        _meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if !is_client_abort(event) {
+            return true;
+        }
+        metrics::counter!("http_client_aborted_connections_total").increment(1);
+        false
+    }
+}
+
+fn is_client_abort(event: &tracing::Event<'_>) -> bool {
+    if !event.metadata().target().starts_with("warp::server") {
+        return false;
+    }
+    struct Message(bool);
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}").contains("IncompleteMessage");
+            }
+        }
+    }
+    let mut message = Message(false);
+    event.record(&mut message);
+    message.0
 }
 
 /// One JSON object per event, with the OTel ids of the current span.

@@ -13,6 +13,37 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::catalogue::{self, CONSUMERS, Store};
 
+/// `EventError::kind`: why a record or a request is not a valid event (the `reason` of
+/// `events_failed_total` and of the event logger's dead letters).
+const EVENT_ERROR_KINDS: &[&str] = &[
+    "malformed_json",
+    "not_utf8",
+    "byte_order_mark",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "empty_field",
+    "field_too_long",
+    "control_character",
+    "nul_in_data",
+    "bad_timestamp",
+    "bad_event_id",
+    "duplicate_key",
+];
+
+/// The other `reason` labels of `events_failed_total`: the request-level refusals of the
+/// ingest routes and the producer's (`ProduceError::reason`).
+const REQUEST_FAILURE_REASONS: &[&str] = &[
+    "request_timeout",
+    "not_an_array",
+    "batch_too_large",
+    "overloaded",
+    "too_large",
+    "broker_timeout",
+    "broker_error",
+    "shutting_down",
+];
+
 /// Describes the daemon's metrics and creates, at zero, the counters that otherwise
 /// appear only at their first increment. Idempotent (it only adds zero).
 pub fn register_metrics() {
@@ -84,6 +115,33 @@ pub fn register_metrics() {
         "gamestream_reader_fetch_errors_total",
         "Failed fetches (retried)."
     );
+    describe_histogram!(
+        "gamestream_end_to_end_latency_seconds",
+        metrics::Unit::Seconds,
+        "From an event's ingested_at (HTTP accept) to the sink's commit of it, sampled per batch."
+    );
+    describe_histogram!(
+        "gamestream_event_freshness_seconds",
+        metrics::Unit::Seconds,
+        "From an event's own timestamp to the sink's commit of it, sampled per batch."
+    );
+    describe_histogram!(
+        "gamestream_partition_takeover_seconds",
+        metrics::Unit::Seconds,
+        "Time to claim a partition in every sink and prepare its reader."
+    );
+    describe_counter!(
+        "gamestream_supervisor_escalations_total",
+        "Times the supervisor gave up after repeated crashes (the daemon then exits 70)."
+    );
+    describe_gauge!(
+        "gamestream_ready",
+        "1 when the last /ready check passed, 0 when it failed."
+    );
+    describe_counter!(
+        "http_client_aborted_connections_total",
+        "Connections a client closed in the middle of a request (not a server error)."
+    );
     describe_counter!(
         "gamestream_trace_export_dropped_total",
         "Spans dropped instead of exported: queue_full or export_failed."
@@ -91,6 +149,20 @@ pub fn register_metrics() {
 
     metrics::counter!("events_received_total").increment(0);
     metrics::counter!("events_published_total").increment(0);
+    // Every reason the ingest path counts, so the dashboard and the alerts see a series
+    // before the first failure.
+    for reason in EVENT_ERROR_KINDS.iter().chain(REQUEST_FAILURE_REASONS) {
+        metrics::counter!("events_failed_total", "reason" => *reason).increment(0);
+    }
+    // The dead letters each consumer can write, so `increase()` sees the first one.
+    for reason in EVENT_ERROR_KINDS {
+        metrics::counter!("gamestream_dead_letters_total", "consumer" => catalogue::LOGGER.consumer_service, "reason" => *reason)
+            .increment(0);
+    }
+    metrics::counter!("gamestream_dead_letters_total", "consumer" => catalogue::LEADERBOARD.consumer_service, "reason" => "bad_score")
+        .increment(0);
+    metrics::counter!("gamestream_supervisor_escalations_total").increment(0);
+    metrics::counter!("http_client_aborted_connections_total").increment(0);
     for sink in catalogue::names() {
         metrics::counter!("gamestream_sink_records_total", "sink" => sink).increment(0);
         metrics::counter!("gamestream_sink_write_errors_total", "sink" => sink, "kind" => "transient")
@@ -112,6 +184,12 @@ pub fn register_metrics() {
     }
 }
 
+/// Buckets of the end-to-end latency and freshness histograms: milliseconds to an hour
+/// (a backlog being drained is minutes old).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -129,6 +207,16 @@ pub fn metrics_handle() -> PrometheusHandle {
                         1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
                         5000.0,
                     ],
+                )
+                .unwrap_or_else(|_| unreachable!("the bucket list above is not empty"))
+                .set_buckets_for_metric(
+                    Matcher::Suffix("latency_seconds".to_owned()),
+                    LATENCY_BUCKETS,
+                )
+                .unwrap_or_else(|_| unreachable!("the bucket list above is not empty"))
+                .set_buckets_for_metric(
+                    Matcher::Full("gamestream_event_freshness_seconds".to_owned()),
+                    LATENCY_BUCKETS,
                 )
                 .unwrap_or_else(|_| unreachable!("the bucket list above is not empty"))
                 .set_buckets_for_metric(

@@ -82,16 +82,23 @@ enum Fault {
     /// until the dead daemon's leases expire (`lease.ttl`, 10 s by default).
     ReplaceDaemon,
     RestartPostgres,
+    /// SIGKILL of the postmaster (a crash: unflushed WAL is lost), then crash recovery.
+    KillPostgres,
+    /// A replaced pod (as [`Fault::ReplaceDaemon`]), and PostgreSQL killed with SIGKILL
+    /// the moment the new daemon holds its first lease: while partitions move.
+    KillPostgresDuringHandover,
     RestartRedisEmpty,
     RestartBroker,
 }
 
-const FAULTS: [Fault; 6] = [
+const FAULTS: [Fault; 8] = [
     Fault::KillDaemon,
     Fault::RestartPostgres,
     Fault::ReplaceDaemon,
+    Fault::KillPostgres,
     Fault::RestartRedisEmpty,
     Fault::KillDaemon,
+    Fault::KillPostgresDuringHandover,
     Fault::RestartBroker,
 ];
 
@@ -101,6 +108,8 @@ impl Fault {
             Fault::KillDaemon => "kill -9 daemon (same member id)",
             Fault::ReplaceDaemon => "kill -9 daemon (new member id)",
             Fault::RestartPostgres => "restart postgres",
+            Fault::KillPostgres => "kill -9 postgres",
+            Fault::KillPostgresDuringHandover => "kill -9 postgres during a handover",
             Fault::RestartRedisEmpty => "restart redis empty",
             Fault::RestartBroker => "restart broker",
         }
@@ -403,12 +412,13 @@ impl Rig {
     /// The first half of a fault: kills the daemon or stops the service.
     async fn inflict(&mut self, fault: Fault) {
         match fault {
-            Fault::KillDaemon | Fault::ReplaceDaemon => {
+            Fault::KillDaemon | Fault::ReplaceDaemon | Fault::KillPostgresDuringHandover => {
                 if let Some(mut child) = self.daemon.take() {
                     child.kill().await.expect("kill -9 the daemon");
                 }
             }
             Fault::RestartPostgres => tokio::task::block_in_place(|| self.pg.pause()),
+            Fault::KillPostgres => tokio::task::block_in_place(|| self.pg.kill()),
             Fault::RestartRedisEmpty => tokio::task::block_in_place(|| self.redis.kill()),
             Fault::RestartBroker => self.broker.stop().await,
         }
@@ -424,7 +434,40 @@ impl Rig {
                 }
                 self.spawn_daemon();
             }
-            Fault::RestartPostgres => {
+            Fault::RestartPostgres | Fault::KillPostgres => {
+                tokio::time::sleep(OUTAGE).await;
+                tokio::task::block_in_place(|| self.pg.resume());
+            }
+            Fault::KillPostgresDuringHandover => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.member += 1;
+                self.spawn_daemon();
+                // The new member's first lease: the dead daemon's ones expired and are
+                // being taken over, claimed in the sinks, and written under new epochs.
+                let member = format!("chaos-{}", self.member);
+                let url = format!(
+                    "postgres://gamestream@127.0.0.1:{}/gamestream",
+                    self.pg.port
+                );
+                let moved = eventually(Duration::from_secs(60), || {
+                    let (url, member) = (url.clone(), member.clone());
+                    async move {
+                        use sqlx::Connection;
+                        let Ok(mut conn) = sqlx::PgConnection::connect(&url).await else {
+                            return false;
+                        };
+                        sqlx::query_scalar::<_, i64>(
+                            "SELECT count(*) FROM partition_leases WHERE owner = $1",
+                        )
+                        .bind(&member)
+                        .fetch_one(&mut conn)
+                        .await
+                        .is_ok_and(|n| n > 0)
+                    }
+                })
+                .await;
+                assert!(moved, "the new daemon took no lease within 60 s");
+                tokio::task::block_in_place(|| self.pg.kill());
                 tokio::time::sleep(OUTAGE).await;
                 tokio::task::block_in_place(|| self.pg.resume());
             }

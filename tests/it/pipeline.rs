@@ -395,6 +395,44 @@ async fn postgres_outage_is_waited_out_not_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_that_keeps_crashing_escalates_and_the_daemon_exits_70() {
+    let took = escalation().await;
+    eprintln!("escalated in {took:?}");
+}
+
+/// The same under CPU load: busy loops on every core while a sink keeps crashing, and
+/// still the daemon exits 70 (the supervisor's take-over of partitions runs outside its
+/// message handler, so a crash never waits behind it). Runs alone (`.config/nextest.toml`:
+/// it takes every test thread), and prints how long escalation took: a figure, not an
+/// assertion, on a shared machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_keeps_crashing_escalates_under_cpu_load() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spinners: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut x = 0_u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(
+                        x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
+                    );
+                }
+            })
+        })
+        .collect();
+    let took = escalation().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for spinner in spinners {
+        let _ = spinner.join();
+    }
+    eprintln!("escalated under load ({cores} busy loops) in {took:?}");
+}
+
+/// Starts a consuming daemon whose logger cannot write (its table is gone), waits for
+/// it to give up with exit 70, checks nothing was dead-lettered or committed, and
+/// returns how long it took from the start.
+async fn escalation() -> Duration {
     let env = TestEnv::new().await;
     let records: Vec<_> = (0..500)
         .map(|i| RawRecord::of(&sample_event(i, 10, 2)))
@@ -406,6 +444,7 @@ async fn a_sink_that_keeps_crashing_escalates_and_the_daemon_exits_70() {
         .execute(&env.pg)
         .await
         .expect("drop events");
+    let started = std::time::Instant::now();
     let mut child = env
         .command(&[
             "--set",
@@ -419,10 +458,11 @@ async fn a_sink_that_keeps_crashing_escalates_and_the_daemon_exits_70() {
         .env("RUST_LOG", "error")
         .spawn()
         .expect("spawn");
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await
         .expect("the daemon gives up")
         .expect("wait");
+    let took = started.elapsed();
     assert_eq!(exit.code(), Some(70), "escalation exits 70");
     assert_eq!(
         count(&env.pg, "SELECT count(*) FROM dlq_events").await,
@@ -435,4 +475,5 @@ async fn a_sink_that_keeps_crashing_escalates_and_the_daemon_exits_70() {
             .is_empty(),
         "nothing committed"
     );
+    took
 }

@@ -125,6 +125,15 @@ pub async fn acquire(
     if want <= 0 {
         return Ok(Vec::new());
     }
+    // A new epoch is the fencing token of every write under the lease, so it must
+    // survive a PostgreSQL crash once this daemon acts on it: with the pool's
+    // asynchronous commit, a crash could forget the increment after the daemon saw it,
+    // and another daemon would then take the same epoch. This commit waits for its WAL
+    // flush, whatever `postgres.synchronous_commit` says.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = on")
+        .execute(&mut *tx)
+        .await?;
     let rows: Vec<(i32, i64)> = sqlx::query_as(
         "WITH free AS (
              SELECT partition FROM partition_leases
@@ -145,8 +154,9 @@ pub async fn acquire(
     .bind(want)
     .bind(partitions)
     .bind(millis(ttl))
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(leases(rows))
 }
 

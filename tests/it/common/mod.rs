@@ -566,6 +566,41 @@ impl PrivatePostgres {
             .expect("create database");
     }
 
+    /// Kills the postmaster with SIGKILL (a crash: what the WAL has not flushed is
+    /// lost; [`PrivatePostgres::resume`] then runs crash recovery), and waits until its
+    /// backends, which notice the postmaster's death, are gone too.
+    pub fn kill(&self) {
+        let pid_file = self.dir.path().join("data/postmaster.pid");
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+        else {
+            return;
+        };
+        // Its backends outlive it for a moment (until they notice), still attached to
+        // the shared memory a new postmaster must find unused: wait for them too.
+        let children: Vec<String> = std::process::Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let alive = |p: &str| std::path::Path::new(&format!("/proc/{p}")).exists();
+        while std::time::Instant::now() < deadline
+            && (alive(&pid.to_string()) || children.iter().any(|c| alive(c)))
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops it (fast: connections are cut, as in a crash of the client's view).
     pub fn pause(&self) {
         let data = self.dir.path().join("data");
