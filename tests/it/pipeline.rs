@@ -136,7 +136,9 @@ async fn poison_records_are_dead_lettered_and_the_partition_goes_on() {
             "bad_timestamp",
         ),
         (
-            format!(r#"{{"blob":"{}"}}"#, "x".repeat(1024 * 1024)).into_bytes(),
+            // Above `dlq.max_message_bytes` (900,000), below the broker's default
+            // `message.max.bytes` (1,048,588) for the whole record batch.
+            format!(r#"{{"blob":"{}"}}"#, "x".repeat(950 * 1024)).into_bytes(),
             "missing_field",
         ),
     ];
