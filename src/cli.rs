@@ -189,7 +189,11 @@ async fn run(command: Command, config: Config) -> ExitCode {
     match result {
         Ok(exit) => exit.into(),
         Err(e) => {
-            eprintln!("gamestream: {e:#}");
+            let message = format!("{e:#}");
+            eprintln!("gamestream: {message}");
+            if let Some(hint) = crate::exit::hint(&message) {
+                eprintln!("hint: {hint}");
+            }
             Exit::Failure.into()
         }
     }

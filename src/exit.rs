@@ -36,9 +36,35 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// What to try next, for an error whose usual cause is the environment rather than the
+/// command (printed under the error by every command).
+pub fn hint(error: &str) -> Option<&'static str> {
+    if error.contains("password authentication failed") {
+        Some(
+            "the database refused the user or password: set DB_USER and DB_PASSWORD \
+             (next to `make run`, the local stack's settings: eval \"$(deploy/local/stack.sh env)\")",
+        )
+    } else if error.contains("Connection refused") {
+        Some(
+            "nothing listens there: check DB_HOST/DB_PORT, REDIS_HOST/REDIS_PORT and \
+             KAFKA_BOOTSTRAP_SERVERS (`deploy/local/stack.sh status` for the local stack)",
+        )
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_errors_get_a_hint() {
+        let auth = "postgres 127.0.0.1:5432: error returned from database: password authentication failed for user \"gamestream\"";
+        assert!(hint(auth).is_some_and(|h| h.contains("DB_PASSWORD")));
+        assert!(hint("kafka: Connection refused (os error 111)").is_some());
+        assert_eq!(hint("unknown sink `x`"), None);
+    }
 
     #[test]
     fn codes_are_the_documented_ones() {

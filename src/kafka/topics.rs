@@ -65,7 +65,48 @@ pub async fn create_topics(
             Err(e) => return Err(e.into()),
         }
     }
+    let created: Vec<(&str, i32)> = reports
+        .iter()
+        .filter_map(|r| match r {
+            TopicReport::Created { name, partitions } => Some((name.as_str(), *partitions)),
+            TopicReport::AlreadyExists { .. } => None,
+        })
+        .collect();
+    wait_until_listed(client, &created).await?;
     Ok(reports)
+}
+
+/// How long a created topic may take to appear in the brokers' metadata.
+const CREATION_SETTLES_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the brokers list every topic of `created` with all its partitions.
+/// Apache Kafka answers CreateTopics once its controller has the topic, while the
+/// brokers' metadata follow a moment later: a daemon started right after `topics
+/// create` would otherwise find its topics missing.
+async fn wait_until_listed(client: &Client, created: &[(&str, i32)]) -> Result<(), KafkaError> {
+    if created.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let listed = client.list_topics().await?;
+        let missing: Vec<&str> = created
+            .iter()
+            .filter(|(name, partitions)| {
+                !listed
+                    .iter()
+                    .any(|t| t.name == *name && t.partitions.len() == *partitions as usize)
+            })
+            .map(|(name, _)| *name)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > CREATION_SETTLES_WITHIN {
+            return Err(KafkaError::UnknownTopic(missing.join(", ")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Every topic with its partition count, sorted by name.

@@ -43,6 +43,9 @@ pub fn exit_code(command: &str, result: Result<Exit>) -> Exit {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gamestream {command}: {e}");
+            if let Some(hint) = crate::exit::hint(&e.to_string()) {
+                eprintln!("hint: {hint}");
+            }
             match e {
                 OpsError::Usage(_) => Exit::Config,
                 _ => Exit::Failure,

@@ -75,9 +75,11 @@ async fn broker_outage_gives_503_then_recovers_without_losing_acknowledged_event
         .collect();
     assert_eq!(on_topic, before);
 
-    // During: every request is answered 503 with Retry-After; once the bound is reached
-    // the refusal is immediate instead of waiting for the broker.
-    broker.stop().await;
+    // During: the broker hangs (SIGSTOP: connections open, no answers). Every request is
+    // answered 503 with Retry-After; once the bound is reached the refusal is immediate
+    // instead of waiting for the broker. (A broker that is gone refuses connections at
+    // once, so its requests fail fast and never fill the bound.)
+    broker.freeze();
     let during = post_many(&server, "during", 120).await;
     let mut overloaded = 0;
     for (answer, took) in &during {
@@ -112,7 +114,9 @@ async fn broker_outage_gives_503_then_recovers_without_losing_acknowledged_event
     .await;
     assert!(released, "in-flight bytes did not return to 0");
 
-    // After: the broker is back (with its topics); publishing resumes by itself.
+    // After: the hung broker is killed and started again (with its topics); publishing
+    // resumes by itself.
+    broker.stop().await;
     broker.restart().await;
     let client = kafka::connect(&env.config.kafka)
         .await

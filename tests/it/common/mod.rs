@@ -708,6 +708,17 @@ impl PrivateBroker {
         self.dir.path().join("tls/ca.crt")
     }
 
+    /// Freezes the broker with SIGSTOP: connections stay open and nothing answers, as
+    /// with a broker in a long pause or behind a partitioned network. [`Self::stop`]
+    /// (SIGKILL) still ends it.
+    pub fn freeze(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(tokio::process::Child::id) {
+            let _ = std::process::Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status();
+        }
+    }
+
     /// Kills the broker with SIGKILL (like a crash) and waits until it is gone.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
