@@ -81,7 +81,7 @@ pub struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsAction {
-    /// Create the five contract topics with the configured partition counts; existing topics are reported, not an error.
+    /// Create the five contract topics with the configured partition counts, retention.ms and min.insync.replicas; existing topics are reported (with a warning for each setting that differs), never altered.
     Create,
     /// List every topic on the cluster with its partition count.
     List,

@@ -144,17 +144,66 @@ pub struct TopicsConfig {
     pub dlq: String,
     pub dlq_partitions: i32,
     pub replication_factor: i16,
+    /// `retention.ms` of the raw and processed event topics.
+    #[serde(with = "humantime_serde")]
+    pub retention_raw: Duration,
+    /// `retention.ms` of the other topics: statistics, leaderboards, dead letters.
+    #[serde(with = "humantime_serde")]
+    pub retention_other: Duration,
+    /// `min.insync.replicas` of created topics.
+    pub min_insync_replicas: i16,
+}
+
+/// One topic of the contract as `gamestream topics create` makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    /// Its `retention.ms`.
+    pub retention: Duration,
+}
+
+impl<'a> TopicSpec<'a> {
+    fn new(name: &'a str, partitions: i32, retention: Duration) -> Self {
+        Self {
+            name,
+            partitions,
+            retention,
+        }
+    }
 }
 
 impl TopicsConfig {
     /// Every topic of the contract with the partition count it is created with.
     pub fn all(&self) -> [(&str, i32); 5] {
+        self.specs().map(|spec| (spec.name, spec.partitions))
+    }
+
+    /// Every topic of the contract with its partition count and retention.
+    pub fn specs(&self) -> [TopicSpec<'_>; 5] {
+        let spec = TopicSpec::new;
         [
-            (&self.player_events, self.player_events_partitions),
-            (&self.processed_events, self.processed_events_partitions),
-            (&self.statistics, self.statistics_partitions),
-            (&self.leaderboards, self.leaderboards_partitions),
-            (&self.dlq, self.dlq_partitions),
+            spec(
+                &self.player_events,
+                self.player_events_partitions,
+                self.retention_raw,
+            ),
+            spec(
+                &self.processed_events,
+                self.processed_events_partitions,
+                self.retention_raw,
+            ),
+            spec(
+                &self.statistics,
+                self.statistics_partitions,
+                self.retention_other,
+            ),
+            spec(
+                &self.leaderboards,
+                self.leaderboards_partitions,
+                self.retention_other,
+            ),
+            spec(&self.dlq, self.dlq_partitions, self.retention_other),
         ]
     }
 }

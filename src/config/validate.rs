@@ -65,6 +65,31 @@ impl Config {
                 ));
             }
         }
+        for (name, retention) in [
+            ("topics.retention_raw", self.topics.retention_raw),
+            ("topics.retention_other", self.topics.retention_other),
+        ] {
+            // Kafka's retention.ms is a long of milliseconds; below 1 ms it would be 0.
+            let millis = retention.as_millis();
+            if millis < 1 || millis > i64::MAX as u128 {
+                problems.push(format!(
+                    "`{name}` must be between 1ms and {} days",
+                    i64::MAX as u128 / 86_400_000
+                ));
+            }
+        }
+        let (min_isr, replication) = (
+            self.topics.min_insync_replicas,
+            self.topics.replication_factor,
+        );
+        if min_isr < 1 {
+            problems.push("`topics.min_insync_replicas` must be at least 1".to_owned());
+        } else if replication >= 1 && min_isr > replication {
+            problems.push(format!(
+                "`topics.min_insync_replicas` ({min_isr}) must not exceed \
+                 `topics.replication_factor` ({replication}): no write could be acknowledged"
+            ));
+        }
         let positive = [
             ("http.batch_limit", self.http.batch_limit),
             (
@@ -152,5 +177,49 @@ mod tests {
         let err =
             load_with(None, &[("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")], &[]).expect_err("invalid");
         assert!(err.to_string().contains("KAFKA_USERNAME"), "{err}");
+    }
+
+    #[test]
+    fn topic_configs_default_to_the_contract_and_are_checked() {
+        let config = load_with(None, &[], &[]).expect("defaults are valid");
+        let retention: Vec<_> = config
+            .topics
+            .specs()
+            .iter()
+            .map(|spec| (spec.name, spec.retention.as_secs() / 86_400))
+            .collect();
+        assert_eq!(
+            retention,
+            [
+                ("player.events.raw", 7),
+                ("player.events.processed", 7),
+                ("player.statistics", 30),
+                ("game.leaderboards", 30),
+                ("system.dlq", 30),
+            ]
+        );
+        assert_eq!(config.topics.min_insync_replicas, 1);
+
+        let err = load_with(
+            None,
+            &[],
+            &[
+                ("topics.min_insync_replicas", "2"),
+                ("topics.retention_raw", "\"0s\""),
+            ],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("`topics.min_insync_replicas` (2)"), "{text}");
+        assert!(text.contains("`topics.retention_raw`"), "{text}");
+        load_with(
+            None,
+            &[],
+            &[
+                ("topics.min_insync_replicas", "2"),
+                ("topics.replication_factor", "3"),
+            ],
+        )
+        .expect("production's replication 3 and min ISR 2 are valid");
     }
 }

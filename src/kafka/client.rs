@@ -28,6 +28,18 @@ pub enum KafkaError {
     },
     #[error("kafka: topic `{0}` does not exist (run `gamestream topics create`)")]
     UnknownTopic(String),
+    /// The broker answered a topic request with an error (an invalid config value, a
+    /// policy violation, too few brokers for the replication factor, ...).
+    #[error("kafka: the broker refused to {action} topic `{topic}`: {answer}")]
+    TopicRefused {
+        topic: String,
+        /// What was asked: `create`, `describe the configuration of`.
+        action: &'static str,
+        /// The broker's error code, as rskafka names it.
+        error: rskafka::client::error::ProtocolError,
+        /// The error code and the broker's message, if it sent one.
+        answer: String,
+    },
 }
 
 /// Connects to the cluster. Every broker operation of the returned client retries with

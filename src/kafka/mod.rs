@@ -12,4 +12,7 @@ pub use ingest_producer::{
     KafkaProducer, ProduceError, ProducerRecord, ProducerTasks, RecordHeaders,
 };
 pub use partitioner::{murmur2, partition_for_key};
-pub use topics::{TopicReport, create_topics, list_topics, partition_count};
+pub use topics::{
+    MIN_INSYNC_REPLICAS, RETENTION_MS, TopicDifference, TopicReport, create_topics, list_topics,
+    partition_count, topic_configs,
+};

@@ -28,4 +28,5 @@ mod redis_scripts;
 mod security;
 mod stats_leaderboards;
 mod throughput;
+mod topics_config;
 mod traces;

@@ -26,6 +26,9 @@ mod delete_records;
 pub use delete_records::*;
 mod delete_topics;
 pub use delete_topics::*;
+// gamestream patch: DescribeConfigs (see GAMESTREAM_PATCH.md)
+mod describe_configs;
+pub use describe_configs::*;
 mod fetch;
 pub use fetch::*;
 mod header;
