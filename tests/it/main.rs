@@ -27,5 +27,6 @@ mod queries;
 mod redis_scripts;
 mod security;
 mod stats_leaderboards;
+mod store_tls;
 mod throughput;
 mod traces;
