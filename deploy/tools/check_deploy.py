@@ -16,7 +16,7 @@
 
 `check` verifies, against the code rather than against a copy of it:
   * every env var the manifests and compose set is one gamestream reads (CONTRACT_ENV
-    from src/config.rs, the OTEL_*/RUST_LOG list, GAMESTREAM_<SECTION>__<KEY> for keys
+    from src/config/mod.rs, the OTEL_*/RUST_LOG list, GAMESTREAM_<SECTION>__<KEY> for keys
     of config/default.toml), with a value of the right type; the config files use only
     known keys; with GAMESTREAM_BIN, the binary itself loads each config + env set;
   * probes and ports: /health and /ready exist as routes, probes and healthchecks use
@@ -155,16 +155,25 @@ def config_defaults() -> dict[str, object]:
     return out
 
 
+def config_source() -> str:
+    """The module that defines CONTRACT_ENV and ENV_PREFIX (src/config/mod.rs since the
+    configuration became a folder; src/config.rs before)."""
+    for path in (REPO / "src" / "config" / "mod.rs", REPO / "src" / "config.rs"):
+        if path.exists():
+            return path.read_text()
+    raise SystemExit("src/config/mod.rs: not found")
+
+
 def contract_env() -> dict[str, str]:
-    text = (REPO / "src" / "config.rs").read_text()
+    text = config_source()
     block = re.search(r"CONTRACT_ENV:[^=]*=\s*&\[(.*?)\];", text, re.S)
     if not block:
-        raise SystemExit("src/config.rs: CONTRACT_ENV not found")
+        raise SystemExit("src/config/mod.rs: CONTRACT_ENV not found")
     return dict(re.findall(r'\(\s*"([A-Z0-9_]+)"\s*,\s*"([a-z0-9_.]+)"\s*\)', block.group(1)))
 
 
 def env_prefix() -> str:
-    m = re.search(r'ENV_PREFIX:\s*&str\s*=\s*"([^"]+)"', (REPO / "src" / "config.rs").read_text())
+    m = re.search(r'ENV_PREFIX:\s*&str\s*=\s*"([^"]+)"', config_source())
     return m.group(1) if m else "GAMESTREAM_"
 
 

@@ -37,6 +37,7 @@ pub const CONTRACT_ENV: &[(&str, &str)] = &[
     ("DB_PASSWORD", "postgres.password"),
     ("REDIS_HOST", "redis.host"),
     ("REDIS_PORT", "redis.port"),
+    ("REDIS_PASSWORD", "redis.password"),
     ("PORT", "http.port"),
     ("BUFFER_SIZE", "stats.buffer_size"),
     ("LOG_FORMAT", "telemetry.log_format"),

@@ -272,10 +272,15 @@ pub enum SslMode {
 pub struct RedisConfig {
     pub host: String,
     pub port: u16,
+    /// ACL user of `AUTH`; empty = the default user (password only).
     pub username: String,
+    /// `AUTH` password (contract: `REDIS_PASSWORD`); empty = no `AUTH`.
     pub password: Secret,
     pub db: i64,
+    /// Connect over TLS (`rediss://`), verifying the server's certificate and host name.
     pub tls: bool,
+    /// Extra CA certificates (PEM) trusted with `tls`, besides Mozilla's roots.
+    pub ca_file: String,
     /// Put before every key written; empty in production.
     pub key_prefix: String,
     pub max_connections: u32,

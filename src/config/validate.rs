@@ -38,6 +38,14 @@ impl Config {
                 "`redis.host` (REDIS_HOST) is required",
             ),
             (
+                self.redis.ca_file.is_empty() || self.redis.tls,
+                "`redis.ca_file` (GAMESTREAM_REDIS__CA_FILE) is set but `redis.tls` (GAMESTREAM_REDIS__TLS) is false: set both, or neither",
+            ),
+            (
+                self.redis.username.is_empty() || !self.redis.password.is_empty(),
+                "`redis.username` (GAMESTREAM_REDIS__USERNAME) needs `redis.password` (REDIS_PASSWORD)",
+            ),
+            (
                 !self.topics.player_events.is_empty(),
                 "`topics.player_events` is required",
             ),
@@ -221,5 +229,40 @@ mod tests {
             ],
         )
         .expect("production's replication 3 and min ISR 2 are valid");
+    }
+
+    #[test]
+    fn redis_tls_and_auth_settings_must_agree() {
+        let err = load_with(None, &[("GAMESTREAM_REDIS__CA_FILE", "/ca.pem")], &[])
+            .expect_err("a CA file without TLS");
+        assert!(err.to_string().contains("GAMESTREAM_REDIS__TLS"), "{err}");
+        let err = load_with(None, &[("GAMESTREAM_REDIS__USERNAME", "app")], &[])
+            .expect_err("a user without a password");
+        assert!(err.to_string().contains("REDIS_PASSWORD"), "{err}");
+        let config = load_with(
+            None,
+            &[
+                ("GAMESTREAM_REDIS__TLS", "true"),
+                ("GAMESTREAM_REDIS__CA_FILE", "/ca.pem"),
+                ("GAMESTREAM_REDIS__USERNAME", "app"),
+                ("REDIS_PASSWORD", "from-contract"),
+            ],
+            &[],
+        )
+        .expect("valid");
+        assert!(config.redis.tls);
+        assert_eq!(config.redis.ca_file, "/ca.pem");
+        assert_eq!(config.redis.password.expose(), "from-contract");
+        // The GAMESTREAM_ name wins over the contract's, as for every setting.
+        let config = load_with(
+            None,
+            &[
+                ("REDIS_PASSWORD", "from-contract"),
+                ("GAMESTREAM_REDIS__PASSWORD", "from-prefix"),
+            ],
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(config.redis.password.expose(), "from-prefix");
     }
 }

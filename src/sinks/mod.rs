@@ -7,6 +7,7 @@
 pub mod error;
 pub mod postgres;
 pub mod redis;
+mod tls;
 
 pub use error::{SinkError, StoreError};
 

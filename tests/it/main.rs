@@ -27,6 +27,7 @@ mod queries;
 mod redis_scripts;
 mod security;
 mod stats_leaderboards;
+mod store_tls;
 mod throughput;
 mod topics_config;
 mod traces;

@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 pub mod ingest;
+pub mod tls;
 
 use gamestream::config::{self, Config, Sources};
 use gamestream::kafka;
@@ -474,12 +475,7 @@ impl PrivatePostgres {
 
     fn as_postgres(program: &str) -> std::process::Command {
         // PostgreSQL refuses to run as root; the Debian package's `postgres` user can.
-        let root = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout == b"0\n")
-            .unwrap_or(false);
-        if root {
+        if Self::as_root() {
             let mut cmd = std::process::Command::new("runuser");
             cmd.args(["-u", "postgres", "--", &format!("{}/{program}", Self::BIN)]);
             cmd
@@ -490,6 +486,57 @@ impl PrivatePostgres {
 
     /// initdb + start on a free port, with a `gamestream` superuser (trust auth).
     pub fn start() -> Self {
+        let pg = Self::init();
+        pg.resume();
+        pg
+    }
+
+    /// As [`PrivatePostgres::start`], with `ssl = on` and `server` as its certificate
+    /// (plain connections are still accepted; the client's `sslmode` decides).
+    pub fn start_with_tls(server: &tls::ServerCert) -> Self {
+        let pg = Self::init();
+        let data = pg.dir.path().join("data");
+        std::fs::copy(&server.cert, data.join("server.crt")).expect("copy server.crt");
+        std::fs::copy(&server.key, data.join("server.key")).expect("copy server.key");
+        // The key must belong to the server's user and be readable by it alone.
+        let run = |program: &str, args: &[&str]| {
+            let status = std::process::Command::new(program)
+                .args(args)
+                .status()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert!(status.success(), "{program} {args:?}");
+        };
+        let (crt, key) = (
+            data.join("server.crt").display().to_string(),
+            data.join("server.key").display().to_string(),
+        );
+        run("chmod", &["600", &key]);
+        if Self::as_root() {
+            run("chown", &["postgres:postgres", &crt, &key]);
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .expect("write postgresql.conf");
+        pg.resume();
+        pg
+    }
+
+    fn as_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false)
+    }
+
+    /// initdb on a free port, not started.
+    fn init() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("gs-pg-")
             .tempdir_in("/tmp")
@@ -515,9 +562,7 @@ impl PrivatePostgres {
             .expect("initdb");
         assert!(status.success(), "initdb failed");
         let port = free_port();
-        let pg = Self { port, dir };
-        pg.resume();
-        pg
+        Self { port, dir }
     }
 
     /// Starts (again) on the same port and data.
@@ -800,6 +845,18 @@ pub struct PrivateRedis {
     pub port: u16,
     child: Option<std::process::Child>,
     paused: bool,
+    options: RedisOptions,
+}
+
+/// How a [`PrivateRedis`] is secured.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// TLS only (`--port 0 --tls-port`) with this certificate; clients need no certificate.
+    pub tls: Option<tls::ServerCert>,
+    /// `requirepass`: the default user's password.
+    pub password: Option<String>,
+    /// ACL users (`user` directives): name, password; each may run every command.
+    pub users: Vec<(String, String)>,
 }
 
 impl PrivateRedis {
@@ -808,20 +865,64 @@ impl PrivateRedis {
 
     /// Starts an empty server on a free port.
     pub fn start() -> Self {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Starts an empty server on a free port, secured as `options` say.
+    pub fn start_with(options: RedisOptions) -> Self {
         let mut redis = Self {
             port: free_port(),
             child: None,
             paused: false,
+            options,
         };
         redis.spawn();
         redis
     }
 
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut security: Vec<String> = Vec::new();
+        match &self.options.tls {
+            Some(server) => {
+                let (cert, key) = (server.cert.display(), server.key.display());
+                security.extend(
+                    ["--port", "0", "--tls-port", &port]
+                        .into_iter()
+                        .map(str::to_owned),
+                );
+                security.extend([
+                    "--tls-cert-file".to_owned(),
+                    cert.to_string(),
+                    "--tls-key-file".to_owned(),
+                    key.to_string(),
+                    // For client certificates, which are not asked for.
+                    "--tls-ca-cert-file".to_owned(),
+                    server.ca.display().to_string(),
+                    "--tls-auth-clients".to_owned(),
+                    "no".to_owned(),
+                ]);
+            }
+            None => security.extend(["--port".to_owned(), port]),
+        }
+        if let Some(password) = &self.options.password {
+            security.extend(["--requirepass".to_owned(), password.clone()]);
+        }
+        for (user, password) in &self.options.users {
+            // One word per argument: redis-server joins them into the `user` directive.
+            security.extend([
+                "--user".to_owned(),
+                user.clone(),
+                "on".to_owned(),
+                format!(">{password}"),
+                "~*".to_owned(),
+                "&*".to_owned(),
+                "+@all".to_owned(),
+            ]);
+        }
         let child = std::process::Command::new("redis-server")
+            .args(&security)
             .args([
-                "--port",
-                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -838,12 +939,24 @@ impl PrivateRedis {
             .expect("redis-server (apt-get install redis-server) starts");
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Self::READY_TIMEOUT;
-        while !self.answers_ping() {
+        while !self.ready() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "private redis did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Plain and open: it answers PING. Otherwise (TLS, AUTH): it accepts connections.
+    fn ready(&self) -> bool {
+        let plain = self.options.tls.is_none()
+            && self.options.password.is_none()
+            && self.options.users.is_empty();
+        if plain {
+            self.answers_ping()
+        } else {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
         }
     }
 
