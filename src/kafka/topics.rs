@@ -251,6 +251,9 @@ fn refused(topic: &str, action: &'static str, error: ClientError) -> KafkaError 
             },
         },
         other => KafkaError::Client(other),
+    }
+}
+
 /// How long a created topic may take to appear in the brokers' metadata.
 const CREATION_SETTLES_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 

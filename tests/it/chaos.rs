@@ -376,7 +376,10 @@ impl Rig {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gamestream"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .envs(self.env.clone())
             .args(
                 self.overrides
@@ -574,7 +577,6 @@ async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Row>
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let started = Instant::now();
-        load.faults_started.fetch_add(1, Ordering::SeqCst);
         rig.inflict(fault).await;
         // The baseline of recovery is taken once the fault has struck: answers and
         // commits already under way before it must not count as recovery (at full
@@ -583,6 +585,10 @@ async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Row>
         // committed nothing since the reading above (and reading it would only wait).
         tokio::time::sleep(Duration::from_millis(200)).await;
         let acked_before = load.acked_seqs.load(Ordering::SeqCst);
+        // Only now may the load go on to its next stop: Apache Kafka acknowledges a whole
+        // slice of the load within the 200 ms above, and recovery would then wait for
+        // acknowledgements that the gate no longer lets come.
+        load.faults_started.fetch_add(1, Ordering::SeqCst);
         let stores_up = matches!(
             fault,
             Fault::KillDaemon | Fault::ReplaceDaemon | Fault::RestartBroker
