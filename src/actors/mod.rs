@@ -23,6 +23,31 @@
 //! - [`dlq`]: stores dead letters in `system.dlq` and `dlq_events`.
 //! - [`record`]: what readers hand to sinks.
 
+/// `From` and `TryFrom` between an actor's message enum and the payload of one of its
+/// variants, so that the actor can be handed out as a `DerivedActorRef` of that payload
+/// alone (a narrow handle: the holder sees one message, not the actor's whole enum).
+macro_rules! narrow_message {
+    ($message:ident :: $variant:ident ( $payload:ty )) => {
+        impl From<$payload> for $message {
+            fn from(payload: $payload) -> Self {
+                $message::$variant(payload)
+            }
+        }
+
+        impl TryFrom<$message> for $payload {
+            type Error = $message;
+
+            fn try_from(message: $message) -> Result<Self, $message> {
+                match message {
+                    $message::$variant(payload) => Ok(payload),
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+pub(crate) use narrow_message;
+
 pub mod dlq;
 pub mod leaderboard;
 pub mod leaderboard_refresher;

@@ -43,22 +43,7 @@ pub enum ReaderMessage {
     Ack(SinkAck),
 }
 
-impl From<SinkAck> for ReaderMessage {
-    fn from(ack: SinkAck) -> Self {
-        ReaderMessage::Ack(ack)
-    }
-}
-
-impl TryFrom<ReaderMessage> for SinkAck {
-    type Error = ReaderMessage;
-
-    fn try_from(message: ReaderMessage) -> Result<Self, ReaderMessage> {
-        match message {
-            ReaderMessage::Ack(ack) => Ok(ack),
-            other => Err(other),
-        }
-    }
-}
+super::narrow_message!(ReaderMessage::Ack(SinkAck));
 
 /// What a reader starts from: its partition client and the first offset to fetch.
 /// Prepared by [`prepare_reader`] before the reader is spawned, so that starting the

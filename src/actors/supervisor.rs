@@ -95,39 +95,8 @@ pub enum SupervisorMessage {
     },
 }
 
-impl From<LeaseEvent> for SupervisorMessage {
-    fn from(event: LeaseEvent) -> Self {
-        SupervisorMessage::Lease(event)
-    }
-}
-
-impl TryFrom<SupervisorMessage> for LeaseEvent {
-    type Error = SupervisorMessage;
-
-    fn try_from(message: SupervisorMessage) -> Result<Self, SupervisorMessage> {
-        match message {
-            SupervisorMessage::Lease(event) => Ok(event),
-            other => Err(other),
-        }
-    }
-}
-
-impl From<PartitionFenced> for SupervisorMessage {
-    fn from(fenced: PartitionFenced) -> Self {
-        SupervisorMessage::Fenced(fenced)
-    }
-}
-
-impl TryFrom<SupervisorMessage> for PartitionFenced {
-    type Error = SupervisorMessage;
-
-    fn try_from(message: SupervisorMessage) -> Result<Self, SupervisorMessage> {
-        match message {
-            SupervisorMessage::Fenced(fenced) => Ok(fenced),
-            other => Err(other),
-        }
-    }
-}
+super::narrow_message!(SupervisorMessage::Lease(LeaseEvent));
+super::narrow_message!(SupervisorMessage::Fenced(PartitionFenced));
 
 pub struct Supervisor;
 

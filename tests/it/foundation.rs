@@ -167,11 +167,11 @@ async fn topics_create_twice_is_fine() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.matches("created").count(), 5, "{out}");
     assert!(
-        out.contains(&format!("created  x{id}.player_events (3 partitions)")),
+        out.contains(&format!("created  x{id}.player_events (3 partitions, ")),
         "{out}"
     );
     assert!(
-        out.contains(&format!("created  x{id}.leaderboards (1 partitions)")),
+        out.contains(&format!("created  x{id}.leaderboards (1 partitions, ")),
         "{out}"
     );
     let (code, out, err) = run(&mut cmd).await;
