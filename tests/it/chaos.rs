@@ -15,57 +15,29 @@
 //! All three services are private to the test (`tests/it/common`): the shared stack is
 //! never stopped. Single daemon: the multi-daemon (partition lease) part is not here.
 //!
-//! # The tally rule
-//!
-//! The server assigns `event_id`, so a client cannot resend "the same" event: a resend
-//! is a new event. Each *attempt* therefore carries its own tag in `data`
-//! (`seq`, `attempt`), and the load resends a `seq` (as a new attempt) only when the
-//! attempt got no 2xx success: a non-2xx answer, an item error, or no answer at all.
-//! - An attempt with a 2xx success is *acknowledged*: it must be in `events` exactly
-//!   once (else it is lost, a discrepancy).
-//! - An attempt without one is *unacknowledged*: it may have landed ("accepted but the
-//!   answer was lost", e.g. the daemon was killed after the broker's ack). It may be in
-//!   `events` at most once; if it is, it is an event the system accepted, so it counts.
-//! - Any other row is a phantom; a tag in two rows is a duplicate.
-//!
-//! The expected statistics and leaderboards are then computed here, from the events
-//! that landed (acknowledged ones plus the unacknowledged ones found), and compared
-//! with `player_statistics`, `leaderboard_scores`, `player_stats:*` and the
-//! `leaderboard:*` sorted sets; and no dead letter may exist (every fault is transient).
+//! The load and its tally live in `tests/it/common/tally.rs` (shared with the
+//! `failover` suite), with the rule for what each answer obliges the stores to hold.
+//! Here the load resends every `seq` without a 2xx success, as a new attempt, until it
+//! has one. The expected statistics and leaderboards are computed from the events that
+//! landed (acknowledged ones plus the unacknowledged ones found) and compared with
+//! `player_statistics`, `leaderboard_scores`, `player_stats:*` and the `leaderboard:*`
+//! sorted sets; and no dead letter may exist (every fault is transient).
 //!
 //! Default size: 20,000 events. The full run (≥ 100,000):
 //! `CHAOS_EVENTS=100000 cargo test --test it chaos:: -- --nocapture` (plain cargo test: the
 //! full run outlasts the 5-minute kill of .config/nextest.toml).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::common::analytics::{
-    Expected, PG_SINKS, REDIS_SINKS, day_key, hgetall, last_event_text, pg_scores, pg_stats,
-    redis_offsets, stores_at_marks, week_key, zset,
+use crate::common::tally::{
+    Daemon, Load, LoadSettings, Row, caught_up, check_events, check_stores, check_topic, event_of,
+    fill_answers, prepare_private, print_table, private_settings, sink_offsets,
 };
-use crate::common::{
-    PrivateBroker, PrivatePostgres, PrivateRedis, eventually, free_port, high_watermarks, scan_keys,
-};
-use chrono::{DateTime, SubsecRound, Utc};
-use gamestream::config::{self, Config, Sources};
-use gamestream::event::{Event, KNOWN_EVENT_TYPES, Score};
-use gamestream::kafka;
-use gamestream::sinks::postgres;
-use uuid::Uuid;
+use crate::common::{PrivateBroker, PrivatePostgres, PrivateRedis, eventually};
+use chrono::{SubsecRound, Utc};
+use gamestream::config::Config;
 
-/// Events per HTTP batch request.
-const BATCH: usize = 25;
-/// Concurrent load workers.
-const WORKERS: usize = 8;
-const PLAYERS: usize = 300;
-const GAMES: usize = 4;
-/// Pause between two attempts of the same batch.
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How long a fault may take to recover before the suite calls it a failure.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the stores may take to catch up once the load is over.
@@ -116,184 +88,17 @@ impl Fault {
     }
 }
 
-/// One attempt: the `seq` of the logical event and the attempt number.
-type Tag = (usize, u32);
-
-/// What the load saw.
-#[derive(Default)]
-struct Tally {
-    /// Acknowledged attempts: event id, and the window (faults started) of the ack.
-    acked: HashMap<Tag, (Uuid, usize)>,
-    /// Attempts without a 2xx success.
-    unacked: HashSet<Tag>,
-}
-
-/// Shared state of the load workers and the fault driver.
-struct Load {
-    url: String,
-    total: usize,
-    /// Events per fault window: the load is gated so every fault happens mid-stream.
-    window: usize,
-    now: DateTime<Utc>,
-    next: AtomicUsize,
-    acked_seqs: AtomicUsize,
-    faults_started: AtomicUsize,
-    abort: AtomicBool,
-    tally: Mutex<Tally>,
-    /// Each worker's time between batches under `CHAOS_RATE` (None: as fast as acks come).
-    pace: Option<Duration>,
-}
-
-impl Load {
-    /// The first `seq` the workers may not send yet: three quarters of a window past
-    /// the next fault's trigger, so every fault strikes mid-stream. Starting a fault
-    /// opens the next window at once: load must keep flowing while it is in progress,
-    /// or its recovery (new acknowledgements, new commits) could never be observed.
-    fn limit(&self) -> usize {
-        (self.faults_started.load(Ordering::SeqCst) + 1) * self.window + self.window / 4
-    }
-}
-
-/// The event of attempt `(seq, attempt)`, as the load sends it and the checker expects it.
-fn event_of(seq: usize, attempt: u32, now: DateTime<Utc>) -> Event {
-    let event_type = KNOWN_EVENT_TYPES[seq % KNOWN_EVENT_TYPES.len()];
-    let (data, score) = if event_type == "player_score" {
-        let points = (seq * 37 % 1000) as i64 - 100;
-        (
-            format!(r#"{{"seq":{seq},"attempt":{attempt},"score":{points}}}"#),
-            Score::Integer(points),
-        )
-    } else {
-        (
-            format!(r#"{{"seq":{seq},"attempt":{attempt}}}"#),
-            Score::Absent,
-        )
-    };
-    Event {
-        event_id: Uuid::nil(),
-        event_type: event_type.to_owned(),
-        player_id: format!("player-{}", seq * 7919 % PLAYERS),
-        game_id: format!("game-{}", seq % GAMES),
-        timestamp: now,
-        ingested_at: now,
-        data,
-        score,
-    }
-}
-
-fn submission_json(event: &Event) -> String {
-    format!(
-        r#"{{"event_type":"{}","player_id":"{}","game_id":"{}","timestamp":"{}","data":{}}}"#,
-        event.event_type,
-        event.player_id,
-        event.game_id,
-        gamestream::event::rfc3339(event.timestamp),
-        event.data
-    )
-}
-
-/// A load worker: takes batches of `seq`s and sends each until every event of it has
-/// an acknowledged attempt.
-async fn worker(load: Arc<Load>, http: reqwest::Client) {
-    let mut next_batch_at = tokio::time::Instant::now();
-    loop {
-        if let Some(pace) = load.pace {
-            tokio::time::sleep_until(next_batch_at).await;
-            next_batch_at = next_batch_at.max(tokio::time::Instant::now() - pace) + pace;
-        }
-        let start = load.next.fetch_add(BATCH, Ordering::SeqCst);
-        if start >= load.total {
-            return;
-        }
-        while start >= load.limit() {
-            if load.abort.load(Ordering::SeqCst) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut pending: Vec<usize> = (start..(start + BATCH).min(load.total)).collect();
-        let mut attempt = 0u32;
-        while !pending.is_empty() {
-            if load.abort.load(Ordering::SeqCst) {
-                return;
-            }
-            pending = send_batch(&load, &http, &pending, attempt).await;
-            attempt += 1;
-            if !pending.is_empty() {
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
-        }
-    }
-}
-
-/// Sends one attempt of `seqs`; returns the seqs without an acknowledged attempt.
-async fn send_batch(
-    load: &Load,
-    http: &reqwest::Client,
-    seqs: &[usize],
-    attempt: u32,
-) -> Vec<usize> {
-    let items: Vec<String> = seqs
-        .iter()
-        .map(|&seq| submission_json(&event_of(seq, attempt, load.now)))
-        .collect();
-    let body = format!("[{}]", items.join(","));
-    let answer = match http
-        .post(&load.url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-    {
-        Ok(response) => {
-            let ok = response.status().is_success();
-            response
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .map(|json| (ok, json))
-        }
-        Err(_) => None,
-    };
-    let window = load.faults_started.load(Ordering::SeqCst);
-    let mut tally = load.tally.lock().expect("tally lock"); // poisoned only if a worker panicked
-    let mut retry = Vec::new();
-    for (i, &seq) in seqs.iter().enumerate() {
-        let acked_id = answer.as_ref().and_then(|(ok, json)| {
-            let item = &json["results"][i];
-            (*ok && item["status"] == "success")
-                .then(|| item["event_id"].as_str()?.parse::<Uuid>().ok())
-                .flatten()
-        });
-        match acked_id {
-            Some(id) => {
-                tally.acked.insert((seq, attempt), (id, window));
-                load.acked_seqs.fetch_add(1, Ordering::SeqCst);
-            }
-            None => {
-                tally.unacked.insert((seq, attempt));
-                retry.push(seq);
-            }
-        }
-    }
-    retry
-}
-
 /// The private services and the daemon under test.
 struct Rig {
     pg: PrivatePostgres,
     redis: PrivateRedis,
     broker: PrivateBroker,
     config: Config,
-    env: Vec<(String, String)>,
-    overrides: Vec<(String, String)>,
-    log: PathBuf,
+    daemon: Daemon,
     _dir: tempfile::TempDir,
-    daemon: Option<tokio::process::Child>,
-    /// `lease.member_id` of the daemon; a new one for [`Fault::ReplaceDaemon`].
+    /// `lease.member_id` of the daemon is `chaos-{member}`; a new one for
+    /// [`Fault::ReplaceDaemon`].
     member: u32,
-    /// Exits of the daemon the suite did not cause.
-    unexpected_exits: Vec<String>,
 }
 
 impl Rig {
@@ -301,114 +106,28 @@ impl Rig {
         let pg = PrivatePostgres::start();
         let redis = PrivateRedis::start();
         let broker = PrivateBroker::start_durable().await;
-        let env: Vec<(String, String)> = [
-            ("KAFKA_BOOTSTRAP_SERVERS", broker.address()),
-            ("DB_HOST", "127.0.0.1".to_owned()),
-            ("DB_PORT", pg.port.to_string()),
-            ("DB_NAME", "gamestream".to_owned()),
-            ("DB_USER", "gamestream".to_owned()),
-            ("DB_PASSWORD", String::new()),
-            ("REDIS_HOST", "127.0.0.1".to_owned()),
-            ("REDIS_PORT", redis.port.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let overrides: Vec<(String, String)> = [
-            ("http.bind", "\"127.0.0.1\"".to_owned()),
-            ("http.port", free_port().to_string()),
-            ("redis.timeout", "\"1s\"".to_owned()),
-            ("consumer.retry_max_backoff", "\"500ms\"".to_owned()),
-            ("stats.linger", "\"50ms\"".to_owned()),
-            ("leaderboard.linger", "\"50ms\"".to_owned()),
-            ("leaderboard.refresh_interval", "\"1s\"".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let config = config::load(&Sources {
-            file: None,
-            env: env.clone(),
-            overrides: overrides.clone(),
-        })
-        .expect("chaos configuration is valid");
-        pg.create_database("gamestream").await;
-        let pool = postgres::connect(&config.postgres)
-            .await
-            .expect("connect private postgres");
-        postgres::migrate(&pool).await.expect("migrate");
-        pool.close().await;
-        let client = kafka::connect(&config.kafka).await.expect("private broker");
-        kafka::create_topics(&client, &config.topics)
-            .await
-            .expect("create topics");
+        let (env, overrides) = private_settings(&broker.address(), &pg, &redis, &[]);
+        let config = prepare_private(&pg, &env, &overrides).await;
         // `CHAOS_KEEP_LOG=1` keeps the daemon's log after the run, to read how it recovered.
         let dir = tempfile::Builder::new()
             .prefix("gs-chaos-")
             .disable_cleanup(std::env::var_os("CHAOS_KEEP_LOG").is_some())
             .tempdir()
             .expect("tempdir");
-        let log = dir.path().join("daemon.log");
-        let mut rig = Self {
+        let daemon = Daemon::start(
+            env,
+            overrides,
+            dir.path().join("daemon.log"),
+            "chaos-1".to_owned(),
+        );
+        Self {
             pg,
             redis,
             broker,
             config,
-            env,
-            overrides,
-            log,
+            daemon,
             _dir: dir,
-            daemon: None,
             member: 1,
-            unexpected_exits: Vec::new(),
-        };
-        rig.spawn_daemon();
-        rig
-    }
-
-    fn spawn_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("daemon log");
-        let log_err = log.try_clone().expect("daemon log");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gamestream"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "RUST_LOG",
-                std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
-            .envs(self.env.clone())
-            .args(
-                self.overrides
-                    .iter()
-                    .flat_map(|(k, v)| ["--set".to_owned(), format!("{k}={v}")]),
-            )
-            .args([
-                "--set",
-                &format!("lease.member_id=\"chaos-{}\"", self.member),
-            ])
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn gamestream serve");
-        self.daemon = Some(child);
-    }
-
-    /// Restarts the daemon if it exited by itself, noting it.
-    fn check_daemon(&mut self) {
-        let exited = self
-            .daemon
-            .as_mut()
-            .and_then(|child| child.try_wait().ok().flatten());
-        if let Some(status) = exited {
-            self.unexpected_exits.push(status.to_string());
-            self.spawn_daemon();
         }
     }
 
@@ -416,9 +135,7 @@ impl Rig {
     async fn inflict(&mut self, fault: Fault) {
         match fault {
             Fault::KillDaemon | Fault::ReplaceDaemon | Fault::KillPostgresDuringHandover => {
-                if let Some(mut child) = self.daemon.take() {
-                    child.kill().await.expect("kill -9 the daemon");
-                }
+                self.daemon.kill().await
             }
             Fault::RestartPostgres => tokio::task::block_in_place(|| self.pg.pause()),
             Fault::KillPostgres => tokio::task::block_in_place(|| self.pg.kill()),
@@ -434,8 +151,9 @@ impl Rig {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 if fault == Fault::ReplaceDaemon {
                     self.member += 1;
+                    self.daemon.member_id = format!("chaos-{}", self.member);
                 }
-                self.spawn_daemon();
+                self.daemon.spawn();
             }
             Fault::RestartPostgres | Fault::KillPostgres => {
                 tokio::time::sleep(OUTAGE).await;
@@ -444,7 +162,8 @@ impl Rig {
             Fault::KillPostgresDuringHandover => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 self.member += 1;
-                self.spawn_daemon();
+                self.daemon.member_id = format!("chaos-{}", self.member);
+                self.daemon.spawn();
                 // The new member's first lease: the dead daemon's ones expired and are
                 // being taken over, claimed in the sinks, and written under new epochs.
                 let member = format!("chaos-{}", self.member);
@@ -485,73 +204,24 @@ impl Rig {
         }
     }
 
-    async fn redis(&self) -> Option<redis::aio::MultiplexedConnection> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.redis.port)).ok()?;
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .ok()?
-        .ok()
-    }
-
     /// Sum of committed offsets per sink (Postgres sinks, then Redis sinks); `None`
     /// while a store does not answer.
     async fn progress(&self, pg: &sqlx::PgPool) -> Option<Vec<i64>> {
-        let topic = &self.config.topics.player_events;
-        let mut sums = Vec::new();
-        for sink in PG_SINKS {
-            let rows: Vec<(i32, i64)> = sqlx::query_as(
-                "SELECT partition, next_offset FROM sink_offsets WHERE sink = $1 AND topic = $2",
-            )
-            .bind(sink)
-            .bind(topic)
-            .fetch_all(pg)
-            .await
-            .ok()?;
-            sums.push(rows.iter().map(|r| r.1).sum());
-        }
-        let mut redis = self.redis().await?;
-        for sink in REDIS_SINKS {
-            let offsets = tokio::time::timeout(
-                Duration::from_secs(2),
-                redis_offsets(&mut redis, "", sink, topic),
-            )
-            .await
-            .ok()?;
-            sums.push(offsets.values().sum());
-        }
-        Some(sums)
+        let offsets = sink_offsets(pg, self.redis.port, &self.config.topics.player_events).await?;
+        Some(offsets.iter().map(|o| o.values().sum()).collect())
     }
 
     /// Whether every sink of both stores has committed up to the topic's high watermarks.
     async fn caught_up(&self, pg: &sqlx::PgPool) -> bool {
-        let topic = &self.config.topics.player_events;
-        let marks = high_watermarks(&self.config, topic).await;
-        let Some(mut redis) = self.redis().await else {
-            return false;
-        };
-        stores_at_marks(pg, &mut redis, "", topic, &marks).await
+        caught_up(&self.config, pg, self.redis.port).await
     }
-}
-
-/// One line of the report.
-struct Row {
-    fault: String,
-    /// Time to recover; `None` if it did not (within the timeout).
-    recovery: Option<Duration>,
-    /// Whether the row is a fault (with a recovery time) or a check.
-    is_fault: bool,
-    checked: usize,
-    discrepancies: usize,
 }
 
 /// Runs the fault schedule while the load runs; one row per fault.
 async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Row> {
     let mut rows = Vec::new();
     for (k, &fault) in FAULTS.iter().enumerate() {
-        let trigger = k * load.window + load.window / 2;
+        let trigger = load.trigger(k);
         let reached = eventually(RECOVERY_TIMEOUT, || async {
             load.acked_seqs.load(Ordering::SeqCst) >= trigger
         })
@@ -562,9 +232,9 @@ async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Row>
             "{}: the load stalled before it ({acked_at_trigger} of {trigger} events acknowledged \
              after {RECOVERY_TIMEOUT:?}); daemon log in {:?}",
             fault.name(),
-            rig.log
+            rig.daemon.log
         );
-        rig.check_daemon();
+        rig.daemon.check();
         eprintln!(
             "chaos: {} at {acked_at_trigger} acknowledged events ({:.0}s in)",
             fault.name(),
@@ -599,7 +269,7 @@ async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Row>
         rig.repair(fault).await;
         let mut recovery = None;
         while started.elapsed() < RECOVERY_TIMEOUT {
-            rig.check_daemon();
+            rig.daemon.check();
             let acked = load.acked_seqs.load(Ordering::SeqCst) > acked_before;
             let sinks = rig
                 .progress(pg)
@@ -611,208 +281,9 @@ async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Row>
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        rows.push(Row {
-            fault: fault.name().to_owned(),
-            recovery,
-            is_fault: true,
-            checked: 0,
-            discrepancies: 0,
-        });
+        rows.push(Row::fault(fault.name().to_owned(), recovery));
     }
     rows
-}
-
-/// An `events` row: event id, `data.seq`, `data.attempt`.
-type EventRow = (Uuid, Option<String>, Option<String>);
-
-/// Checks `events` against the tally; fills `checked` and `discrepancies` of each
-/// window's row (row 0: before any fault) and returns the events that landed.
-async fn check_events(
-    pg: &sqlx::PgPool,
-    tally: &Tally,
-    now: DateTime<Utc>,
-    rows: &mut [Row],
-    problems: &mut Vec<String>,
-) -> Vec<Event> {
-    let stored: Vec<EventRow> =
-        sqlx::query_as("SELECT event_id, data->>'seq', data->>'attempt' FROM events")
-            .fetch_all(pg)
-            .await
-            .expect("events");
-    let mut by_tag: HashMap<Tag, Vec<Uuid>> = HashMap::new();
-    for (id, seq, attempt) in &stored {
-        match (
-            seq.as_deref().and_then(|s| s.parse().ok()),
-            attempt.as_deref().and_then(|a| a.parse().ok()),
-        ) {
-            (Some(seq), Some(attempt)) => by_tag.entry((seq, attempt)).or_default().push(*id),
-            _ => problems.push(format!("events row {id} carries no seq/attempt tag")),
-        }
-    }
-    for (tag, (id, window)) in &tally.acked {
-        let row = &mut rows[*window];
-        row.checked += 1;
-        match by_tag.get(tag).map(Vec::as_slice) {
-            Some([stored]) if stored == id => {}
-            Some(ids) => {
-                row.discrepancies += 1;
-                problems.push(format!("acknowledged {tag:?} ({id}) stored as {ids:?}"));
-            }
-            None => {
-                row.discrepancies += 1;
-                problems.push(format!("acknowledged {tag:?} ({id}) lost"));
-            }
-        }
-    }
-    let mut landed = Vec::new();
-    for (tag, ids) in &by_tag {
-        if tally.acked.contains_key(tag) {
-        } else if tally.unacked.contains(tag) {
-            if ids.len() > 1 {
-                problems.push(format!("unacknowledged {tag:?} stored {} times", ids.len()));
-            }
-        } else {
-            problems.push(format!("phantom event {tag:?} {ids:?}"));
-            continue;
-        }
-        landed.push(event_of(tag.0, tag.1, now));
-    }
-    landed
-}
-
-/// Checks that the topic holds each event once: an event id on two records (a produce
-/// retried after the broker had appended it) is one event counted twice by the
-/// statistics and leaderboards, while `events` ignores the copy. Returns the records
-/// read and the differences.
-async fn check_topic(config: &Config) -> (usize, Vec<String>) {
-    let records = crate::common::ingest::consume_all(config).await;
-    let mut offsets: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
-    for record in &records {
-        offsets
-            .entry(record.event_id())
-            .or_default()
-            .push((record.partition, record.offset));
-    }
-    let problems = offsets
-        .into_iter()
-        .filter(|(_, at)| at.len() > 1)
-        .map(|(id, at)| format!("event {id} is in the topic {} times: {at:?}", at.len()))
-        .collect();
-    (records.len(), problems)
-}
-
-/// Compares the stores with what `landed` must have produced; returns the differences.
-async fn check_stores(
-    pg: &sqlx::PgPool,
-    redis: &mut redis::aio::MultiplexedConnection,
-    landed: &[Event],
-    now: DateTime<Utc>,
-) -> Vec<String> {
-    let expected = Expected::of(landed);
-    let mut problems = Vec::new();
-    let stats = pg_stats(pg).await;
-    let players: HashSet<&String> = stats.keys().chain(expected.breakdown.keys()).collect();
-    for player in players {
-        let want = expected.breakdown.get(player).cloned().unwrap_or_default();
-        let (total, breakdown) = stats
-            .get(player)
-            .map(|s| (s.0, s.1.clone()))
-            .unwrap_or_default();
-        if total != expected.total(player) || breakdown != want {
-            problems.push(format!(
-                "player_statistics {player}: {total} {breakdown:?}, expected {} {want:?}",
-                expected.total(player)
-            ));
-        }
-        let hash = hgetall(redis, &format!("player_stats:{player}")).await;
-        let mut want_hash: BTreeMap<String, String> = want
-            .iter()
-            .map(|(t, n)| (format!("event_{t}"), n.to_string()))
-            .collect();
-        want_hash.insert("total_events".into(), expected.total(player).to_string());
-        want_hash.insert("last_event".into(), last_event_text(now));
-        if hash != want_hash {
-            problems.push(format!(
-                "player_stats:{player}: {hash:?}, expected {want_hash:?}"
-            ));
-        }
-    }
-    let hashes = scan_keys(redis, "player_stats:*").await.len();
-    if hashes != expected.breakdown.len() {
-        problems.push(format!(
-            "{hashes} player_stats hashes, expected {}",
-            expected.breakdown.len()
-        ));
-    }
-    let scores = pg_scores(pg).await;
-    if scores != expected.scores {
-        let differing = scores
-            .iter()
-            .filter(|(cell, s)| expected.scores.get(*cell) != Some(s))
-            .count()
-            + expected
-                .scores
-                .keys()
-                .filter(|cell| !scores.contains_key(*cell))
-                .count();
-        problems.push(format!("leaderboard_scores: {differing} cells differ"));
-    }
-    for game in expected.games() {
-        for (period, key) in [
-            ("alltime", "alltime".to_owned()),
-            ("daily", day_key(now)),
-            ("weekly", week_key(now)),
-        ] {
-            let board = expected.board(&game, period, &key);
-            let redis_key = format!("leaderboard:{game}:{period}");
-            let stored = zset(redis, &redis_key).await;
-            if stored != board {
-                problems.push(format!(
-                    "{redis_key}: {} members differ",
-                    board
-                        .iter()
-                        .filter(|(p, s)| stored.get(*p) != Some(s))
-                        .count()
-                        + stored.keys().filter(|p| !board.contains_key(*p)).count()
-                ));
-            }
-        }
-    }
-    let letters: i64 = sqlx::query_scalar("SELECT count(*) FROM dlq_events")
-        .fetch_one(pg)
-        .await
-        .expect("dlq_events");
-    if letters != 0 {
-        problems.push(format!("{letters} dead letters for transient faults"));
-    }
-    problems
-}
-
-fn print_table(rows: &[Row], tally: &Tally, landed: usize, elapsed: Duration) {
-    println!(
-        "\nchaos suite: {} events acknowledged in {elapsed:.1?}",
-        tally.acked.len()
-    );
-    println!(
-        "{:<36} {:>12} {:>15} {:>14}",
-        "fault", "recovery", "events checked", "discrepancies"
-    );
-    for row in rows {
-        let recovery = match (row.is_fault, row.recovery) {
-            (false, _) => "-".to_owned(),
-            (true, Some(d)) => format!("{:.1}s", d.as_secs_f64()),
-            (true, None) => "NOT RECOVERED".to_owned(),
-        };
-        println!(
-            "{:<36} {:>12} {:>15} {:>14}",
-            row.fault, recovery, row.checked, row.discrepancies
-        );
-    }
-    let unacked_landed = landed - tally.acked.len().min(landed);
-    println!(
-        "unacknowledged attempts: {} (of which landed, counted in the expectations: {unacked_landed})",
-        tally.unacked.len()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -832,41 +303,31 @@ async fn chaos_under_load_loses_and_duplicates_nothing() {
         ))
         .expect("pool");
     let now = Utc::now().trunc_subsecs(0);
-    let load = Arc::new(Load {
-        url: format!(
-            "http://127.0.0.1:{}/api/v1/events/batch",
-            rig.config.http.port
-        ),
-        total,
-        window: total / (FAULTS.len() + 1),
+    let load = Load::new(
+        LoadSettings {
+            url: format!(
+                "http://127.0.0.1:{}/api/v1/events/batch",
+                rig.config.http.port
+            ),
+            total,
+            faults: FAULTS.len(),
+            windows: FAULTS.len() + 1,
+            // `CHAOS_RATE` (events/s over all workers) paces the load, e.g. to a
+            // production rate or below what the broker sustains on a busy machine.
+            pace: Load::pace_from_env("CHAOS_RATE"),
+            resend: true,
+            partitions: rig.config.topics.player_events_partitions,
+        },
         now,
-        next: AtomicUsize::new(0),
-        acked_seqs: AtomicUsize::new(0),
-        faults_started: AtomicUsize::new(0),
-        abort: AtomicBool::new(false),
-        tally: Mutex::new(Tally::default()),
-        // `CHAOS_RATE` (events/s over all workers) paces the load, e.g. to a production
-        // rate or below what the broker sustains on a busy machine.
-        pace: std::env::var("CHAOS_RATE")
-            .ok()
-            .and_then(|r| r.parse::<f64>().ok())
-            .filter(|r| *r > 0.0)
-            .map(|rate| Duration::from_secs_f64((BATCH * WORKERS) as f64 / rate)),
-    });
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("http client");
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| tokio::spawn(worker(Arc::clone(&load), http.clone())))
-        .collect();
+    );
+    let workers = load.spawn_workers();
 
     let fault_rows = drive_faults(&mut rig, &load, &pg).await;
     let load_done =
         tokio::time::timeout(RECOVERY_TIMEOUT, futures::future::join_all(workers)).await;
     load.abort.store(true, Ordering::SeqCst);
     assert!(load_done.is_ok(), "the load did not finish");
-    rig.check_daemon();
+    rig.daemon.check();
     let mut caught_up = false;
     let deadline = Instant::now() + CATCH_UP_TIMEOUT;
     while Instant::now() < deadline {
@@ -874,47 +335,38 @@ async fn chaos_under_load_loses_and_duplicates_nothing() {
             caught_up = true;
             break;
         }
-        rig.check_daemon();
+        rig.daemon.check();
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    let tally = std::mem::take(&mut *load.tally.lock().expect("tally lock"));
-    let mut rows = vec![Row {
-        fault: "steady load (before the faults)".to_owned(),
-        recovery: None,
-        is_fault: false,
-        checked: 0,
-        discrepancies: 0,
-    }];
+    let tally = load.take_tally();
+    let mut rows = vec![Row::steady_load()];
     rows.extend(fault_rows);
+    fill_answers(&mut rows, &tally);
     let mut problems = Vec::new();
     let landed = check_events(&pg, &tally, now, &mut rows, &mut problems).await;
     let mut redis = rig.redis.connection().await;
     let store_problems = check_stores(&pg, &mut redis, &landed, now).await;
-    rows.push(Row {
-        fault: "stores: stats, leaderboards, redis, dlq".to_owned(),
-        recovery: None,
-        is_fault: false,
-        checked: landed.len(),
-        discrepancies: store_problems.len(),
-    });
+    rows.push(Row::check(
+        "stores: stats, leaderboards, redis, dlq",
+        landed.len(),
+        store_problems.len(),
+    ));
     problems.extend(store_problems);
-    let (records, topic_problems) = check_topic(&rig.config).await;
-    rows.push(Row {
-        fault: "topic: one record per event id".to_owned(),
-        recovery: None,
-        is_fault: false,
-        checked: records,
-        discrepancies: topic_problems.len(),
-    });
+    let topic = check_topic(&rig.config, &tally, now).await;
+    rows.push(Row::check(
+        "topic: one record per event id",
+        topic.records,
+        topic.duplicates.len(),
+    ));
     // First in the list: a duplicated record explains the store differences it causes.
-    problems.splice(0..0, topic_problems);
-    print_table(&rows, &tally, landed.len(), began.elapsed());
-    println!("daemon log: {}", rig.log.display());
+    problems.splice(0..0, topic.duplicates);
+    print_table("chaos suite", &rows, &tally, landed.len(), began.elapsed());
+    println!("daemon log: {}", rig.daemon.log.display());
     for p in problems.iter().take(20) {
         println!("  {p}");
     }
-    let seqs: HashSet<usize> = tally.acked.keys().map(|t| t.0).collect();
+    let seqs: std::collections::HashSet<usize> = tally.acked.keys().map(|t| t.0).collect();
     assert_eq!(
         seqs.len(),
         total,
@@ -923,17 +375,17 @@ async fn chaos_under_load_loses_and_duplicates_nothing() {
     assert!(
         caught_up,
         "the sinks did not catch up; daemon log in {:?}",
-        rig.log
+        rig.daemon.log
     );
     assert!(
         rows.iter().all(|r| !r.is_fault || r.recovery.is_some()),
         "a fault did not recover"
     );
     assert!(
-        rig.unexpected_exits.is_empty(),
+        rig.daemon.unexpected_exits.is_empty(),
         "the daemon exited by itself: {:?}; log in {:?}",
-        rig.unexpected_exits,
-        rig.log
+        rig.daemon.unexpected_exits,
+        rig.daemon.log
     );
     assert!(
         problems.is_empty(),

@@ -13,6 +13,7 @@ mod bench_smoke;
 mod broker_outage;
 mod chaos;
 mod deploy_manifests;
+mod failover;
 mod foundation;
 mod fuzz_replay;
 mod ingest;

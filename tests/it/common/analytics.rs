@@ -486,6 +486,16 @@ pub async fn wait_leaderboards_table(
     top_n: usize,
     timeout: Duration,
 ) -> Result<(), String> {
+    wait_leaderboards_table_in(&env.pg, expected, top_n, timeout).await
+}
+
+/// [`wait_leaderboards_table`] on any database.
+pub async fn wait_leaderboards_table_in(
+    pg: &sqlx::PgPool,
+    expected: &Expected,
+    top_n: usize,
+    timeout: Duration,
+) -> Result<(), String> {
     let now = Utc::now();
     let mut want = BTreeSet::new();
     for game in expected.games() {
@@ -513,7 +523,7 @@ pub async fn wait_leaderboards_table(
     loop {
         let rows: Vec<(String, String, i32, String, i64)> =
             sqlx::query_as("SELECT game_id, period, rank, player_id, score FROM leaderboards")
-                .fetch_all(&env.pg)
+                .fetch_all(pg)
                 .await
                 .expect("leaderboards");
         let got: BTreeSet<_> = rows.into_iter().collect();

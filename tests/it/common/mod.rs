@@ -7,6 +7,8 @@
 //! is not up, [`TestEnv::new`] panics saying how to start it.
 
 pub mod analytics;
+pub mod cluster;
+pub mod tally;
 
 use std::process::Stdio;
 use std::time::Duration;

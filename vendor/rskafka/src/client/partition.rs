@@ -487,8 +487,11 @@ impl BrokerCache for &PartitionClient {
             .get_leader(MetadataLookupMode::SpecificBroker(Arc::clone(&broker)))
             .await?;
         if leader != leader_self {
-            if let Some(r#gen) = gen_leader_from_self {
-                // The cached metadata identified an incorrect leader - it is stale and should be refreshed.
+            // The cached metadata identified an incorrect leader - it is stale and should be refreshed.
+            // (gamestream patch: the stale entry is the one `leader` came from; a lookup from a specific
+            // broker is never cached, so `gen_leader_from_self` is `None` and invalidating only it left
+            // the stale entry in place until the next unfiltered metadata request.)
+            for r#gen in [gen_leader_from_arbitrary, gen_leader_from_self].into_iter().flatten() {
                 self.brokers.invalidate_metadata_cache(
                     "partition client: broker that should be leader does treat itself as a leader",
                     r#gen,
