@@ -222,11 +222,7 @@ async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Row>
     let mut rows = Vec::new();
     for (k, &fault) in FAULTS.iter().enumerate() {
         let trigger = load.trigger(k);
-        let reached = eventually(RECOVERY_TIMEOUT, || async {
-            load.acked_seqs.load(Ordering::SeqCst) >= trigger
-        })
-        .await;
-        let acked_at_trigger = load.acked_seqs.load(Ordering::SeqCst);
+        let (reached, acked_at_trigger) = load.reach_trigger(k, RECOVERY_TIMEOUT).await;
         assert!(
             reached,
             "{}: the load stalled before it ({acked_at_trigger} of {trigger} events acknowledged \

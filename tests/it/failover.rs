@@ -60,7 +60,7 @@ use crate::common::tally::{
     Daemon, Load, LoadSettings, Row, caught_up, check_events, check_stores, check_topic,
     fill_answers, prepare_private, print_table, private_settings, sink_offsets,
 };
-use crate::common::{PrivatePostgres, PrivateRedis, eventually, high_watermarks};
+use crate::common::{PrivatePostgres, PrivateRedis, high_watermarks};
 use chrono::{SubsecRound, Utc};
 use gamestream::config::Config;
 use uuid::Uuid;
@@ -218,11 +218,7 @@ async fn drive_faults(rig: &mut Rig, load: &Load, pg: &sqlx::PgPool) -> Vec<Faul
     let mut touched = HashSet::new();
     for (k, &fault) in FAULTS.iter().enumerate() {
         let trigger = load.trigger(k);
-        let reached = eventually(RECOVERY_TIMEOUT, || async {
-            load.acked_seqs.load(Ordering::SeqCst) >= trigger
-        })
-        .await;
-        let acked_at_trigger = load.acked_seqs.load(Ordering::SeqCst);
+        let (reached, acked_at_trigger) = load.reach_trigger(k, RECOVERY_TIMEOUT).await;
         assert!(
             reached,
             "fault {k}: the load stalled before it ({acked_at_trigger} of {trigger} events \

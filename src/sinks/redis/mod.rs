@@ -16,5 +16,6 @@ pub mod stats;
 mod store;
 
 pub use keys::RedisKeys;
-pub use pool::{RedisError, RedisPool, connect};
-pub use store::{RedisSinkSettings, RedisSinkStore, Store, connection};
+pub use pool::{RedisError, RedisPool, connect, connection};
+pub use rebuild::{RedisSinkSettings, Store};
+pub use store::RedisSinkStore;

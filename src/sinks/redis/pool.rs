@@ -6,7 +6,12 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionI
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
 use crate::config::RedisConfig;
+use crate::sinks::SinkError;
 use crate::sinks::tls::{TlsProblem, ca_file_text, tls_problem};
 
 /// A pool of Redis connections.
@@ -212,6 +217,17 @@ fn hint(config: &RedisConfig, error: &redis::RedisError) -> String {
             config.port
         ),
     }
+}
+
+/// A pooled connection with the sink's reply timeout (the pool's default is shorter
+/// than a large script or pipeline may take under load).
+pub async fn connection(
+    pool: &RedisPool,
+    timeout: Duration,
+) -> Result<MultiplexedConnection, SinkError> {
+    let mut conn = pool.get().await?.clone();
+    conn.set_response_timeout(timeout);
+    Ok(conn)
 }
 
 #[cfg(test)]

@@ -30,12 +30,46 @@ use futures::TryStreamExt;
 use redis::aio::MultiplexedConnection;
 
 use super::keys::{INITIALISED_FIELD, RedisKeys};
-use super::store::{RedisSinkSettings, Store, connection};
+use super::pool::connection;
 use super::{RedisPool, leaderboard, offsets, stats};
 use crate::aggregate::{Period, PeriodKey};
 use crate::event::rfc3339;
 use crate::sinks::SinkError;
 use crate::sinks::postgres::{self, snapshot};
+
+/// What a Redis sink needs beyond its pool: timeouts and rebuild sizes.
+#[derive(Debug, Clone)]
+pub struct RedisSinkSettings {
+    /// Longest wait for one script or pipeline reply.
+    pub timeout: Duration,
+    /// Rows per pipeline while rebuilding.
+    pub rebuild_batch_size: usize,
+    /// Lifetime of the rebuild lock; refreshed after every pipeline.
+    pub rebuild_lock_ttl: Duration,
+    /// How long dated leaderboard keys live after their period.
+    pub period_ttl: Duration,
+}
+
+impl RedisSinkSettings {
+    /// From `[redis]` and `[leaderboard]`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            timeout: config.redis.timeout,
+            rebuild_batch_size: config.redis.rebuild_batch_size,
+            rebuild_lock_ttl: config.redis.rebuild_lock_ttl,
+            period_ttl: config.leaderboard.period_ttl,
+        }
+    }
+}
+
+/// Which store a Redis sink keeps, and so what a rebuild copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// `player_stats:*` from `player_statistics`.
+    Stats,
+    /// `leaderboard:*` from `leaderboard_scores`.
+    Leaderboard,
+}
 
 /// A Redis sink and the Postgres sink whose offsets and rows it is rebuilt from.
 #[derive(Debug, Clone, Copy)]

@@ -5,48 +5,15 @@
 //! sink whose rows and offsets refill Redis when it comes back empty
 //! ([`rebuild`](super::rebuild)).
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use redis::aio::MultiplexedConnection;
+use std::collections::BTreeMap;
 
-use super::rebuild::{RebuildSource, claim_or_rebuild, committed_or_rebuild};
+use super::pool::connection;
+use super::rebuild::{
+    RebuildSource, RedisSinkSettings, Store, claim_or_rebuild, committed_or_rebuild,
+};
 use super::{RedisKeys, RedisPool};
 use crate::sinks::SinkError;
-
-/// What a Redis sink needs beyond its pool: timeouts and rebuild sizes.
-#[derive(Debug, Clone)]
-pub struct RedisSinkSettings {
-    /// Longest wait for one script or pipeline reply.
-    pub timeout: Duration,
-    /// Rows per pipeline while rebuilding.
-    pub rebuild_batch_size: usize,
-    /// Lifetime of the rebuild lock; refreshed after every pipeline.
-    pub rebuild_lock_ttl: Duration,
-    /// How long dated leaderboard keys live after their period.
-    pub period_ttl: Duration,
-}
-
-impl RedisSinkSettings {
-    /// From `[redis]` and `[leaderboard]`.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        Self {
-            timeout: config.redis.timeout,
-            rebuild_batch_size: config.redis.rebuild_batch_size,
-            rebuild_lock_ttl: config.redis.rebuild_lock_ttl,
-            period_ttl: config.leaderboard.period_ttl,
-        }
-    }
-}
-
-/// Which store a Redis sink keeps, and so what a rebuild copies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Store {
-    /// `player_stats:*` from `player_statistics`.
-    Stats,
-    /// `leaderboard:*` from `leaderboard_scores`.
-    Leaderboard,
-}
 
 /// Where a Redis sink writes and what it is rebuilt from: its pool, the Postgres twin's
 /// database, key names, settings, and which sink and store it is.
@@ -114,15 +81,4 @@ impl RedisSinkStore {
     pub async fn connection(&self) -> Result<MultiplexedConnection, SinkError> {
         connection(&self.redis, self.settings.timeout).await
     }
-}
-
-/// A pooled connection with the sink's reply timeout (the pool's default is shorter
-/// than a large script or pipeline may take under load).
-pub async fn connection(
-    pool: &RedisPool,
-    timeout: Duration,
-) -> Result<MultiplexedConnection, SinkError> {
-    let mut conn = pool.get().await?.clone();
-    conn.set_response_timeout(timeout);
-    Ok(conn)
 }

@@ -44,7 +44,7 @@ use super::analytics::{
     Expected, PG_SINKS, REDIS_SINKS, day_key, hgetall, last_event_text, pg_scores, pg_stats,
     redis_offsets, stores_at_marks, week_key, zset,
 };
-use super::{PrivatePostgres, PrivateRedis, free_port, high_watermarks, scan_keys};
+use super::{PrivatePostgres, PrivateRedis, eventually, free_port, high_watermarks, scan_keys};
 
 /// Events per HTTP batch request.
 pub const BATCH: usize = 25;
@@ -177,6 +177,17 @@ impl Load {
     /// window.
     pub fn trigger(&self, k: usize) -> usize {
         k * self.window + self.window / 2
+    }
+
+    /// Waits (at most `timeout`) until fault `k`'s trigger is acknowledged; returns
+    /// whether it was, and the acknowledged count then.
+    pub async fn reach_trigger(&self, k: usize, timeout: Duration) -> (bool, usize) {
+        let trigger = self.trigger(k);
+        let reached = eventually(timeout, || async {
+            self.acked_seqs.load(Ordering::SeqCst) >= trigger
+        })
+        .await;
+        (reached, self.acked_seqs.load(Ordering::SeqCst))
     }
 
     /// Acknowledged events of the given partitions.
