@@ -55,8 +55,13 @@ impl TestServer {
         let running = daemon::start(config, false, shutdown.clone())
             .await
             .expect("the daemon starts");
+        // A fresh connection per request: the server closes a connection whose request
+        // body it refused without reading, and a pooled client that sends the next
+        // request on it just then gets IncompleteMessage (seen once in the bad-input
+        // matrix). Connection reuse is not what these tests are about.
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(0)
             .build()
             .expect("http client");
         Self {
