@@ -225,6 +225,13 @@ pub struct ProducerConfig {
     /// How long a caller waits for the broker's acknowledgement before it gets 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// Produce as Kafka's idempotent producer (producer id, epoch, sequences), so that a
+    /// batch whose outcome is unknown is sent again without being stored twice.
+    pub idempotence: bool,
+    /// How long one attempt of an idempotent produce may take before the same batch is
+    /// sent again on a fresh connection.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     pub compression: CompressionConfig,
 }
 

@@ -155,6 +155,22 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.producer.idempotence && self.producer.max_in_flight_requests > 5 {
+            // The broker remembers a producer's last five batches per partition: a copy
+            // of an older one could not be recognised.
+            problems.push(
+                "`producer.max_in_flight_requests` must be at most 5 with `producer.idempotence`"
+                    .to_owned(),
+            );
+        }
+        if self.producer.request_timeout.is_zero()
+            || self.producer.request_timeout > self.producer.publish_timeout
+        {
+            problems.push(
+                "`producer.request_timeout` must be longer than 0 and at most `producer.publish_timeout`"
+                    .to_owned(),
+            );
+        }
         if self.consumer.fetch_max_bytes < 1024 {
             problems.push("`consumer.fetch_max_bytes` must be at least 1024".to_owned());
         }
@@ -264,5 +280,32 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(config.redis.password.expose(), "from-prefix");
+    }
+
+    #[test]
+    fn idempotent_producing_bounds_requests_in_flight_and_attempt_time() {
+        let config = load_with(None, &[], &[]).expect("defaults are valid");
+        assert!(config.producer.idempotence, "on by default");
+        let err = load_with(
+            None,
+            &[],
+            &[
+                ("producer.max_in_flight_requests", "6"),
+                ("producer.request_timeout", "\"10s\""),
+            ],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("`producer.max_in_flight_requests`"), "{text}");
+        assert!(text.contains("`producer.request_timeout`"), "{text}");
+        load_with(
+            None,
+            &[],
+            &[
+                ("producer.max_in_flight_requests", "6"),
+                ("producer.idempotence", "false"),
+            ],
+        )
+        .expect("without idempotence the broker's five-batch memory does not bound it");
     }
 }

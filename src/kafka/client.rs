@@ -54,9 +54,9 @@ pub async fn connect(config: &KafkaConfig) -> Result<Client, KafkaError> {
 /// rskafka re-sends a produce request whose connection broke, and a broker that had
 /// appended the records before the break (killed before its answer) then holds them
 /// twice: the same `event_id` at two offsets, which `events` ignores but statistics
-/// and leaderboards would count twice. Without Kafka's idempotent producer, which
-/// rskafka lacks, only the producer can know whether a request may have been
-/// appended; [`super::ingest_producer`] retries only what was certainly not sent.
+/// and leaderboards would count twice. Only the producer knows how to send again
+/// safely: with the same sequence numbers (`producer.idempotence`), or, without
+/// idempotence, only what was certainly not appended ([`super::ingest_producer`]).
 ///
 /// Connecting itself is retried, until `operation_timeout`: it sends no records.
 pub async fn connect_producer(config: &KafkaConfig) -> Result<Client, KafkaError> {

@@ -65,6 +65,10 @@ pub fn register_metrics() {
         "producer_errors_total",
         "Produce errors by topic and reason."
     );
+    describe_counter!(
+        "producer_resends_total",
+        "Idempotent produce batches sent again, by topic and reason."
+    );
     describe_gauge!(
         "producer_in_flight_bytes",
         metrics::Unit::Bytes,

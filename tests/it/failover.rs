@@ -31,10 +31,11 @@
 //! and the answers of its window (non-2xx answers, requests without an answer, events
 //! without a 2xx). No timing is asserted (a shared machine); every wait is bounded.
 //!
-//! The producer does not resend a batch the broker may have appended (a broken
-//! connection, NotLeaderOrFollower): that caller gets 503 "not confirmed". An
-//! idempotent producer (`kafka.idempotence`) will resend safely; the suite runs either
-//! way (`FAILOVER_IDEMPOTENCE=on|off`, default [`IDEMPOTENCE`]) and says which.
+//! The idempotent producer (`producer.idempotence`, the default) sends a batch whose
+//! outcome is unknown (a broken connection, NotLeaderOrFollower) again with the same
+//! sequence numbers, and the broker stores it once; without it, such a batch is not
+//! sent again and its callers get 503 "not confirmed". The suite runs either way
+//! (`FAILOVER_IDEMPOTENCE=on|off`, default [`IDEMPOTENCE`]) and says which.
 //!
 //! A reader stalled after a fault shows as that fault's recovery (its partitions are
 //! not committed past their marks) even when it catches up before the final check.
@@ -78,7 +79,7 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Whether the daemon's producer is idempotent unless `FAILOVER_IDEMPOTENCE` says.
-const IDEMPOTENCE: Idempotence = Idempotence::Off;
+const IDEMPOTENCE: Idempotence = Idempotence::On;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Idempotence {
@@ -102,13 +103,10 @@ impl Idempotence {
         }
     }
 
-    /// The daemon's `--set` for it. `kafka.idempotence` does not exist yet, so off is
-    /// today's producer with nothing set; once the setting exists, pass `false` too.
+    /// The daemon's `--set` for it.
     fn overrides(self) -> Vec<(&'static str, String)> {
-        match self {
-            Idempotence::Off => Vec::new(),
-            Idempotence::On => vec![("kafka.idempotence", "true".to_owned())],
-        }
+        let on = matches!(self, Idempotence::On);
+        vec![("producer.idempotence", on.to_string())]
     }
 }
 

@@ -17,6 +17,7 @@ mod failover;
 mod foundation;
 mod fuzz_replay;
 mod ingest;
+mod kafka_client;
 mod kafka_sasl;
 mod layering;
 mod leases;

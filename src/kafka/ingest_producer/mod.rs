@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 
 use tracing::Instrument;
 
+mod sequence;
 mod worker;
 
 use super::partitioner::partition_for_key;
@@ -193,6 +194,8 @@ impl KafkaProducer {
             max_batch_bytes: config.max_batch_bytes,
             max_in_flight_requests: config.max_in_flight_requests,
             publish_timeout: config.publish_timeout,
+            request_timeout: config.request_timeout,
+            idempotence: config.idempotence,
             compression: compression(config.compression),
             in_flight: Arc::clone(&in_flight),
             max_in_flight_bytes: config.max_in_flight_bytes,
@@ -216,6 +219,12 @@ impl KafkaProducer {
         for reason in ["overloaded", "broker_error", "broker_timeout"] {
             metrics::counter!("producer_errors_total", "topic" => topic.to_owned(), "reason" => reason)
                 .increment(0);
+        }
+        if config.idempotence {
+            for reason in worker::RESEND_REASONS {
+                metrics::counter!("producer_resends_total", "topic" => topic.to_owned(), "reason" => reason)
+                    .increment(0);
+            }
         }
         let shared = Arc::new(Shared {
             topic: topic.to_owned(),

@@ -11,7 +11,19 @@
 //! for [`IDLE_REFRESH`]. A connection that hangs (a broker host gone without a reset)
 //! would keep hanging; a fresh client after a failure never inherits it.
 //!
-//! # Each request is sent once
+//! # Idempotent (the default): a batch is sent until it is confirmed
+//!
+//! With `producer.idempotence`, each partition worker has its own producer id, and
+//! every batch carries it with its epoch and sequence numbers ([`super::sequence`]). A
+//! batch whose outcome is unknown (a broken connection, an attempt longer than
+//! `producer.request_timeout`, `NotLeaderOrFollower`) is sent again with the same
+//! sequence until `publish_timeout`; the broker appends it once. Retries go out in
+//! sequence order, behind the oldest unconfirmed batch, with up to
+//! `max_in_flight_requests` (at most 5, what the broker remembers per producer) first
+//! attempts in flight. A caller still gets a 503 when the batch is not confirmed by
+//! `publish_timeout`.
+//!
+//! # Without idempotence: each request is sent once
 //!
 //! The producer's rskafka client never retries (see
 //! [`crate::kafka::connect_producer`]): a request whose connection broke may have
@@ -30,11 +42,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::client::Client;
-use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::controller::ProducerIdentity;
+use rskafka::client::partition::{
+    Compression, OffsetAt, PartitionClient, ProduceOptions, UnknownTopicHandling,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::sequence::{Attempt, BatchId, Sequencer};
 use super::{ProduceError, ProducerRecord};
 use crate::retry::Backoff;
 
@@ -61,6 +77,11 @@ pub(super) struct WorkerSettings {
     pub max_batch_bytes: usize,
     pub max_in_flight_requests: usize,
     pub publish_timeout: Duration,
+    /// How long one attempt of an idempotent produce request may take before it is
+    /// sent again on a fresh connection (with the same sequence).
+    pub request_timeout: Duration,
+    /// Produce idempotently (`producer.idempotence`): see [`super::sequence`].
+    pub idempotence: bool,
     pub compression: Compression,
     /// The producer's byte bound, for the in-flight gauge.
     pub in_flight: Arc<Semaphore>,
@@ -153,6 +174,12 @@ impl WorkerMetrics {
         }
     }
 
+    /// A batch sent again (idempotent producer), by cause.
+    fn resend(&self, reason: &'static str) {
+        metrics::counter!("producer_resends_total", "topic" => self.topic.clone(), "reason" => reason)
+            .increment(1);
+    }
+
     fn error(&self, reason: &'static str, n: u64) {
         metrics::counter!("producer_errors_total", "topic" => self.topic.clone(), "reason" => reason)
             .increment(n);
@@ -167,6 +194,8 @@ pub(super) struct PartitionWorker {
     close: watch::Receiver<bool>,
     connection: Arc<PartitionConnection>,
     metrics: Arc<WorkerMetrics>,
+    /// With `producer.idempotence`: this partition's producer id and sequences.
+    idempotence: Option<Arc<Idempotence>>,
 }
 
 impl PartitionWorker {
@@ -184,6 +213,9 @@ impl PartitionWorker {
             current: tokio::sync::Mutex::new(None),
         });
         let metrics = Arc::new(WorkerMetrics::new(&settings.topic, partition));
+        let idempotence = settings
+            .idempotence
+            .then(|| Arc::new(Idempotence::default()));
         Self {
             partition,
             settings,
@@ -191,6 +223,7 @@ impl PartitionWorker {
             close,
             connection,
             metrics,
+            idempotence,
         }
     }
 
@@ -211,12 +244,21 @@ impl PartitionWorker {
                 && (lingered || closing || carry.is_some() || batch.is_full(&settings));
             if ready && in_flight.len() < settings.max_in_flight_requests {
                 let full = std::mem::take(&mut batch);
-                in_flight.spawn(produce(
-                    Arc::clone(&self.connection),
-                    Arc::clone(&settings),
-                    Arc::clone(&self.metrics),
-                    full,
-                ));
+                // Prepared here, not in the task: an idempotent batch takes its sequence
+                // numbers in the order batches are dispatched.
+                if let Some(prepared) = prepare(full, &settings, &self.metrics) {
+                    let sequence = self.idempotence.as_ref().map(|idempotence| {
+                        let id = idempotence.lock().assign(prepared.records.len());
+                        (Arc::clone(idempotence), id)
+                    });
+                    in_flight.spawn(produce(
+                        Arc::clone(&self.connection),
+                        Arc::clone(&settings),
+                        Arc::clone(&self.metrics),
+                        prepared,
+                        sequence,
+                    ));
+                }
                 lingered = false;
                 linger_until = None;
                 if let Some(pending) = carry.take() {
@@ -266,15 +308,17 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends one batch and answers each of its callers.
-async fn produce(
-    connection: Arc<PartitionConnection>,
-    settings: Arc<WorkerSettings>,
-    metrics: Arc<WorkerMetrics>,
-    batch: Batch,
-) {
-    // A caller that stopped waiting (timed out) is not written for: its 503 is already
-    // sent, and dropping it here returns its bytes at once.
+/// A batch's records, ready to send, and whom to answer.
+struct Prepared {
+    records: Vec<rskafka::record::Record>,
+    /// Per caller: how many records, where to answer, the bytes it holds.
+    answers: Vec<(usize, Reply, OwnedSemaphorePermit)>,
+}
+
+/// Drops the callers that stopped waiting (timed out: their 503 is sent, and dropping
+/// them returns their bytes at once) and gathers the others' records; `None` when no
+/// caller is left.
+fn prepare(batch: Batch, settings: &WorkerSettings, metrics: &WorkerMetrics) -> Option<Prepared> {
     let (live, expired): (Vec<Pending>, Vec<Pending>) = batch
         .pendings
         .into_iter()
@@ -284,8 +328,8 @@ async fn produce(
     }
     drop(expired);
     if live.is_empty() {
-        record_in_flight(&settings, &metrics);
-        return;
+        record_in_flight(settings, metrics);
+        return None;
     }
     let mut records = Vec::with_capacity(live.iter().map(|p| p.records.len()).sum());
     let mut answers = Vec::with_capacity(live.len());
@@ -300,56 +344,61 @@ async fn produce(
                 .map(ProducerRecord::into_rskafka),
         );
     }
-    let count = records.len();
-    metrics.batch_records.record(count as f64);
+    metrics.batch_records.record(records.len() as f64);
     metrics.batch_bytes.record(bytes as f64);
-    record_in_flight(&settings, &metrics);
+    record_in_flight(settings, metrics);
+    Some(Prepared { records, answers })
+}
 
+/// Sends one batch and answers each of its callers.
+async fn produce(
+    connection: Arc<PartitionConnection>,
+    settings: Arc<WorkerSettings>,
+    metrics: Arc<WorkerMetrics>,
+    prepared: Prepared,
+    sequence: Option<(Arc<Idempotence>, BatchId)>,
+) {
+    let Prepared { records, answers } = prepared;
+    let count = records.len();
     let started = Instant::now();
     let deadline = started + settings.publish_timeout;
     let mut used = None;
-    let mut backoff = attempt_backoff();
-    let outcome = loop {
-        // Each attempt sends a copy: a batch the broker refused (a leader change) is sent
-        // again, which rskafka's ownership of what it sends allows only this way.
-        let attempt = send(
-            &connection,
-            &mut used,
-            records.clone(),
-            settings.compression,
-        );
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(offsets)) if offsets.len() == count && contiguous(&offsets) => break Ok(offsets),
-            Ok(Ok(offsets)) => {
-                break Err(ProduceError::Broker(Arc::from(format!(
-                    "the broker acknowledged {} of {count} records, or not at consecutive offsets",
-                    offsets.len()
-                ))));
-            }
-            // A caller that stopped waiting has its 503: nothing more is sent for it.
-            Ok(Err(e))
-                if appended_nothing(&e)
-                    && !answers.iter().any(|(_, reply, _)| reply.is_closed()) =>
-            {
-                let pause = backoff.next_delay();
-                if Instant::now() + pause >= deadline {
-                    break Err(ProduceError::Broker(Arc::from(e.to_string())));
-                }
-                tracing::info!(
-                    topic = %settings.topic,
-                    partition = connection.partition,
-                    records = count,
-                    error = %e,
-                    "produce refused before anything was appended; sending it again"
-                );
-                if let Some(client) = used.take() {
-                    connection.reset(&client).await;
-                }
-                tokio::time::sleep(pause).await;
-            }
-            Ok(Err(e)) => break Err(ProduceError::Broker(Arc::from(e.to_string()))),
-            Err(_) => break Err(ProduceError::Timeout(settings.publish_timeout)),
+    let outcome = match &sequence {
+        Some((idempotence, id)) => {
+            let outcome = send_idempotent(
+                &connection,
+                &settings,
+                &metrics,
+                idempotence,
+                *id,
+                &records,
+                deadline,
+                &mut used,
+            )
+            .await;
+            idempotence.lock().resolve(*id);
+            idempotence.changed.notify_waiters();
+            outcome
         }
+        None => {
+            send_once(
+                &connection,
+                &settings,
+                &answers,
+                &records,
+                deadline,
+                &mut used,
+            )
+            .await
+        }
+    };
+    let outcome = match outcome {
+        Ok(offsets) if offsets.len() == count && contiguous(&offsets) => Ok(offsets),
+        Ok(offsets) => Err(ProduceError::Broker(Arc::from(format!(
+            "the broker acknowledged {} of {count} records, or not at consecutive offsets",
+            offsets.len()
+        )))),
+        Err(e) => Err(e),
     };
     metrics
         .request_duration
@@ -382,6 +431,276 @@ async fn produce(
         drop(permit);
     }
     record_in_flight(&settings, &metrics);
+}
+
+/// Without idempotence: sends the batch once, and again only after a failure that
+/// certainly appended nothing ([`appended_nothing`]), until the deadline.
+async fn send_once(
+    connection: &PartitionConnection,
+    settings: &WorkerSettings,
+    answers: &[(usize, Reply, OwnedSemaphorePermit)],
+    records: &[rskafka::record::Record],
+    deadline: Instant,
+    used: &mut Option<Arc<PartitionClient>>,
+) -> Result<Vec<i64>, ProduceError> {
+    let mut backoff = attempt_backoff();
+    loop {
+        // Each attempt sends a copy: a batch the broker refused (a leader change) is sent
+        // again, which rskafka's ownership of what it sends allows only this way.
+        let attempt = send(
+            connection,
+            used,
+            records.to_vec(),
+            settings.compression,
+            None,
+        );
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(offsets)) => return Ok(offsets),
+            // A caller that stopped waiting has its 503: nothing more is sent for it.
+            Ok(Err(e))
+                if appended_nothing(&e)
+                    && !answers.iter().any(|(_, reply, _)| reply.is_closed()) =>
+            {
+                let pause = backoff.next_delay();
+                if Instant::now() + pause >= deadline {
+                    return Err(ProduceError::Broker(Arc::from(e.to_string())));
+                }
+                tracing::info!(
+                    topic = %settings.topic,
+                    partition = connection.partition,
+                    records = records.len(),
+                    error = %e,
+                    "produce refused before anything was appended; sending it again"
+                );
+                if let Some(client) = used.take() {
+                    connection.reset(&client).await;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            Ok(Err(e)) => return Err(ProduceError::Broker(Arc::from(e.to_string()))),
+            Err(_) => return Err(ProduceError::Timeout(settings.publish_timeout)),
+        }
+    }
+}
+
+/// With idempotence: sends the batch with its sequence, and again with the same
+/// sequence after anything that may or may not have appended it (a broken connection,
+/// an attempt past `producer.request_timeout`, `NotLeaderOrFollower`, ...), until the
+/// deadline; the broker appends it once. Retries go out in sequence order: a batch
+/// retries only once every earlier batch of the partition is resolved.
+#[allow(clippy::too_many_arguments)]
+async fn send_idempotent(
+    connection: &PartitionConnection,
+    settings: &WorkerSettings,
+    metrics: &WorkerMetrics,
+    idempotence: &Idempotence,
+    id: BatchId,
+    records: &[rskafka::record::Record],
+    deadline: Instant,
+    used: &mut Option<Arc<PartitionClient>>,
+) -> Result<Vec<i64>, ProduceError> {
+    let timed_out = || ProduceError::Timeout(settings.publish_timeout);
+    let mut backoff = attempt_backoff();
+    let mut retry = false;
+    loop {
+        if retry {
+            tokio::time::timeout_at(deadline, idempotence.wait_for_head(id))
+                .await
+                .map_err(|_| timed_out())?;
+        }
+        let attempt = idempotence.lock().attempt(id);
+        let (identity, base_sequence) = match attempt {
+            Attempt::Send {
+                identity,
+                base_sequence,
+                ..
+            } => (identity, base_sequence),
+            Attempt::NeedsIdentity => {
+                match tokio::time::timeout_at(deadline, idempotence.init(&connection.client)).await
+                {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) if retriable(&e) => {
+                        tracing::debug!(partition = connection.partition, error = %e, "no producer id yet");
+                        pause(&mut backoff, deadline)
+                            .await
+                            .map_err(|()| timed_out())?;
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        return Err(ProduceError::Broker(Arc::from(format!(
+                            "the broker refused an idempotent producer id ({e}); \
+                             producer.idempotence = false produces without one"
+                        ))));
+                    }
+                    Err(_) => return Err(timed_out()),
+                }
+            }
+        };
+        retry = true;
+        let attempt = send(
+            connection,
+            used,
+            records.to_vec(),
+            settings.compression,
+            Some((identity, base_sequence)),
+        );
+        let attempt_deadline = deadline.min(Instant::now() + settings.request_timeout);
+        let error = match tokio::time::timeout_at(attempt_deadline, attempt).await {
+            Ok(Ok(offsets)) => return Ok(offsets),
+            Ok(Err(e)) => e,
+            Err(_) if Instant::now() >= deadline => return Err(timed_out()),
+            Err(_) => {
+                // A hung attempt: a fresh connection sends the same sequence again.
+                metrics.resend("request_timeout");
+                if let Some(client) = used.take() {
+                    connection.reset(&client).await;
+                }
+                continue;
+            }
+        };
+        match idempotent_verdict(&error) {
+            Verdict::Duplicate => {
+                // An older broker's answer to a copy of an appended batch: the records
+                // are in the log once; their offsets are not told.
+                return Ok((0..records.len() as i64).map(|_| -1).collect());
+            }
+            Verdict::SequenceRefused => {
+                if idempotence.lock().refused(id) {
+                    tracing::warn!(
+                        topic = %settings.topic,
+                        partition = connection.partition,
+                        error = %error,
+                        "the broker refused the head batch's sequence; \
+                         bumping the producer epoch and renumbering"
+                    );
+                    metrics.resend("sequence_refused");
+                    idempotence.changed.notify_waiters();
+                } else {
+                    // An earlier batch is not appended yet: wait behind it.
+                    metrics.resend("out_of_order");
+                }
+            }
+            Verdict::Retry => {
+                metrics.resend(retry_reason(&error));
+                tracing::info!(
+                    topic = %settings.topic,
+                    partition = connection.partition,
+                    records = records.len(),
+                    base_sequence,
+                    error = %error,
+                    "produce not confirmed; sending the same batch again"
+                );
+                if let Some(client) = used.take() {
+                    connection.reset(&client).await;
+                }
+                pause(&mut backoff, deadline)
+                    .await
+                    .map_err(|()| ProduceError::Broker(Arc::from(error.to_string())))?;
+            }
+            Verdict::Fatal => return Err(ProduceError::Broker(Arc::from(error.to_string()))),
+        }
+    }
+}
+
+/// Sleeps the next backoff pause, or fails if it would end past `deadline`.
+async fn pause(backoff: &mut Backoff, deadline: Instant) -> Result<(), ()> {
+    let pause = backoff.next_delay();
+    if Instant::now() + pause >= deadline {
+        return Err(());
+    }
+    tokio::time::sleep(pause).await;
+    Ok(())
+}
+
+/// What an idempotent produce does after an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The batch is in the log already (an older broker's answer to a copy).
+    Duplicate,
+    /// The broker refused the batch's sequence or epoch: nothing was appended.
+    SequenceRefused,
+    /// The batch may or may not be appended: send it again, same sequence.
+    Retry,
+    /// Refused for good (too large, not authorised, ...).
+    Fatal,
+}
+
+/// The protocol error under rskafka's retry wrapper, if there is one.
+fn root_error(error: &rskafka::client::error::Error) -> &rskafka::client::error::Error {
+    use rskafka::client::error::Error;
+    match error {
+        Error::RetryFailed(rskafka::BackoffError::DeadlineExceded { source, .. }) => source
+            .downcast_ref::<Error>()
+            .map(root_error)
+            .unwrap_or(error),
+        _ => error,
+    }
+}
+
+/// Classifies an idempotent produce's error as Apache Kafka's Java producer does.
+fn idempotent_verdict(error: &rskafka::client::error::Error) -> Verdict {
+    use rskafka::client::error::{Error, ProtocolError};
+    match root_error(error) {
+        Error::ServerError { protocol_error, .. } => match protocol_error {
+            ProtocolError::DuplicateSequenceNumber => Verdict::Duplicate,
+            ProtocolError::OutOfOrderSequenceNumber
+            | ProtocolError::UnknownProducerId
+            | ProtocolError::InvalidProducerEpoch
+            | ProtocolError::ProducerFenced => Verdict::SequenceRefused,
+            ProtocolError::NotLeaderOrFollower
+            | ProtocolError::LeaderNotAvailable
+            | ProtocolError::UnknownTopicOrPartition
+            | ProtocolError::NotEnoughReplicas
+            | ProtocolError::NotEnoughReplicasAfterAppend
+            | ProtocolError::RequestTimedOut
+            | ProtocolError::NetworkException
+            | ProtocolError::KafkaStorageError
+            | ProtocolError::BrokerNotAvailable
+            | ProtocolError::ReplicaNotAvailable
+            | ProtocolError::CorruptMessage => Verdict::Retry,
+            _ => Verdict::Fatal,
+        },
+        Error::Connection(_) | Error::Request(_) | Error::Timeout => Verdict::Retry,
+        _ => Verdict::Fatal,
+    }
+}
+
+/// Whether getting a producer id may succeed if tried again.
+fn retriable(error: &rskafka::client::error::Error) -> bool {
+    idempotent_verdict(error) == Verdict::Retry
+        || matches!(
+            root_error(error),
+            rskafka::client::error::Error::ServerError {
+                protocol_error: rskafka::client::error::ProtocolError::CoordinatorLoadInProgress
+                    | rskafka::client::error::ProtocolError::CoordinatorNotAvailable
+                    | rskafka::client::error::ProtocolError::NotCoordinator
+                    | rskafka::client::error::ProtocolError::NotController,
+                ..
+            }
+        )
+}
+
+/// The `reason` labels of `producer_resends_total`.
+pub(super) const RESEND_REASONS: [&str; 6] = [
+    "connection",
+    "not_leader",
+    "broker_error",
+    "request_timeout",
+    "out_of_order",
+    "sequence_refused",
+];
+
+/// A short label for a resend's cause (one of [`RESEND_REASONS`]).
+fn retry_reason(error: &rskafka::client::error::Error) -> &'static str {
+    use rskafka::client::error::{Error, ProtocolError};
+    match root_error(error) {
+        Error::ServerError {
+            protocol_error: ProtocolError::NotLeaderOrFollower,
+            ..
+        } => "not_leader",
+        Error::ServerError { .. } => "broker_error",
+        _ => "connection",
+    }
 }
 
 /// Whether a failed produce request certainly appended nothing, so that sending the
@@ -433,6 +752,7 @@ async fn send(
     used: &mut Option<Arc<PartitionClient>>,
     records: Vec<rskafka::record::Record>,
     compression: Compression,
+    idempotence: Option<(ProducerIdentity, i32)>,
 ) -> Result<Vec<i64>, rskafka::client::error::Error> {
     let mut backoff = attempt_backoff();
     let client = loop {
@@ -449,7 +769,10 @@ async fn send(
         }
     };
     *used = Some(Arc::clone(&client));
-    client.produce(records, compression).await
+    let answer = client
+        .produce_with(records, compression, ProduceOptions { idempotence })
+        .await?;
+    Ok(answer.offsets)
 }
 
 fn record_in_flight(settings: &WorkerSettings, metrics: &WorkerMetrics) {
@@ -507,6 +830,57 @@ impl PartitionConnection {
         {
             *current = None;
         }
+    }
+}
+
+/// One partition's idempotent producer: its sequences, and who waits on them.
+#[derive(Default)]
+struct Idempotence {
+    sequencer: std::sync::Mutex<Sequencer>,
+    /// Notified whenever a batch is resolved or the batches are renumbered: retries
+    /// waiting behind an earlier batch look again.
+    changed: tokio::sync::Notify,
+    /// One InitProducerId at a time.
+    init: tokio::sync::Mutex<()>,
+}
+
+impl Idempotence {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sequencer> {
+        // The sequencer's methods do not panic midway; a poisoned lock holds a
+        // consistent state.
+        self.sequencer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until no earlier batch than `id` is unresolved.
+    async fn wait_for_head(&self, id: BatchId) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.lock().is_head(id) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Gets a producer id (InitProducerId), unless another batch got one meanwhile.
+    async fn init(&self, client: &Client) -> Result<(), rskafka::client::error::Error> {
+        let _one_at_a_time = self.init.lock().await;
+        if self.lock().identity().is_some() {
+            return Ok(());
+        }
+        let identity = client.controller_client()?.init_producer_id().await?;
+        tracing::info!(
+            producer_id = identity.id,
+            epoch = identity.epoch,
+            "idempotent producer id assigned"
+        );
+        self.lock().set_identity(identity);
+        self.changed.notify_waiters();
+        Ok(())
     }
 }
 

@@ -130,6 +130,11 @@ pub struct Messenger<RW> {
 
     /// Join handle for the background worker that fetches responses.
     join_handle: JoinHandle<()>,
+
+    /// Until when the broker asked this connection to send nothing (gamestream patch,
+    /// see `GAMESTREAM_PATCH.md`): a response's `throttle_time_ms` (KIP-219). Kafka
+    /// throttles per connection, so every request on it waits.
+    throttled_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 #[derive(Error, Debug)]
@@ -301,6 +306,39 @@ where
             version_ranges: HashMap::new(),
             state,
             join_handle,
+            throttled_until: Mutex::new(None),
+        }
+    }
+
+    /// Holds this connection's next requests for `duration` from now, as a response's
+    /// `throttle_time_ms` asks (KIP-219: the broker has answered the request and will
+    /// not read from the connection meanwhile). A longer throttle already in force is
+    /// kept. (gamestream patch, see `GAMESTREAM_PATCH.md`.)
+    pub fn throttle(&self, duration: std::time::Duration) {
+        if duration.is_zero() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + duration;
+        let mut throttled_until = self.throttled_until.lock();
+        if throttled_until.is_none_or(|current| current < until) {
+            *throttled_until = Some(until);
+        }
+        warn!(
+            throttle_time_ms = duration.as_millis() as u64,
+            "broker throttled this connection; holding its next requests"
+        );
+    }
+
+    /// Waits while the broker throttles this connection.
+    async fn wait_for_throttle(&self) {
+        loop {
+            let until = *self.throttled_until.lock();
+            match until {
+                Some(until) if until > tokio::time::Instant::now() => {
+                    tokio::time::sleep_until(until).await;
+                }
+                _ => return,
+            }
         }
     }
 
@@ -371,6 +409,8 @@ where
             .write_versioned(&mut buf, header_version)
             .expect("Writing header to buffer should always work");
         msg.write_versioned(&mut buf, body_api_version)?;
+
+        self.wait_for_throttle().await;
 
         let (tx, rx) = channel();
 

@@ -17,15 +17,27 @@ use crate::{
         messages::{
             CreateTopicConfig, CreateTopicRequest, CreateTopicsRequest, DeleteTopicsRequest,
             DescribeConfigsRequest, DescribeConfigsResource, DescribeConfigsResourceResult,
-            RESOURCE_TYPE_TOPIC,
+            InitProducerIdRequest, RESOURCE_TYPE_TOPIC,
         },
-        primitives::{Array, Boolean, Int8, Int16, Int32, NullableString, String_},
+        primitives::{Array, Boolean, Int8, Int16, Int32, Int64, NullableString, String_},
     },
     throttle::maybe_throttle,
     validation::ExactlyOne,
 };
 
 use super::error::RequestContext;
+
+/// The identity of an idempotent producer (KIP-98): its id and epoch, written into every
+/// record batch it produces together with the batch's base sequence number.
+///
+/// gamestream patch (see `GAMESTREAM_PATCH.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProducerIdentity {
+    /// The producer id the broker assigned.
+    pub id: i64,
+    /// The epoch: a new epoch starts every partition's sequence at 0 again.
+    pub epoch: i16,
+}
 
 #[derive(Debug)]
 pub struct ControllerClient {
@@ -235,6 +247,56 @@ impl ControllerClient {
         .await?;
 
         Ok(configs.into_iter().map(ConfigEntry::from).collect())
+    }
+
+    /// Gets a new producer id and epoch for an idempotent producer (no transactional id):
+    /// InitProducerId (API key 22), answered by any broker; sent through the controller
+    /// connection because it is the one cluster-wide connection this client keeps.
+    ///
+    /// gamestream patch (see `GAMESTREAM_PATCH.md`). An idempotent producer bumps its
+    /// epoch locally, as Apache Kafka's Java client does (KIP-360): it needs this call
+    /// only for its first id, or for a new one once its epoch is exhausted.
+    pub async fn init_producer_id(&self) -> Result<ProducerIdentity> {
+        let request = &InitProducerIdRequest {
+            transactional_id: NullableString(None),
+            transaction_timeout_ms: Int32(i32::MAX),
+            producer_id: None,
+            producer_epoch: None,
+            tagged_fields: None,
+        };
+
+        maybe_retry(&self.backoff_config, self, "init_producer_id", || async move {
+            let (broker, r#gen) = self
+                .get()
+                .await
+                .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
+            let response = broker
+                .request(request)
+                .await
+                .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
+            if response.throttle_time_ms.0 > 0 {
+                broker.throttle(std::time::Duration::from_millis(
+                    response.throttle_time_ms.0 as u64,
+                ));
+            }
+            match response.error {
+                None => Ok(ProducerIdentity {
+                    id: response.producer_id.0,
+                    epoch: response.producer_epoch.0,
+                }),
+                Some(protocol_error) => Err(ErrorOrThrottle::Error((
+                    Error::ServerError {
+                        protocol_error,
+                        error_message: None,
+                        request: RequestContext::Producer,
+                        response: None,
+                        is_virtual: false,
+                    },
+                    Some(r#gen),
+                ))),
+            }
+        })
+        .await
     }
 
     /// Retrieve the broker ID of the controller

@@ -7,6 +7,11 @@ pub use crate::protocol::error::Error as ProtocolError;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum RequestContext {
+    /// Error concerns the producer, not a topic or partition (InitProducerId).
+    ///
+    /// gamestream patch (see `GAMESTREAM_PATCH.md`).
+    Producer,
+
     /// Error is specific to a topic.
     Topic(String),
 

@@ -20,7 +20,6 @@ use crate::{
         record::{Record as ProtocolRecord, *},
     },
     record::{Record, RecordAndOffset},
-    throttle::maybe_throttle,
     validation::ExactlyOne,
 };
 use chrono::{DateTime, LocalResult, TimeZone, Utc};
@@ -31,7 +30,40 @@ use std::{
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
-use super::{error::ServerErrorResponse, metadata_cache::MetadataCacheGeneration};
+use super::{
+    controller::ProducerIdentity, error::ServerErrorResponse,
+    metadata_cache::MetadataCacheGeneration,
+};
+
+/// Options of [`PartitionClient::produce_with`] (gamestream patch, see `GAMESTREAM_PATCH.md`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceOptions {
+    /// Produce idempotently: the producer's identity and the base sequence number of
+    /// this batch (the sequence of its first record; the next batch of this partition
+    /// starts where this one ends). `None`: a plain producer (id, epoch and sequence -1).
+    pub idempotence: Option<(ProducerIdentity, i32)>,
+}
+
+/// What a produce request was answered (gamestream patch, see `GAMESTREAM_PATCH.md`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProduceAnswer {
+    /// The offset of each record, in order.
+    pub offsets: Vec<i64>,
+    /// The throttle the broker asked for, already honoured by the connection.
+    pub throttle: Option<std::time::Duration>,
+}
+
+/// Holds the connection's next requests for the response's `throttle_time_ms` (KIP-219:
+/// the broker answered this request and mutes the connection meanwhile), and returns it.
+fn honour_throttle(
+    broker: &MessengerTransport,
+    throttle_time_ms: Option<Int32>,
+) -> Option<std::time::Duration> {
+    let millis = throttle_time_ms.map(|t| t.0).filter(|t| *t > 0)?;
+    let throttle = std::time::Duration::from_millis(millis as u64);
+    broker.throttle(throttle);
+    Some(throttle)
+}
 
 /// How strongly a [`PartitionClient`] is bound to a partition.
 ///
@@ -196,13 +228,34 @@ impl PartitionClient {
         records: Vec<Record>,
         compression: Compression,
     ) -> Result<Vec<i64>> {
+        self.produce_with(records, compression, ProduceOptions::default())
+            .await
+            .map(|answer| answer.offsets)
+    }
+
+    /// Produce a batch of records to the partition, as `options` say: with an idempotent
+    /// producer's identity and the batch's base sequence number (KIP-98), the broker
+    /// appends the batch once however often it is sent, answering a copy of one of the
+    /// producer's last five batches with that batch's offsets.
+    ///
+    /// The answer also tells the throttle the broker asked for, which this connection
+    /// already honours (its next request waits; KIP-219).
+    ///
+    /// gamestream patch (see `GAMESTREAM_PATCH.md`).
+    pub async fn produce_with(
+        &self,
+        records: Vec<Record>,
+        compression: Compression,
+        options: ProduceOptions,
+    ) -> Result<ProduceAnswer> {
         // skip request entirely if `records` is empty
         if records.is_empty() {
-            return Ok(vec![]);
+            return Ok(ProduceAnswer::default());
         }
 
         let n = records.len() as i64;
-        let request = &build_produce_request(self.partition, &self.topic, records, compression);
+        let request =
+            &build_produce_request(self.partition, &self.topic, records, compression, options);
 
         maybe_retry(
             &self.backoff_config,
@@ -220,13 +273,13 @@ impl PartitionClient {
                     .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
                 // gamestream patch: a produce response's throttle_time_ms comes with a
                 // request the broker has handled (appended, or refused with an error
-                // code): it asks the client to wait before its *next* request. Upstream
-                // turned it into a retry of this request, which sends the records again
-                // and stores them twice when they were appended. Answer the request.
-                if let Some(throttle) = response.throttle_time_ms.filter(|t| t.0 > 0) {
-                    warn!(throttle_time_ms = throttle.0, "produce answered with a throttle");
-                }
+                // code): it asks the client to wait before its *next* request (KIP-219).
+                // Upstream turned it into a retry of this request, which sends the
+                // records again and stores them twice when they were appended. Answer
+                // the request; the connection holds its next requests.
+                let throttle = honour_throttle(&broker, response.throttle_time_ms);
                 process_produce_response(self.partition, &self.topic, n, response)
+                    .map(|offsets| ProduceAnswer { offsets, throttle })
                     .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
             },
         )
@@ -264,7 +317,7 @@ impl PartitionClient {
                     .request(&request)
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
-                maybe_throttle(response.throttle_time_ms)?;
+                honour_throttle(&broker, response.throttle_time_ms);
                 process_fetch_response(self.partition, &self.topic, response, offset)
                     .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
             },
@@ -300,7 +353,7 @@ impl PartitionClient {
                     .request(&request)
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
-                maybe_throttle(response.throttle_time_ms)?;
+                honour_throttle(&broker, response.throttle_time_ms);
                 process_list_offsets_response(self.partition, &self.topic, response)
                     .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
             },
@@ -333,7 +386,7 @@ impl PartitionClient {
                     .request(&request)
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
-                maybe_throttle(Some(response.throttle_time_ms))?;
+                honour_throttle(&broker, Some(response.throttle_time_ms));
                 process_delete_records_response(&self.topic, self.partition, response)
                     .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
             },
@@ -658,10 +711,14 @@ fn build_produce_request(
     topic: &str,
     records: Vec<Record>,
     compression: Compression,
+    options: ProduceOptions,
 ) -> ProduceRequest {
     let n = records.len() as i32;
 
-    // TODO: Retry on failure
+    let (producer_id, producer_epoch, base_sequence) = match options.idempotence {
+        Some((producer, base_sequence)) => (producer.id, producer.epoch, base_sequence),
+        None => (-1, -1, -1),
+    };
 
     let first_timestamp = records.first().unwrap().timestamp;
     let mut max_timestamp = first_timestamp;
@@ -693,7 +750,7 @@ fn build_produce_request(
             partition_leader_epoch: 0,
             last_offset_delta: n - 1,
             is_transactional: false,
-            base_sequence: -1,
+            base_sequence,
             compression: match compression {
                 Compression::NoCompression => RecordBatchCompression::NoCompression,
                 #[cfg(feature = "compression-gzip")]
@@ -706,8 +763,8 @@ fn build_produce_request(
                 Compression::Zstd => RecordBatchCompression::Zstd,
             },
             timestamp_type: RecordBatchTimestampType::CreateTime,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             first_timestamp: first_timestamp.timestamp_millis(),
             max_timestamp: max_timestamp.timestamp_millis(),
             records: ControlBatchOrRecords::Records(records),

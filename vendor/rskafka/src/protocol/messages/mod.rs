@@ -31,6 +31,9 @@ mod describe_configs;
 pub use describe_configs::*;
 mod fetch;
 pub use fetch::*;
+// gamestream patch: InitProducerId (see GAMESTREAM_PATCH.md)
+mod init_producer_id;
+pub use init_producer_id::*;
 mod header;
 pub use header::*;
 mod list_offsets;
