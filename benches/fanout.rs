@@ -232,7 +232,7 @@ async fn drain(f: &Fixture, batch_size: usize, credit: usize) -> Duration {
     let mut readers = Vec::new();
     for partition in 0..PARTITIONS {
         let shards: Vec<_> = sinks.iter().map(|(n, s, _)| (*n, s.clone())).collect();
-        let start = prepare_reader(&f.kafka, &f.topic, partition, &shards, GIVE_UP)
+        let start = prepare_reader(&f.kafka, &f.topic, partition, &shards, GIVE_UP, None)
             .await
             .expect("reader start");
         let args = ReaderArgs {

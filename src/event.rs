@@ -59,9 +59,13 @@ pub enum Score {
     NotAnInteger,
 }
 
-/// A client's submission, validated, before the server assigns id and ingest time.
+/// A client's submission, validated, before the server assigns ingest time (and the
+/// id, unless the client chose one).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submission {
+    /// The client's own `event_id`, if it sent one: a resend of the same event carries
+    /// the same id, so the pipeline can count it once.
+    pub event_id: Option<Uuid>,
     pub event_type: String,
     pub player_id: String,
     pub game_id: String,
@@ -101,7 +105,7 @@ pub enum EventError {
     BadTime { field: &'static str, value: String },
     #[error("`{field}` must fall within years 0000 to 9999 once converted to UTC, got {value:?}")]
     TimeOutOfRange { field: &'static str, value: String },
-    #[error("`event_id` must be a UUID, got {0:?}")]
+    #[error("`event_id` must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e, got {0:?}")]
     BadEventId(String),
     #[error("duplicate key {0:?} in a JSON object: each key may appear once")]
     DuplicateKey(String),
@@ -140,7 +144,15 @@ pub fn parse_submission(bytes: &mut [u8]) -> Result<Submission> {
 pub fn submission_from_value(value: &BorrowedValue<'_>) -> Result<Submission> {
     let fields = Fields::of(value)?;
     let (data, score) = fields.data()?;
+    let event_id = match fields.present("event_id") {
+        None => None,
+        Some(_) => {
+            let raw = fields.string("event_id")?;
+            Some(Uuid::parse_str(raw).map_err(|_| EventError::BadEventId(truncate(raw, 40)))?)
+        }
+    };
     Ok(Submission {
+        event_id,
         event_type: fields.id("event_type")?,
         player_id: fields.id("player_id")?,
         game_id: fields.id("game_id")?,
@@ -500,10 +512,11 @@ fn truncate(s: &str, max_chars: usize) -> String {
 }
 
 impl Submission {
-    /// Accepts the submission: assigns a fresh `event_id` (UUID v4) and `ingested_at`.
+    /// Accepts the submission: keeps the client's `event_id` or assigns a fresh one
+    /// (UUID v4), and stamps `ingested_at`.
     pub fn accept(self, now: DateTime<Utc>) -> Event {
         Event {
-            event_id: Uuid::new_v4(),
+            event_id: self.event_id.unwrap_or_else(Uuid::new_v4),
             event_type: self.event_type,
             player_id: self.player_id,
             game_id: self.game_id,
@@ -596,6 +609,44 @@ mod tests {
             serde_json::from_slice(&event.to_record_value()).expect("valid JSON");
         assert_eq!(json.as_object().map(|o| o.len()), Some(7));
         assert_eq!(json["data"]["x"][1], "a");
+    }
+
+    #[test]
+    fn a_client_event_id_is_kept_and_a_malformed_one_refused() {
+        let with_id = GOOD.replacen(
+            '{',
+            r#"{"event_id":"0F8FAD5B-D9CB-469F-A165-70867728950E","#,
+            1,
+        );
+        let event = sub(&with_id).expect("valid").accept(Utc::now());
+        assert_eq!(
+            event.event_id.to_string(),
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
+            "any version, kept, written lowercase"
+        );
+        let mut value = event.to_record_value();
+        assert_eq!(
+            parse_record(&mut value).expect("record").event_id,
+            event.event_id
+        );
+        // Absent (or null, as for every optional field): the server assigns one, a new
+        // one each time.
+        let null_id = GOOD.replacen('{', r#"{"event_id":null,"#, 1);
+        assert_eq!(sub(&null_id).expect("null is absent").event_id, None);
+        let a = sub(GOOD).expect("valid").accept(Utc::now());
+        let b = sub(GOOD).expect("valid").accept(Utc::now());
+        assert_ne!(a.event_id, b.event_id);
+        for (bad, message) in [
+            (
+                r#""nope""#,
+                r#"`event_id` must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e, got "nope""#,
+            ),
+            ("42", "`event_id` must be a string, got a number"),
+        ] {
+            let body = GOOD.replacen('{', &format!(r#"{{"event_id":{bad},"#), 1);
+            let err = sub(&body).expect_err(bad);
+            assert_eq!(err.to_string(), message);
+        }
     }
 
     #[test]

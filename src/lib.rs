@@ -28,7 +28,7 @@
 //! `tests/it/layering.rs`), so data flows one way: http → kafka → readers → sinks →
 //! stores.
 //!
-//! 1. domain: [`config`], [`event`], [`aggregate`], [`dead_letter`], [`retry`],
+//! 1. domain: [`config`], [`event`], [`aggregate`], [`dead_letter`], [`dedupe`], [`retry`],
 //!    [`shutdown`], [`leases`] (the lease rules), [`catalogue`] (the sinks), [`exit`]
 //!    (exit codes), [`trace_context`] (W3C context in record headers);
 //! 2. stores: [`sinks`] (Postgres and Redis write paths, their errors), [`kafka`] (the
@@ -52,6 +52,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod dead_letter;
+pub mod dedupe;
 pub mod event;
 pub mod exit;
 pub mod http;

@@ -17,6 +17,12 @@
 //! again it gets catch-up fetches from its own cursor, in turn with the others, until
 //! its cursor meets theirs. So one store being away never stops the others.
 //!
+//! Duplicates (`dedupe`): the reader gives each record its verdict once, in offset
+//! order, with a [`DedupeWindow`] of the records before it, and leaves duplicates out of
+//! the batches it sends, so no sink applies or dead-letters them. Before its first
+//! fetch it reads the window back from the log ([`prepare_reader`]); a catch-up fetch
+//! behind the frontier uses the verdicts already given (the duplicates' offsets).
+//!
 //! Fetch errors are transient (the broker is away): retried with backoff. An offset
 //! that fell out of retention restarts from the earliest offset, with a warning and a
 //! metric. Supervised by the [`Supervisor`](super::supervisor).
@@ -31,6 +37,8 @@ use rskafka::record::RecordAndOffset;
 
 use super::record::{ParsedBatch, ParsedRecord, Poison};
 use super::sink::{AckTo, SinkAck, SinkMessage};
+use crate::config::DedupeConfig;
+use crate::dedupe::{DedupeKey, DedupeWindow};
 use crate::event::{self, EventError};
 use crate::retry::Backoff;
 use crate::telemetry::traces;
@@ -51,6 +59,9 @@ super::narrow_message!(ReaderMessage::Ack(SinkAck));
 pub struct ReaderStart {
     pub client: PartitionClient,
     pub next_offset: i64,
+    /// The duplicate window, filled with the records before `next_offset`; `None`
+    /// with `dedupe.enabled = false`.
+    pub window: Option<DedupeWindow>,
 }
 
 impl std::fmt::Debug for ReaderStart {
@@ -64,12 +75,17 @@ impl std::fmt::Debug for ReaderStart {
 /// Connects a partition client and asks each sink where it needs to resume (each call
 /// bounded by `timeout`): the reader begins at the lowest, or at the earliest offset when
 /// a sink has nothing for the partition.
+///
+/// With deduplication on, it then reads the records before that offset back into a
+/// [`DedupeWindow`] (each fetch bounded by `timeout`), so that the reader's verdicts
+/// are those of a reader that had been running all along.
 pub async fn prepare_reader(
     kafka: &rskafka::client::Client,
     topic: &str,
     partition: i32,
     sinks: &[(&'static str, ActorRef<SinkMessage>)],
     timeout: Duration,
+    dedupe: Option<&DedupeConfig>,
 ) -> Result<ReaderStart, ActorProcessingErr> {
     let client = tokio::time::timeout(
         timeout,
@@ -103,11 +119,92 @@ pub async fn prepare_reader(
         Some(offset) if !any_missing => offset.max(earliest),
         _ => earliest,
     };
+    let window = match dedupe {
+        Some(settings) => Some(
+            preload_window(&client, partition, settings, earliest, next_offset, timeout).await?,
+        ),
+        None => None,
+    };
     Ok(ReaderStart {
         client,
         next_offset,
+        window,
     })
 }
+
+/// Reads `[next_offset - max_records, next_offset)` (from `earliest` at the most) into a
+/// new window; reports how long it took.
+async fn preload_window(
+    client: &PartitionClient,
+    partition: i32,
+    settings: &DedupeConfig,
+    earliest: i64,
+    next_offset: i64,
+    timeout: Duration,
+) -> Result<DedupeWindow, ActorProcessingErr> {
+    let started = Instant::now();
+    let mut window = DedupeWindow::new(settings.max_records, settings.window);
+    let mut offset = window.preload_from(next_offset).max(earliest);
+    let mut scratch = Vec::new();
+    while offset < next_offset {
+        let (records, _) = tokio::time::timeout(
+            timeout,
+            client.fetch_records(offset, 1..PRELOAD_FETCH_BYTES, 0),
+        )
+        .await
+        .map_err(|_| format!("no records to rebuild the duplicate window within {timeout:?}"))??;
+        let Some(last) = records.last().map(|r| r.offset) else {
+            break; // nothing more below the high watermark
+        };
+        for r in records {
+            if r.offset < offset || r.offset >= next_offset {
+                continue;
+            }
+            let key = dedupe_key(&mut scratch, &r.record.headers, r.record.value.as_deref());
+            window.observe(r.offset, key, r.record.timestamp.timestamp_millis());
+        }
+        offset = last + 1;
+    }
+    let took = started.elapsed();
+    metrics::gauge!("gamestream_dedupe_rebuild_seconds", "partition" => partition.to_string())
+        .set(took.as_secs_f64());
+    tracing::info!(
+        partition,
+        records = window.len(),
+        took_ms = took.as_millis() as u64,
+        "duplicate window rebuilt from the log"
+    );
+    Ok(window)
+}
+
+/// Bytes per fetch when rebuilding a duplicate window.
+const PRELOAD_FETCH_BYTES: i32 = 4 * 1024 * 1024;
+
+/// A record's duplicate key: the dead letter a replay republishes (header
+/// `dlq_replay_of`), else the event's `event_id` (header, else the value); `None` for a
+/// record that is not a valid event.
+fn dedupe_key(
+    scratch: &mut Vec<u8>,
+    headers: &std::collections::BTreeMap<String, Vec<u8>>,
+    value: Option<&[u8]>,
+) -> Option<DedupeKey> {
+    if let Some(letter) = headers.get(REPLAY_HEADER) {
+        return std::str::from_utf8(letter)
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .map(DedupeKey::Replay);
+    }
+    let value = value?;
+    scratch.clear();
+    scratch.extend_from_slice(value);
+    event::parse_record(scratch)
+        .ok()
+        .map(|e| DedupeKey::Event(e.event_id))
+}
+
+/// The header `gamestream dlq replay` stamps on the records it republishes: the id of
+/// the dead letter (`dlq_events.id`).
+pub const REPLAY_HEADER: &str = "dlq_replay_of";
 
 pub struct ReaderArgs {
     pub start: ReaderStart,
@@ -143,8 +240,52 @@ pub struct ReaderState {
     token: u64,
     /// Reused buffer for simd-json's in-place parsing.
     scratch: Vec<u8>,
+    /// The duplicate verdicts: `None` with deduplication off.
+    dedupe: Option<Verdicts>,
     /// This reader as its sinks see it: where their acks go.
     ack_to: AckTo,
+}
+
+/// The duplicate window and the verdicts given so far.
+struct Verdicts {
+    window: DedupeWindow,
+    /// The offset after the last record given a verdict: records from here on are new
+    /// to the window; records before it were judged already.
+    frontier: i64,
+    /// The duplicates before the frontier that a sink behind may still fetch.
+    duplicates: std::collections::BTreeSet<i64>,
+    skipped: metrics::Counter,
+    window_records: metrics::Gauge,
+    window_bytes: metrics::Gauge,
+}
+
+impl Verdicts {
+    /// Whether the record at `offset` is a duplicate; records at or past the frontier are
+    /// judged now (in offset order), the others were judged when first fetched.
+    fn judge(&mut self, offset: i64, key: Option<DedupeKey>, timestamp_ms: i64) -> bool {
+        if offset < self.frontier {
+            return self.duplicates.contains(&offset);
+        }
+        self.frontier = offset + 1;
+        let duplicate = self.window.observe(offset, key, timestamp_ms);
+        if duplicate {
+            self.duplicates.insert(offset);
+        }
+        duplicate
+    }
+
+    /// Forgets verdicts no sink can fetch again (below every sink's cursor).
+    fn forget_below(&mut self, lowest_cursor: i64) {
+        if self
+            .duplicates
+            .first()
+            .is_some_and(|first| *first < lowest_cursor)
+        {
+            self.duplicates = self.duplicates.split_off(&lowest_cursor);
+        }
+        self.window_records.set(self.window.len() as f64);
+        self.window_bytes.set(self.window.memory_bytes() as f64);
+    }
 }
 
 struct SinkCredit {
@@ -177,7 +318,21 @@ impl Actor for PartitionReader {
         let ReaderStart {
             client,
             next_offset,
+            window,
         } = args.start;
+        let label = args.partition.to_string();
+        let dedupe = window.map(|window| {
+            let skipped = metrics::counter!("gamestream_dedupe_duplicates_total", "partition" => label.clone());
+            skipped.increment(0);
+            Verdicts {
+                window,
+                frontier: next_offset,
+                duplicates: Default::default(),
+                skipped,
+                window_records: metrics::gauge!("gamestream_dedupe_window_records", "partition" => label.clone()),
+                window_bytes: metrics::gauge!("gamestream_dedupe_window_bytes", "partition" => label.clone()),
+            }
+        });
         // Every sink starts at the common minimum; a sink that is further on skips what
         // it already has (the sink dedupes by offset), so they share fetches at once.
         tracing::info!(topic = %args.topic, partition = args.partition, offset = next_offset, "reader starting");
@@ -213,6 +368,7 @@ impl Actor for PartitionReader {
             fetching: false,
             token: 0,
             scratch: Vec::new(),
+            dedupe,
         })
     }
 
@@ -356,9 +512,28 @@ impl ReaderState {
         fetched: Vec<RecordAndOffset>,
     ) -> Result<(), ActorProcessingErr> {
         let mut records = Vec::with_capacity(fetched.len());
+        // The offset after the last record fetched, duplicates included.
+        let mut next_offset = None;
+        let mut duplicates = 0u64;
         for r in fetched {
             if r.offset < cursor {
                 continue; // a fetch may start at the beginning of a stored record batch
+            }
+            next_offset = Some(r.offset + 1);
+            if let Some(verdicts) = self.dedupe.as_mut() {
+                let key = if r.offset < verdicts.frontier {
+                    None // judged already: the key is not needed
+                } else {
+                    dedupe_key(
+                        &mut self.scratch,
+                        &r.record.headers,
+                        r.record.value.as_deref(),
+                    )
+                };
+                if verdicts.judge(r.offset, key, r.record.timestamp.timestamp_millis()) {
+                    duplicates += 1;
+                    continue;
+                }
             }
             let trace = traces::extract(&r.record.headers).map(|remote| {
                 Box::new(traces::consume(
@@ -375,18 +550,34 @@ impl ReaderState {
                 trace,
             });
         }
-        let Some(last) = records.last() else {
+        let Some(next_offset) = next_offset else {
             return Ok(());
         };
+        let max = self.max_in_flight_records;
+        if let Some(verdicts) = self.dedupe.as_mut() {
+            verdicts.skipped.increment(duplicates);
+        }
+        if records.is_empty() {
+            // Only duplicates: the sinks at this cursor move past them without a batch
+            // (a restart judges them the same way again).
+            for sink in self
+                .sinks
+                .iter_mut()
+                .filter(|s| s.flow.cursor == cursor && s.flow.in_flight < max)
+            {
+                sink.flow.cursor = next_offset;
+            }
+            self.forget_judged();
+            return Ok(());
+        }
         let batch = Arc::new(ParsedBatch {
             topic: Arc::clone(&self.topic),
             partition: self.partition,
-            next_offset: last.offset + 1,
+            next_offset,
             records,
         });
         metrics::counter!("gamestream_reader_records_total", "partition" => self.partition_label.clone())
             .increment(batch.records.len() as u64);
-        let max = self.max_in_flight_records;
         for sink in self
             .sinks
             .iter_mut()
@@ -399,7 +590,15 @@ impl ReaderState {
                 reader: self.ack_to.clone(),
             })?;
         }
+        self.forget_judged();
         Ok(())
+    }
+
+    fn forget_judged(&mut self) {
+        if let Some(verdicts) = self.dedupe.as_mut() {
+            let lowest = self.sinks.iter().map(|s| s.flow.cursor).min();
+            verdicts.forget_below(lowest.unwrap_or(verdicts.frontier));
+        }
     }
 }
 

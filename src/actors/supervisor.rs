@@ -573,7 +573,8 @@ impl SupervisorState {
             let started = Instant::now();
             let result = async {
                 claim_in_sinks(&shards, lease, timeout).await?;
-                prepare_reader(&kafka, &topic, partition, &shards, timeout)
+                let dedupe = config.dedupe.enabled.then_some(&config.dedupe);
+                prepare_reader(&kafka, &topic, partition, &shards, timeout, dedupe)
                     .await
                     .map_err(|e| format!("preparing the reader: {e}"))
             }

@@ -22,6 +22,7 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub redis: RedisConfig,
     pub consumer: ConsumerConfig,
+    pub dedupe: DedupeConfig,
     pub logger: LoggerConfig,
     pub stats: StatsConfig,
     pub leaderboard: LeaderboardConfig,
@@ -206,6 +207,19 @@ impl TopicsConfig {
             spec(&self.dlq, self.dlq_partitions, self.retention_other),
         ]
     }
+}
+
+/// Which records every sink skips as resends of an earlier one (`crate::dedupe`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// Skip duplicates (records whose `event_id` repeats an earlier record's).
+    pub enabled: bool,
+    /// How much earlier (Kafka timestamp) the first record may be.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How many offsets back the first record may be; bounds memory per partition.
+    pub max_records: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

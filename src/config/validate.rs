@@ -171,6 +171,12 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.dedupe.enabled && (self.dedupe.max_records == 0 || self.dedupe.window.is_zero()) {
+            problems.push(
+                "`dedupe.max_records` and `dedupe.window` must be above 0 with `dedupe.enabled` (set `dedupe.enabled = false` to turn deduplication off)"
+                    .to_owned(),
+            );
+        }
         if self.consumer.fetch_max_bytes < 1024 {
             problems.push("`consumer.fetch_max_bytes` must be at least 1024".to_owned());
         }

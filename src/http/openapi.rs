@@ -191,6 +191,7 @@ fn schemas() -> Value {
             "type": "object",
             "required": ["event_type", "player_id", "game_id", "timestamp"],
             "properties": {
+                "event_id": {"type": "string", "format": "uuid", "description": "Optional: the client's id for this event (a UUID of any version). Send the same id when resending after a 503, a timeout or a dropped connection: the event is kept under it everywhere. Absent, the server assigns one (returned in the answer)."},
                 "event_type": id("player_level_up, player_score, quest_completed, achievement_unlocked, boss_defeated, or any custom type"),
                 "player_id": id("The player; the Kafka key, so a player's events stay in order"),
                 "game_id": id("The game"),

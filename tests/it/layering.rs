@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "event",
             "aggregate",
             "dead_letter",
+            "dedupe",
             "retry",
             "shutdown",
             "leases",

@@ -26,6 +26,15 @@
 //! the sequence as it is: if the broker appended it, the next batch follows it; if not,
 //! the next batch's sequence is refused and renumbered under a new epoch.
 //!
+//! Two rules keep a refused head from being stored twice (as the Java client's
+//! `shouldStopDrainBatchesForPartition` and `isNextSequence` do):
+//! - no new batch is sent while a batch is being retried, or while the current epoch
+//!   has no confirmed batch yet ([`Sequencer::may_dispatch`]), so a retried head never
+//!   falls out of the five batches the broker remembers;
+//! - a batch behind which a later batch of the same epoch was confirmed is stored (the
+//!   broker appends a producer's batches only in sequence order): if its retry is
+//!   refused, it is answered as stored ([`Refusal::Stored`]), never renumbered.
+//!
 //! Each partition worker has its own producer id, so an epoch bump never touches
 //! another partition's batches.
 
@@ -56,6 +65,23 @@ struct Entry {
     records: i32,
     /// `None` while the producer has no identity.
     base_sequence: Option<i32>,
+    /// A later batch of the same epoch was confirmed: this one is in the log.
+    stored: bool,
+    /// Sent more than once.
+    retrying: bool,
+}
+
+/// What a refused sequence means for the batch ([`Sequencer::refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// An earlier batch is unresolved: wait behind it and send again.
+    Behind,
+    /// The head's sequence was refused: the epoch moved on and every unresolved batch
+    /// was numbered again; send again with the new numbers.
+    Renumbered,
+    /// A later batch of the same epoch was confirmed, so this one is in the log (the
+    /// broker no longer recognises the copy): it is stored, its offsets unknown.
+    Stored,
 }
 
 /// The unresolved batches of one partition, in sequence order, and the next sequence.
@@ -65,6 +91,8 @@ pub(super) struct Sequencer {
     next_sequence: i32,
     unresolved: VecDeque<Entry>,
     next_id: BatchId,
+    /// A batch of the current epoch was confirmed.
+    confirmed_in_epoch: bool,
 }
 
 impl Sequencer {
@@ -79,8 +107,27 @@ impl Sequencer {
             id,
             records,
             base_sequence,
+            stored: false,
+            retrying: false,
         });
         id
+    }
+
+    /// Whether a new batch may be sent now: not while a batch is being retried (its
+    /// retries go first and alone), nor while the current epoch (or producer id) has no
+    /// confirmed batch yet and one is unresolved (the first batch of an epoch goes
+    /// alone, so a later one cannot overtake it).
+    pub(super) fn may_dispatch(&self) -> bool {
+        if self.unresolved.iter().any(|entry| entry.retrying) {
+            return false;
+        }
+        self.unresolved.is_empty() || (self.identity.is_some() && self.confirmed_in_epoch)
+    }
+
+    /// The batch is about to be sent again.
+    pub(super) fn retrying(&mut self, id: BatchId) {
+        let position = self.position(id);
+        self.unresolved[position].retrying = true;
     }
 
     /// What the batch's next attempt sends. `id` must be unresolved.
@@ -109,14 +156,19 @@ impl Sequencer {
     }
 
     /// The broker refused the batch's sequence (`OutOfOrderSequenceNumber`,
-    /// `UnknownProducerId`, `InvalidProducerEpoch`). If it is the head, nothing from it
-    /// on was appended under its epoch: the epoch is bumped (or, past `i16::MAX`, the
-    /// id dropped) and every unresolved batch renumbered; returns `true`. If an earlier
-    /// batch is unresolved, the refusal only says that batch is not appended yet:
-    /// nothing changes; returns `false`.
-    pub(super) fn refused(&mut self, id: BatchId) -> bool {
-        if self.position(id) != 0 {
-            return false;
+    /// `UnknownProducerId`, `InvalidProducerEpoch`). A batch known to be stored (a later
+    /// one of its epoch was confirmed) is [`Refusal::Stored`]. Else, if it is the head,
+    /// nothing from it on was appended under its epoch: the epoch is bumped (or, past
+    /// `i16::MAX`, the id dropped) and every unresolved batch renumbered
+    /// ([`Refusal::Renumbered`]). If an earlier batch is unresolved, the refusal only
+    /// says that batch is not appended yet: nothing changes ([`Refusal::Behind`]).
+    pub(super) fn refused(&mut self, id: BatchId) -> Refusal {
+        let position = self.position(id);
+        if self.unresolved[position].stored {
+            return Refusal::Stored;
+        }
+        if position != 0 {
+            return Refusal::Behind;
         }
         match self.identity {
             Some(identity) if identity.epoch < i16::MAX => {
@@ -128,12 +180,24 @@ impl Sequencer {
             }
             _ => {
                 self.identity = None;
+                self.confirmed_in_epoch = false;
                 for entry in &mut self.unresolved {
                     entry.base_sequence = None;
                 }
             }
         }
-        true
+        Refusal::Renumbered
+    }
+
+    /// The broker confirmed the batch (appended, or recognised a copy). Every earlier
+    /// unresolved batch of the same numbering is then in the log too.
+    pub(super) fn confirmed(&mut self, id: BatchId) {
+        let position = self.position(id);
+        for entry in self.unresolved.iter_mut().take(position) {
+            entry.stored = true;
+        }
+        self.confirmed_in_epoch = true;
+        self.resolve(id);
     }
 
     /// The batch is finished with: appended, refused for good, or given up on.
@@ -160,10 +224,11 @@ impl Sequencer {
     }
 
     fn renumber(&mut self) {
-        self.next_sequence = 0;
+        self.confirmed_in_epoch = false;
         let mut next = 0;
         for entry in &mut self.unresolved {
             entry.base_sequence = Some(next);
+            entry.stored = false;
             next = increment_sequence(next, entry.records);
         }
         self.next_sequence = next;
@@ -235,7 +300,7 @@ mod tests {
         let a = sequencer.assign(2);
         let b = sequencer.assign(2);
         // b overtook a (out of order on the wire): the broker refused b's sequence.
-        assert!(!sequencer.refused(b));
+        assert_eq!(sequencer.refused(b), Refusal::Behind);
         assert_eq!(send(&sequencer, a), (0, 0, true));
         assert_eq!(send(&sequencer, b), (0, 2, false));
     }
@@ -249,7 +314,7 @@ mod tests {
         sequencer.resolve(a); // appended
         // b given up on (503): if it was not appended, c's sequence (7) is refused.
         sequencer.resolve(b);
-        assert!(sequencer.refused(c));
+        assert_eq!(sequencer.refused(c), Refusal::Renumbered);
         assert_eq!(send(&sequencer, c), (1, 0, true), "new epoch starts at 0");
         let d = sequencer.assign(5);
         assert_eq!(send(&sequencer, d), (1, 2, false));
@@ -261,7 +326,7 @@ mod tests {
         let a = sequencer.assign(1);
         let b = sequencer.assign(1);
         let c = sequencer.assign(1);
-        assert!(sequencer.refused(a));
+        assert_eq!(sequencer.refused(a), Refusal::Renumbered);
         assert_eq!(send(&sequencer, a), (1, 0, true));
         assert_eq!(send(&sequencer, b), (1, 1, false));
         assert_eq!(send(&sequencer, c), (1, 2, false));
@@ -276,7 +341,7 @@ mod tests {
         });
         let a = sequencer.assign(1);
         let b = sequencer.assign(1);
-        assert!(sequencer.refused(a));
+        assert_eq!(sequencer.refused(a), Refusal::Renumbered);
         assert_eq!(sequencer.attempt(a), Attempt::NeedsIdentity);
         assert_eq!(sequencer.attempt(b), Attempt::NeedsIdentity);
         sequencer.set_identity(ProducerIdentity { id: 8, epoch: 0 });
@@ -296,6 +361,48 @@ mod tests {
         assert_eq!(send(&sequencer, a), (0, 0, true));
         assert_eq!(send(&sequencer, b), (0, 3, false));
         assert_eq!(sequencer.identity(), Some(PRODUCER));
+    }
+
+    #[test]
+    fn a_head_behind_a_confirmed_batch_is_stored_not_renumbered() {
+        // The review's case: a (head) is appended, its answer lost (NotLeaderOrFollower
+        // after appending); b, sent behind it, is confirmed; a's retry is no longer
+        // recognised by the broker and refused. Renumbering a would store it twice.
+        let mut sequencer = with_identity();
+        let a = sequencer.assign(10);
+        let b = sequencer.assign(10);
+        sequencer.retrying(a);
+        sequencer.confirmed(b);
+        assert_eq!(sequencer.refused(a), Refusal::Stored);
+        assert_eq!(send(&sequencer, a), (0, 0, true), "numbers unchanged");
+    }
+
+    #[test]
+    fn no_new_batch_goes_while_one_is_retried_or_an_epoch_is_unconfirmed() {
+        let mut sequencer = Sequencer::default();
+        assert!(sequencer.may_dispatch(), "nothing unresolved");
+        let a = sequencer.assign(1);
+        assert!(
+            !sequencer.may_dispatch(),
+            "the first batch goes alone (no id yet)"
+        );
+        sequencer.set_identity(PRODUCER);
+        assert!(
+            !sequencer.may_dispatch(),
+            "nor before the epoch's first confirmation"
+        );
+        sequencer.confirmed(a);
+        let b = sequencer.assign(1);
+        assert!(
+            sequencer.may_dispatch(),
+            "pipelined once the epoch is confirmed"
+        );
+        sequencer.retrying(b);
+        assert!(!sequencer.may_dispatch(), "not while a batch is retried");
+        assert_eq!(sequencer.refused(b), Refusal::Renumbered);
+        assert!(!sequencer.may_dispatch(), "a new epoch goes alone again");
+        sequencer.confirmed(b);
+        assert!(sequencer.may_dispatch());
     }
 
     #[test]

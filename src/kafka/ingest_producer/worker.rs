@@ -50,7 +50,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::sequence::{Attempt, BatchId, Sequencer};
+use super::sequence::{Attempt, BatchId, Refusal, Sequencer};
 use super::{ProduceError, ProducerRecord};
 use crate::retry::Backoff;
 
@@ -211,6 +211,7 @@ impl PartitionWorker {
             topic: settings.topic.clone(),
             partition,
             current: tokio::sync::Mutex::new(None),
+            throttled_until: std::sync::Mutex::new(None),
         });
         let metrics = Arc::new(WorkerMetrics::new(&settings.topic, partition));
         let idempotence = settings
@@ -242,7 +243,13 @@ impl PartitionWorker {
         loop {
             let ready = !batch.is_empty()
                 && (lingered || closing || carry.is_some() || batch.is_full(&settings));
-            if ready && in_flight.len() < settings.max_in_flight_requests {
+            // An idempotent partition sends nothing new while it retries a batch, or
+            // before its epoch's first batch is confirmed (see `super::sequence`).
+            let may_dispatch = self
+                .idempotence
+                .as_ref()
+                .is_none_or(|idempotence| idempotence.lock().may_dispatch());
+            if ready && may_dispatch && in_flight.len() < settings.max_in_flight_requests {
                 let full = std::mem::take(&mut batch);
                 // Prepared here, not in the task: an idempotent batch takes its sequence
                 // numbers in the order batches are dispatched.
@@ -365,6 +372,13 @@ async fn produce(
     let mut used = None;
     let outcome = match &sequence {
         Some((idempotence, id)) => {
+            // Resolves the batch however this ends (a panic included), so no later batch
+            // waits behind it for ever.
+            let mut resolution = Resolution {
+                idempotence,
+                id: *id,
+                confirmed: false,
+            };
             let outcome = send_idempotent(
                 &connection,
                 &settings,
@@ -376,25 +390,25 @@ async fn produce(
                 &mut used,
             )
             .await;
-            idempotence.lock().resolve(*id);
-            idempotence.changed.notify_waiters();
+            resolution.confirmed = outcome.is_ok();
+            drop(resolution);
             outcome
         }
-        None => {
-            send_once(
-                &connection,
-                &settings,
-                &answers,
-                &records,
-                deadline,
-                &mut used,
-            )
-            .await
-        }
+        None => send_once(
+            &connection,
+            &settings,
+            &answers,
+            &records,
+            deadline,
+            &mut used,
+        )
+        .await
+        .map(Stored::At),
     };
     let outcome = match outcome {
-        Ok(offsets) if offsets.len() == count && contiguous(&offsets) => Ok(offsets),
-        Ok(offsets) => Err(ProduceError::Broker(Arc::from(format!(
+        Ok(Stored::OffsetsUnknown) => Ok(vec![-1; count]),
+        Ok(Stored::At(offsets)) if offsets.len() == count && contiguous(&offsets) => Ok(offsets),
+        Ok(Stored::At(offsets)) => Err(ProduceError::Broker(Arc::from(format!(
             "the broker acknowledged {} of {count} records, or not at consecutive offsets",
             offsets.len()
         )))),
@@ -431,6 +445,35 @@ async fn produce(
         drop(permit);
     }
     record_in_flight(&settings, &metrics);
+}
+
+/// Where a confirmed batch is.
+enum Stored {
+    /// At these offsets.
+    At(Vec<i64>),
+    /// In the log, its offsets not told (an older broker's `DuplicateSequenceNumber`, or
+    /// a batch a later confirmed batch proves stored): its callers get offset -1.
+    OffsetsUnknown,
+}
+
+/// Resolves an idempotent batch in its partition's sequencer when dropped.
+struct Resolution<'a> {
+    idempotence: &'a Idempotence,
+    id: BatchId,
+    confirmed: bool,
+}
+
+impl Drop for Resolution<'_> {
+    fn drop(&mut self) {
+        let mut sequencer = self.idempotence.lock();
+        if self.confirmed {
+            sequencer.confirmed(self.id);
+        } else {
+            sequencer.resolve(self.id);
+        }
+        drop(sequencer);
+        self.idempotence.changed.notify_waiters();
+    }
 }
 
 /// Without idempotence: sends the batch once, and again only after a failure that
@@ -498,7 +541,7 @@ async fn send_idempotent(
     records: &[rskafka::record::Record],
     deadline: Instant,
     used: &mut Option<Arc<PartitionClient>>,
-) -> Result<Vec<i64>, ProduceError> {
+) -> Result<Stored, ProduceError> {
     let timed_out = || ProduceError::Timeout(settings.publish_timeout);
     let mut backoff = attempt_backoff();
     let mut retry = false;
@@ -536,6 +579,9 @@ async fn send_idempotent(
                 }
             }
         };
+        if retry {
+            idempotence.lock().retrying(id);
+        }
         retry = true;
         let attempt = send(
             connection,
@@ -544,9 +590,12 @@ async fn send_idempotent(
             settings.compression,
             Some((identity, base_sequence)),
         );
-        let attempt_deadline = deadline.min(Instant::now() + settings.request_timeout);
+        // A throttled connection holds the request first: that wait is not the broker
+        // being slow, so the attempt's time starts after it.
+        let attempt_deadline = deadline
+            .min(connection.throttled_until().max(Instant::now()) + settings.request_timeout);
         let error = match tokio::time::timeout_at(attempt_deadline, attempt).await {
-            Ok(Ok(offsets)) => return Ok(offsets),
+            Ok(Ok(offsets)) => return Ok(Stored::At(offsets)),
             Ok(Err(e)) => e,
             Err(_) if Instant::now() >= deadline => return Err(timed_out()),
             Err(_) => {
@@ -562,22 +611,25 @@ async fn send_idempotent(
             Verdict::Duplicate => {
                 // An older broker's answer to a copy of an appended batch: the records
                 // are in the log once; their offsets are not told.
-                return Ok((0..records.len() as i64).map(|_| -1).collect());
+                return Ok(Stored::OffsetsUnknown);
             }
             Verdict::SequenceRefused => {
-                if idempotence.lock().refused(id) {
-                    tracing::warn!(
-                        topic = %settings.topic,
-                        partition = connection.partition,
-                        error = %error,
-                        "the broker refused the head batch's sequence; \
-                         bumping the producer epoch and renumbering"
-                    );
-                    metrics.resend("sequence_refused");
-                    idempotence.changed.notify_waiters();
-                } else {
+                let refusal = idempotence.lock().refused(id);
+                match refusal {
+                    Refusal::Stored => return Ok(Stored::OffsetsUnknown),
+                    Refusal::Renumbered => {
+                        tracing::warn!(
+                            topic = %settings.topic,
+                            partition = connection.partition,
+                            error = %error,
+                            "the broker refused the head batch's sequence; \
+                             bumping the producer epoch and renumbering"
+                        );
+                        metrics.resend("sequence_refused");
+                        idempotence.changed.notify_waiters();
+                    }
                     // An earlier batch is not appended yet: wait behind it.
-                    metrics.resend("out_of_order");
+                    Refusal::Behind => metrics.resend("out_of_order"),
                 }
             }
             Verdict::Retry => {
@@ -772,6 +824,9 @@ async fn send(
     let answer = client
         .produce_with(records, compression, ProduceOptions { idempotence })
         .await?;
+    if let Some(throttle) = answer.throttle {
+        connection.throttled(throttle);
+    }
     Ok(answer.offsets)
 }
 
@@ -789,9 +844,30 @@ struct PartitionConnection {
     /// awaits the broker, and concurrent produce tasks of this partition must wait for
     /// that one creation, not start their own.
     current: tokio::sync::Mutex<Option<(Arc<PartitionClient>, Instant)>>,
+    /// Until when the broker throttles the connection (the last produce answer's
+    /// `throttle_time_ms`): rskafka holds the next request that long.
+    throttled_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl PartitionConnection {
+    fn throttled(&self, throttle: Duration) {
+        let until = Instant::now() + throttle;
+        let mut throttled_until = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *throttled_until = Some(throttled_until.map_or(until, |current| current.max(until)));
+    }
+
+    /// When the connection may send again (now, if it is not throttled).
+    fn throttled_until(&self) -> Instant {
+        let throttled_until = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        throttled_until.unwrap_or_else(Instant::now)
+    }
+
     /// The current client, or a new one, connected to the partition's leader; nothing
     /// of a batch has been sent when this fails.
     async fn get(&self) -> Result<Arc<PartitionClient>, rskafka::client::error::Error> {

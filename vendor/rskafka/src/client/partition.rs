@@ -317,7 +317,9 @@ impl PartitionClient {
                     .request(&request)
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
-                honour_throttle(&broker, response.throttle_time_ms);
+                // Fetch v4 (the only version rskafka sends) predates KIP-219: the broker
+                // delays a throttled answer itself, so the client does not wait again.
+                // The answer is kept (upstream dropped it and fetched again).
                 process_fetch_response(self.partition, &self.topic, response, offset)
                     .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
             },
