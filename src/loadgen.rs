@@ -59,6 +59,11 @@ pub struct LoadgenArgs {
     /// Time one request may take before it counts as failed, in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// Send a request that got no 2xx (a 503, a timeout, a dropped connection) again,
+    /// with the same body and so the same client `event_id`s, up to this many times
+    /// (the pipeline counts each event once). 0: never.
+    #[arg(long, default_value_t = 0)]
+    pub retry: u32,
 }
 
 /// Why the load generator could not run at all.
@@ -195,6 +200,7 @@ pub async fn run(args: LoadgenArgs, config: &Config) -> Result<Report, LoadgenEr
         batched: args.batch > 1,
         players: args.players,
         games: args.games,
+        retries: args.retry,
     });
     let progress = progress_bar(args.count);
     let (outcomes_tx, mut outcomes_rx) = mpsc::unbounded_channel::<Outcome>();
@@ -310,11 +316,30 @@ struct Sender {
     batched: bool,
     players: u32,
     games: u32,
+    /// Times a request without a 2xx is sent again, same body.
+    retries: u32,
 }
 
+/// Pause before sending a request again.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 impl Sender {
+    /// Sends `events` events (one request, again after a failure up to `retries`
+    /// times, with the same body: the same client ids). Latency is the last attempt's.
     async fn send(&self, events: u64) -> Outcome {
         let body = self.body(events);
+        let mut attempt = 0;
+        loop {
+            let outcome = self.send_once(events, body.clone()).await;
+            if outcome.error.is_none() || outcome.succeeded > 0 || attempt >= self.retries {
+                return outcome;
+            }
+            attempt += 1;
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    async fn send_once(&self, events: u64, body: Vec<u8>) -> Outcome {
         let mut request = self
             .client
             .post(&self.target)
@@ -416,6 +441,8 @@ fn random_event(rng: &mut impl Rng, players: u32, games: u32, now: &str) -> Valu
         ),
     };
     json!({
+        // The client's own id: a resend of the same body is the same event.
+        "event_id": uuid::Uuid::new_v4().to_string(),
         "event_type": event_type,
         "player_id": player,
         "game_id": game,

@@ -557,19 +557,8 @@ impl ReaderState {
         if let Some(verdicts) = self.dedupe.as_mut() {
             verdicts.skipped.increment(duplicates);
         }
-        if records.is_empty() {
-            // Only duplicates: the sinks at this cursor move past them without a batch
-            // (a restart judges them the same way again).
-            for sink in self
-                .sinks
-                .iter_mut()
-                .filter(|s| s.flow.cursor == cursor && s.flow.in_flight < max)
-            {
-                sink.flow.cursor = next_offset;
-            }
-            self.forget_judged();
-            return Ok(());
-        }
+        // A batch of only duplicates goes out empty: the sinks commit past them, so
+        // their lag returns to 0.
         let batch = Arc::new(ParsedBatch {
             topic: Arc::clone(&self.topic),
             partition: self.partition,

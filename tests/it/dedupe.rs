@@ -1,0 +1,203 @@
+//! Exactly once from the client's side: a client that resends its event with the same
+//! `event_id` (after a 503, a timeout, a dropped connection, or just twice) has it
+//! counted once in every store, also across a SIGKILL and restart of the daemon, which
+//! rebuilds its duplicate window from the log.
+//!
+//! `cargo nextest run --test it dedupe::`
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{SubsecRound, Utc};
+use gamestream::event::Event;
+use uuid::Uuid;
+
+use crate::common::tally::{Daemon, caught_up, check_stores, prepare_private, private_settings};
+use crate::common::{PrivateBroker, PrivatePostgres, PrivateRedis};
+
+const EVENTS: usize = 600;
+const CHUNK: usize = 50;
+const WAIT: Duration = Duration::from_secs(90);
+
+fn submission(event: &Event) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": event.event_id.to_string(),
+        "event_type": event.event_type,
+        "player_id": event.player_id,
+        "game_id": event.game_id,
+        "timestamp": gamestream::event::rfc3339(event.timestamp),
+        "data": serde_json::from_str::<serde_json::Value>(&event.data).expect("data"),
+    })
+}
+
+/// Posts `events` in chunks to the batch endpoint; every item must be accepted.
+async fn post(http: &reqwest::Client, port: u16, events: &[&Event]) {
+    for chunk in events.chunks(CHUNK) {
+        let body: Vec<serde_json::Value> = chunk.iter().map(|e| submission(e)).collect();
+        let answer = http
+            .post(format!("http://127.0.0.1:{port}/api/v1/events/batch"))
+            .json(&body)
+            .send()
+            .await
+            .expect("batch answered");
+        let status = answer.status();
+        let text = answer.text().await.expect("body");
+        assert!(status.is_success(), "{status}: {text}");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(json["accepted"], chunk.len(), "{text}");
+        // Each item is answered with the client's own id.
+        for (item, event) in json["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .zip(chunk)
+        {
+            assert_eq!(item["event_id"], event.event_id.to_string(), "{text}");
+        }
+    }
+}
+
+async fn metric(http: &reqwest::Client, port: u16, name: &str) -> f64 {
+    let text = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn resent_events_count_once_in_every_store_across_a_kill() {
+    let pg = PrivatePostgres::start();
+    let redis = PrivateRedis::start();
+    let broker = PrivateBroker::start().await;
+    let (env, overrides) = private_settings(&broker.address(), &pg, &redis, &[]);
+    let config = prepare_private(&pg, &env, &overrides).await;
+    let port = config.http.port;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(
+        env,
+        overrides,
+        dir.path().join("daemon.log"),
+        "dedupe-a".to_owned(),
+    );
+    assert!(
+        daemon.wait_ready(port, WAIT).await,
+        "not ready: {:?}",
+        daemon.log
+    );
+    let http = reqwest::Client::new();
+    let now = Utc::now().trunc_subsecs(0);
+    let events: Vec<Event> = (0..EVENTS)
+        .map(|seq| {
+            let mut event = crate::common::tally::event_of(seq, 0, now);
+            event.event_id = Uuid::new_v4();
+            event
+        })
+        .collect();
+
+    // Every event once, then a resend of every fifth one at once (same ids).
+    let all: Vec<&Event> = events.iter().collect();
+    post(&http, port, &all).await;
+    let resent_now: Vec<&Event> = events.iter().step_by(5).collect();
+    post(&http, port, &resent_now).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&http, port, "gamestream_dedupe_duplicates_total").await < resent_now.len() as f64
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the duplicates were not all skipped within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGKILL, restart, and resend another tenth, partly the same events again: the new
+    // daemon knows them only from the log.
+    daemon.kill().await;
+    daemon.spawn();
+    assert!(
+        daemon.wait_ready(port, WAIT).await,
+        "not ready again: {:?}",
+        daemon.log
+    );
+    let resent_after: Vec<&Event> = events.iter().skip(2).step_by(10).collect();
+    post(&http, port, &resent_after).await;
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&format!(
+            "postgres://gamestream@127.0.0.1:{}/gamestream",
+            pg.port
+        ))
+        .await
+        .expect("pool");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !caught_up(&config, &pool, redis.port).await {
+        daemon.check();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sinks did not catch up within {WAIT:?}; log {:?}",
+            daemon.log
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let skipped = metric(&http, port, "gamestream_dedupe_duplicates_total").await;
+    // Each resend after the kill, and again any earlier duplicate some sink had not
+    // committed before it (the new reader starts at the slowest sink and judges again).
+    assert!(
+        skipped >= resent_after.len() as f64,
+        "the restarted daemon skipped {skipped} duplicates, fewer than the {} resends",
+        resent_after.len()
+    );
+
+    let stored: BTreeSet<Uuid> = sqlx::query_scalar("SELECT event_id FROM events")
+        .fetch_all(&pool)
+        .await
+        .expect("events")
+        .into_iter()
+        .collect();
+    let sent: BTreeSet<Uuid> = events.iter().map(|e| e.event_id).collect();
+    assert_eq!(stored, sent, "`events` holds each client id once");
+    let mut redis_conn = crate::common::tally::redis_on(redis.port)
+        .await
+        .expect("redis");
+    let problems = check_stores(&pool, &mut redis_conn, &events, now).await;
+    assert!(
+        problems.is_empty(),
+        "stores differ from the distinct events: {problems:#?}"
+    );
+    assert!(
+        daemon.unexpected_exits.is_empty(),
+        "{:?}",
+        daemon.unexpected_exits
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_client_event_id_is_refused_with_its_reason() {
+    let env = crate::common::TestEnv::new().await;
+    let server = crate::common::ingest::TestServer::start(env.config.clone()).await;
+    let body = r#"{"event_id":"not-a-uuid","event_type":"player_score","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z"}"#;
+    let answer = server.post("/api/v1/events", body).await;
+    assert_eq!(answer.status, 400, "{}", answer.text);
+    assert!(
+        answer.error().contains("`event_id` must be a UUID"),
+        "{}",
+        answer.text
+    );
+    let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let body = body.replace("not-a-uuid", id);
+    let answer = server.post("/api/v1/events", &body).await;
+    assert!(answer.status < 300, "{}", answer.text);
+    assert_eq!(
+        answer.json()["event_id"],
+        id,
+        "the client's id is the event's id"
+    );
+}
