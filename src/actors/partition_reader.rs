@@ -205,6 +205,9 @@ fn dedupe_key(
 /// The header `gamestream dlq replay` stamps on the records it republishes: the id of
 /// the dead letter (`dlq_events.id`).
 pub const REPLAY_HEADER: &str = "dlq_replay_of";
+/// The header that names the consumer (`consumer_service`) whose dead letter a replayed
+/// record is: only that consumer's sinks apply it.
+pub const REPLAY_FOR_HEADER: &str = "dlq_replay_for";
 
 pub struct ReaderArgs {
     pub start: ReaderStart,
@@ -543,11 +546,18 @@ impl ReaderState {
                     r.offset,
                 ))
             });
+            let replay_for = r
+                .record
+                .headers
+                .get(REPLAY_FOR_HEADER)
+                .and_then(|target| std::str::from_utf8(target).ok())
+                .map(Box::from);
             let parsed = parse(&mut self.scratch, r.record.key, r.record.value);
             records.push(ParsedRecord {
                 offset: r.offset,
                 parsed,
                 trace,
+                replay_for,
             });
         }
         let Some(next_offset) = next_offset else {

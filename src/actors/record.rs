@@ -31,6 +31,19 @@ pub struct ParsedRecord {
     /// The record's trace context; `None` (one word, no allocation) unless traces are
     /// exported and the record carried one.
     pub trace: Option<Box<SpanContext>>,
+    /// For a record `gamestream dlq replay` published: the consumers whose dead letters
+    /// it replays (header `dlq_replay_for`, comma separated). Only their sinks apply it;
+    /// the others had applied the original. `None`: every sink.
+    pub replay_for: Option<Box<str>>,
+}
+
+impl ParsedRecord {
+    /// Whether the sinks of `consumer_service` apply this record.
+    pub fn is_for(&self, consumer_service: &str) -> bool {
+        self.replay_for
+            .as_deref()
+            .is_none_or(|targets| targets.split(',').any(|t| t == consumer_service))
+    }
 }
 
 /// A record that cannot become an event. It is dead-lettered with its bytes.

@@ -562,6 +562,10 @@ impl<W: SinkWriter> SinkState<W> {
         letters: &mut Vec<DeadLetter>,
     ) {
         let name = self.writer.spec().consumer_service;
+        if !record.is_for(name) {
+            // A replay of another consumer's dead letter: this sink applied the original.
+            return;
+        }
         match &record.parsed {
             Ok(event) => match self.writer.reject(event) {
                 None => records.push(SinkRecord {
@@ -866,6 +870,7 @@ mod tests {
                     offset,
                     parsed: Ok(event(offset)),
                     trace: None,
+                    replay_for: None,
                 })
                 .collect(),
         })

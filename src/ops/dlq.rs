@@ -16,8 +16,10 @@
 //! one replay has claimed is skipped by the others). If publishing fails, or the process
 //! dies after the ack and before the commit, the transaction rolls back and the rows stay
 //! unmarked: the next replay publishes them again, so a record reaches the topic at least
-//! once and at most once more per such crash. `events` ignores the repeat (same
-//! `event_id`); the counting sinks would count it again.
+//! once and at most once more per such crash. The readers skip such a repeat as a
+//! duplicate of the first (same `dlq_replay_of`, within `dedupe.window`), and only the
+//! sinks of the letter's consumer (`dlq_replay_for`) apply a replayed record: the others
+//! had applied the original. So a replayed letter is applied once, where it was refused.
 
 use crate::exit::Exit;
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,12 +42,8 @@ pub const DEFAULT_LIST_LIMIT: i64 = 100;
 pub const DEFAULT_REPLAY_CHUNK: i64 = 500;
 /// Most replayed ids listed one by one in `dlq replay`'s report (more: first … last).
 const PRINTED_IDS: usize = 50;
-/// Header that says which dead letter a replayed record comes from.
-pub const REPLAY_HEADER: &str = "dlq_replay_of";
-/// The consumer that dead-letters records which are not valid events. Its letters were
-/// applied by no sink; any other consumer's letter was applied by the other sinks, which
-/// a replay feeds again.
-const INVALID_RECORD_CONSUMER: &str = crate::catalogue::LOGGER.consumer_service;
+/// Headers that say which dead letter a replayed record comes from, and whose.
+pub use crate::actors::partition_reader::{REPLAY_FOR_HEADER, REPLAY_HEADER};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqAction {
@@ -225,9 +223,6 @@ pub struct ReplayReport {
     pub published: usize,
     /// Requested ids not replayed: unknown, already replayed, or claimed by another replay.
     pub skipped: Vec<i32>,
-    /// Consumers other than the invalid-record one among the replayed letters: their
-    /// records were applied by the other sinks, which the replay feeds again.
-    pub applied_elsewhere: BTreeSet<String>,
 }
 
 /// Claims, publishes and marks the selected letters, `chunk` per transaction.
@@ -290,11 +285,6 @@ pub async fn replay(
 
 fn record_claimed(report: &mut ReplayReport, rows: &[Claimed]) {
     report.replayed.extend(rows.iter().map(|r| r.id));
-    report.applied_elsewhere.extend(
-        rows.iter()
-            .filter(|r| r.consumer_service != INVALID_RECORD_CONSUMER)
-            .map(|r| r.consumer_service.clone()),
-    );
 }
 
 /// The unreplayed letters a replay selects (a macro so both statements are literals).
@@ -359,23 +349,33 @@ impl RawPublisher {
         Ok(Self { partitions })
     }
 
-    /// Produces one record per distinct source record and waits for every ack; returns
-    /// how many were published.
+    /// Produces one record per distinct source record (for every consumer with a letter
+    /// of it in `rows`) and waits for every ack; returns how many were published.
     async fn publish(&self, rows: &[Claimed]) -> Result<usize> {
         let count = self.partitions.len() as i32;
+        // The consumers of each source record's letters, for `dlq_replay_for`.
+        let mut consumers: BTreeMap<_, BTreeSet<&str>> = BTreeMap::new();
+        for row in rows {
+            if row.source_topic.is_some() {
+                consumers
+                    .entry(source_of(row))
+                    .or_default()
+                    .insert(row.consumer_service.as_str());
+            }
+        }
         let mut seen = BTreeSet::new();
         let mut by_partition: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
         let mut published = 0;
         for row in rows {
-            let source = (
-                row.source_topic.clone(),
-                row.source_partition,
-                row.source_offset,
-            );
-            if source.0.is_some() && !seen.insert(source) {
+            let source = source_of(row);
+            if source.0.is_some() && !seen.insert(source.clone()) {
                 continue; // another consumer's letter of the same record: publish it once
             }
-            let (record, partition) = replay_record(row, count);
+            let targets = match consumers.get(&source) {
+                Some(set) => set.iter().copied().collect::<Vec<_>>().join(","),
+                None => row.consumer_service.clone(),
+            };
+            let (record, partition) = replay_record(row, &targets, count);
             by_partition
                 .entry(partition as usize)
                 .or_default()
@@ -393,7 +393,18 @@ impl RawPublisher {
 
 /// The record to publish for a letter, and its partition: keyed by `player_id` (as
 /// ingestion keys it) where the payload has one, else on the partition it came from.
-fn replay_record(row: &Claimed, partitions: i32) -> (Record, i32) {
+/// Where a letter's record came from: topic, partition, offset.
+fn source_of(row: &Claimed) -> (Option<String>, Option<i32>, Option<i64>) {
+    (
+        row.source_topic.clone(),
+        row.source_partition,
+        row.source_offset,
+    )
+}
+
+/// The record that replays `row`, for the sinks of the consumers `targets` (comma
+/// separated), and its partition.
+fn replay_record(row: &Claimed, targets: &str, partitions: i32) -> (Record, i32) {
     let fields: Option<serde_json::Map<String, serde_json::Value>> =
         serde_json::from_slice(&row.payload).ok();
     let text = |name: &str| {
@@ -404,7 +415,10 @@ fn replay_record(row: &Claimed, partitions: i32) -> (Record, i32) {
             .map(|s| s.as_bytes().to_vec())
     };
     let key = text("player_id");
-    let mut headers = BTreeMap::from([(REPLAY_HEADER.to_owned(), row.id.to_string().into_bytes())]);
+    let mut headers = BTreeMap::from([
+        (REPLAY_HEADER.to_owned(), row.id.to_string().into_bytes()),
+        (REPLAY_FOR_HEADER.to_owned(), targets.as_bytes().to_vec()),
+    ]);
     for name in ["event_type", "event_id"] {
         if let Some(value) = text(name) {
             headers.insert(name.to_owned(), value);
@@ -460,18 +474,6 @@ async fn replay_command(args: &ReplayArgs, config: &Config) -> Result<Exit> {
             join(&report.skipped)
         );
     }
-    if !report.applied_elsewhere.is_empty() {
-        eprintln!(
-            "warning: letters of {} were applied by the other sinks before: the replayed \
-             records reach every sink again, and the counting sinks (stats, leaderboards) count them twice",
-            report
-                .applied_elsewhere
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
     Ok(Exit::Success)
 }
 
@@ -497,21 +499,30 @@ mod tests {
     #[test]
     fn replayed_records_keep_bytes_key_and_headers() {
         let payload = br#"{"event_id":"e-1","event_type":"player_score","player_id":"p-9"}"#;
-        let (record, partition) = replay_record(&claimed(payload, Some(2)), 3);
+        let (record, partition) = replay_record(
+            &claimed(payload, Some(2)),
+            "stats-aggregator,leaderboard-manager",
+            3,
+        );
         assert_eq!(record.value.as_deref(), Some(&payload[..]));
         assert_eq!(record.key.as_deref(), Some(&b"p-9"[..]));
         assert_eq!(partition, kafka::partition_for_key(b"p-9", 3));
         assert_eq!(record.headers["event_id"], b"e-1");
         assert_eq!(record.headers["event_type"], b"player_score");
         assert_eq!(record.headers[REPLAY_HEADER], b"7");
+        assert_eq!(
+            record.headers[REPLAY_FOR_HEADER],
+            b"stats-aggregator,leaderboard-manager"
+        );
     }
 
     #[test]
     fn records_without_a_player_go_back_to_their_partition() {
-        let (record, partition) = replay_record(&claimed(b"\xff not json", Some(2)), 3);
+        let (record, partition) =
+            replay_record(&claimed(b"\xff not json", Some(2)), "event-logger", 3);
         assert_eq!(record.key, None);
         assert_eq!(partition, 2);
-        let (_, partition) = replay_record(&claimed(b"{}", Some(5)), 3);
+        let (_, partition) = replay_record(&claimed(b"{}", Some(5)), "event-logger", 3);
         assert_eq!(partition, 0, "a partition the topic no longer has");
     }
 }

@@ -201,3 +201,150 @@ async fn a_malformed_client_event_id_is_refused_with_its_reason() {
         "the client's id is the event's id"
     );
 }
+
+/// A dead letter that only the leaderboard consumer wrote (the other sinks applied the
+/// event), replayed twice (the second as after a crash between the broker's ack and the
+/// replay's commit): the leaderboards count it once, and the statistics and `events`,
+/// which had it already, not again.
+#[tokio::test]
+async fn a_replayed_letter_is_applied_once_by_the_sinks_that_refused_it() {
+    let pg = PrivatePostgres::start();
+    let redis = PrivateRedis::start();
+    let broker = PrivateBroker::start().await;
+    let (env, overrides) = private_settings(&broker.address(), &pg, &redis, &[]);
+    let config = prepare_private(&pg, &env, &overrides).await;
+    let port = config.http.port;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(
+        env,
+        overrides,
+        dir.path().join("daemon.log"),
+        "replay-a".to_owned(),
+    );
+    assert!(
+        daemon.wait_ready(port, WAIT).await,
+        "not ready: {:?}",
+        daemon.log
+    );
+    let http = reqwest::Client::new();
+    let now = Utc::now().trunc_subsecs(0);
+    // Events of every type; seq 4 is a player_score (KNOWN_EVENT_TYPES order).
+    let events: Vec<Event> = (0..50)
+        .map(|seq| {
+            let mut event = crate::common::tally::event_of(seq, 0, now);
+            event.event_id = Uuid::new_v4();
+            event
+        })
+        .collect();
+    let scored = events
+        .iter()
+        .find(|e| e.event_type == "player_score")
+        .expect("a player_score event")
+        .clone();
+    post(&http, port, &events.iter().collect::<Vec<_>>()).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&format!(
+            "postgres://gamestream@127.0.0.1:{}/gamestream",
+            pg.port
+        ))
+        .await
+        .expect("pool");
+    wait_caught_up(&config, &pool, redis.port, &mut daemon).await;
+
+    // As if the leaderboard sinks had refused `scored` (a rule since fixed): its scores
+    // are taken out of both leaderboard stores, and its letter written.
+    let score = match scored.score {
+        gamestream::event::Score::Integer(points) => points,
+        other => panic!("{other:?}"),
+    };
+    sqlx::query(
+        "UPDATE leaderboard_scores SET score = score - $1 WHERE player_id = $2 AND game_id = $3",
+    )
+    .bind(score)
+    .bind(&scored.player_id)
+    .bind(&scored.game_id)
+    .execute(&pool)
+    .await
+    .expect("take the score out");
+    let mut redis_conn = crate::common::tally::redis_on(redis.port)
+        .await
+        .expect("redis");
+    for board in ["alltime", "daily", "weekly"] {
+        let _: f64 = redis::cmd("ZINCRBY")
+            .arg(format!("leaderboard:{}:{board}", scored.game_id))
+            .arg(-score)
+            .arg(&scored.player_id)
+            .query_async(&mut redis_conn)
+            .await
+            .expect("take the score out of redis");
+    }
+    let letter: i32 = sqlx::query_scalar(
+        "INSERT INTO dlq_events (original_event, error_message, consumer_service, error_kind, \
+         source_topic, source_partition, source_offset, original_payload) \
+         VALUES ($1, 'refused by a rule since fixed', 'leaderboard-manager', 'bad_score', $2, 0, 999999, $3) \
+         RETURNING id",
+    )
+    .bind(serde_json::from_slice::<serde_json::Value>(&scored.to_record_value()).expect("json"))
+    .bind(&config.topics.player_events)
+    .bind(scored.to_record_value())
+    .fetch_one(&pool)
+    .await
+    .expect("letter");
+
+    let selection = gamestream::ops::dlq::ReplaySelection {
+        ids: vec![letter],
+        service: None,
+        since: None,
+    };
+    for round in 0..2 {
+        let report = gamestream::ops::dlq::replay(&pool, &config, &selection, 10, false)
+            .await
+            .expect("replay");
+        assert_eq!(report.replayed, vec![letter], "round {round}");
+        // The second time, as if the replay had crashed before marking the letter.
+        sqlx::query("UPDATE dlq_events SET replayed_at = NULL WHERE id = $1")
+            .bind(letter)
+            .execute(&pool)
+            .await
+            .expect("unmark");
+    }
+    wait_caught_up(&config, &pool, redis.port, &mut daemon).await;
+
+    // Every store equals the events posted once: the leaderboards got the score back
+    // once, statistics and `events` were not fed again.
+    let problems = check_stores(&pool, &mut redis_conn, &events, now).await;
+    let problems: Vec<String> = problems
+        .into_iter()
+        .filter(|p| !p.contains("dead letters"))
+        .collect();
+    assert!(problems.is_empty(), "stores differ: {problems:#?}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("events");
+    assert_eq!(rows, events.len() as i64);
+    let skipped = metric(&http, port, "gamestream_dedupe_duplicates_total").await;
+    assert!(
+        skipped >= 1.0,
+        "the repeated replay was skipped as a duplicate"
+    );
+}
+
+async fn wait_caught_up(
+    config: &gamestream::config::Config,
+    pool: &sqlx::PgPool,
+    redis_port: u16,
+    daemon: &mut Daemon,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !caught_up(config, pool, redis_port).await {
+        daemon.check();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sinks did not catch up within {WAIT:?}; log {:?}",
+            daemon.log
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
