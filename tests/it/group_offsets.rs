@@ -1,0 +1,319 @@
+//! The old consumer groups in Kafka, as Kafka's own tools see them.
+//!
+//! The daemon mirrors its sinks' committed offsets into `event-logger-group`,
+//! `stats-aggregator-group` and `leaderboard-manager-group` (behind a prefix of the
+//! test's own, `group_offsets.group_prefix`, so that tests sharing the broker never meet).
+//! After a drain, Kafka's `ConsumerGroupCommand --describe` (the class behind
+//! `kafka-consumer-groups.sh`, from the `kafka-tools` jar) must show every partition of the
+//! topic at lag 0 in all three groups; and a group that has a live member (Kafka's
+//! console consumer, standing for an old consumer still running) must not be written,
+//! and `/ready` must say so, until the member leaves.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use gamestream::catalogue::LEGACY_GROUPS;
+use gamestream::kafka;
+use serde_json::Value;
+
+use crate::common::analytics::wait_all_caught_up;
+use crate::common::ingest::TestServer;
+use crate::common::{
+    RawRecord, TestEnv, eventually, high_watermarks, kafka_sh, produce_raw, sample_event, unique_id,
+};
+
+/// How long the mirror may take to bring a group up to date (interval 1 s here).
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the pipeline may take to drain the test's events.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A test env whose groups are named `<prefix><old name>`, mirrored every second.
+async fn env_with_group_prefix() -> (TestEnv, String) {
+    let prefix = format!("t{}-", unique_id());
+    let quoted = format!("\"{prefix}\"");
+    let env = TestEnv::with_overrides(&[
+        ("group_offsets.group_prefix", quoted.as_str()),
+        ("group_offsets.interval", "\"1s\""),
+    ])
+    .await;
+    (env, prefix)
+}
+
+/// Produces events on every partition of the raw topic; returns the high watermarks.
+async fn produce_everywhere(env: &TestEnv) -> Vec<i64> {
+    let topic = &env.config.topics.player_events;
+    let records: Vec<RawRecord> = (0..600)
+        .map(|i| RawRecord::of(&sample_event(i, 300, 5)))
+        .collect();
+    produce_raw(&env.config, topic, &records).await;
+    let marks = high_watermarks(&env.config, topic).await;
+    assert!(
+        marks.iter().all(|&m| m > 0),
+        "600 events over 300 players reach every partition: {marks:?}"
+    );
+    marks
+}
+
+/// The offsets `group` holds in Kafka for the raw topic (OffsetFetch through rskafka).
+async fn group_offsets_in_kafka(env: &TestEnv, group: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let client = kafka::connect(&env.config.kafka).await.expect("kafka");
+    let topic = env.config.topics.player_events.clone();
+    let asked = BTreeMap::from([(topic.clone(), (0..partitions).collect::<Vec<_>>())]);
+    let mut offsets = client
+        .group_client(group)
+        .fetch_offsets(&asked)
+        .await
+        .expect("OffsetFetch");
+    offsets.remove(&topic).unwrap_or_default()
+}
+
+/// Waits until `group` holds `marks` in Kafka.
+async fn wait_group_at(env: &TestEnv, group: &str, marks: &[i64]) -> bool {
+    let expected: BTreeMap<i32, i64> = marks
+        .iter()
+        .enumerate()
+        .map(|(p, &m)| (p as i32, m))
+        .collect();
+    eventually(MIRROR_TIMEOUT, || {
+        let expected = expected.clone();
+        async move { group_offsets_in_kafka(env, group, marks.len() as i32).await == expected }
+    })
+    .await
+}
+
+/// One partition's line of `ConsumerGroupCommand --describe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DescribedPartition {
+    partition: i32,
+    current_offset: String,
+    log_end_offset: String,
+    lag: String,
+}
+
+/// Runs Kafka's `ConsumerGroupCommand --describe --group group`; its lines for `topic`
+/// and its whole output.
+async fn describe_with_kafka_tool(
+    env: &TestEnv,
+    group: &str,
+    topic: &str,
+) -> (Vec<DescribedPartition>, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("bash")
+            .arg(kafka_sh())
+            .args([
+                "tool",
+                "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+                "--bootstrap-server",
+                &env.stack.kafka,
+                "--describe",
+                "--group",
+                group,
+            ])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("ConsumerGroupCommand finishes within 60 s")
+    .expect("kafka.sh runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "ConsumerGroupCommand --describe --group {group} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
+    let rows = stdout
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() >= 6 && fields[0] == group && fields[1] == topic).then(|| {
+                DescribedPartition {
+                    partition: fields[2].parse().expect("a partition number"),
+                    current_offset: fields[3].to_owned(),
+                    log_end_offset: fields[4].to_owned(),
+                    lag: fields[5].to_owned(),
+                }
+            })
+        })
+        .collect();
+    (rows, stdout)
+}
+
+/// `ConsumerGroupCommand` shows `group` at lag 0 on every partition, at the marks.
+async fn assert_tool_shows_lag_zero(env: &TestEnv, group: &str, marks: &[i64]) {
+    let topic = &env.config.topics.player_events;
+    let (rows, output) = describe_with_kafka_tool(env, group, topic).await;
+    let partitions: BTreeSet<i32> = rows.iter().map(|r| r.partition).collect();
+    assert_eq!(
+        partitions,
+        (0..marks.len() as i32).collect::<BTreeSet<_>>(),
+        "every partition of {topic} in {group}:\n{output}"
+    );
+    for row in &rows {
+        let mark = marks[row.partition as usize].to_string();
+        assert_eq!(
+            (
+                row.current_offset.as_str(),
+                row.log_end_offset.as_str(),
+                row.lag.as_str()
+            ),
+            (mark.as_str(), mark.as_str(), "0"),
+            "partition {} of {group}:\n{output}",
+            row.partition
+        );
+    }
+}
+
+async fn ready(server: &TestServer) -> Value {
+    server.get("/ready").await.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_tools_show_the_old_groups_at_lag_zero_after_a_drain() {
+    let (env, prefix) = env_with_group_prefix().await;
+    let marks = produce_everywhere(&env).await;
+    let server = TestServer::start(env.config.clone()).await;
+    let mut redis = env.redis().await;
+    assert!(
+        wait_all_caught_up(&env, &mut redis, DRAIN_TIMEOUT).await,
+        "the sinks drain the topic"
+    );
+
+    for legacy in LEGACY_GROUPS {
+        let group = format!("{prefix}{legacy}");
+        assert!(
+            wait_group_at(&env, &group, &marks).await,
+            "{group} holds the sinks' positions {marks:?} in Kafka, got {:?}",
+            group_offsets_in_kafka(&env, &group, marks.len() as i32).await
+        );
+        assert_tool_shows_lag_zero(&env, &group, &marks).await;
+    }
+
+    let body = ready(&server).await;
+    for legacy in LEGACY_GROUPS {
+        let group = format!("{prefix}{legacy}");
+        assert_eq!(
+            body["group_offsets"][&group]["state"], "mirrored",
+            "/ready: {body}"
+        );
+    }
+    server.stop().await;
+}
+
+/// Kafka's console consumer as a live member of `group`, subscribed to `topic`, for at
+/// most `timeout_ms` without records.
+fn spawn_console_consumer(env: &TestEnv, group: &str, topic: &str) -> tokio::process::Child {
+    tokio::process::Command::new("bash")
+        .arg(kafka_sh())
+        .args([
+            "tool",
+            "console-consumer",
+            "--bootstrap-server",
+            &env.stack.kafka,
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--consumer-property",
+            "group.protocol=classic",
+            "--timeout-ms",
+            "180000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kafka.sh tool console-consumer starts")
+}
+
+async fn has_members(env: &TestEnv, group: &str) -> bool {
+    let client = kafka::connect(&env.config.kafka).await.expect("kafka");
+    client
+        .group_client(group)
+        .describe()
+        .await
+        .map(|d| d.has_members())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_a_live_member_is_not_written_and_ready_says_so() {
+    let (env, prefix) = env_with_group_prefix().await;
+    let occupied = format!("{prefix}event-logger-group");
+    // The member consumes another topic (the empty dead-letter one): whatever it
+    // commits is not for the raw topic, whose offsets in the group must stay absent.
+    let mut consumer = spawn_console_consumer(&env, &occupied, &env.config.topics.dlq);
+    assert!(
+        eventually(Duration::from_secs(90), || has_members(&env, &occupied)).await,
+        "the console consumer joins {occupied}"
+    );
+
+    let marks = produce_everywhere(&env).await;
+    let server = TestServer::start(env.config.clone()).await;
+    let mut redis = env.redis().await;
+    assert!(
+        wait_all_caught_up(&env, &mut redis, DRAIN_TIMEOUT).await,
+        "the sinks drain the topic"
+    );
+    // The other groups are mirrored meanwhile.
+    for legacy in ["stats-aggregator-group", "leaderboard-manager-group"] {
+        let group = format!("{prefix}{legacy}");
+        assert!(
+            wait_group_at(&env, &group, &marks).await,
+            "{group} is mirrored"
+        );
+    }
+    assert!(
+        eventually(MIRROR_TIMEOUT, || async {
+            ready(&server).await["group_offsets"][&occupied]["state"] == "live_members"
+        })
+        .await,
+        "/ready shows {occupied} with live members: {}",
+        ready(&server).await
+    );
+    let answer = server.get("/ready").await;
+    let body = answer.json();
+    assert_eq!(
+        body["status"], "ready",
+        "live members do not make the daemon unready: {body}"
+    );
+    let members = body["group_offsets"][&occupied]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(members.len(), 1, "the console consumer is named: {body}");
+    assert!(
+        group_offsets_in_kafka(&env, &occupied, marks.len() as i32)
+            .await
+            .is_empty(),
+        "{occupied} was written while it had a member"
+    );
+
+    // The member leaves (SIGTERM: the console consumer closes and leaves the group):
+    // mirroring resumes.
+    let pid = consumer.id().expect("the console consumer runs");
+    let status = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM {pid}");
+    let _ = tokio::time::timeout(Duration::from_secs(30), consumer.wait()).await;
+    assert!(
+        wait_group_at(&env, &occupied, &marks).await,
+        "{occupied} is mirrored once its member left"
+    );
+    assert!(
+        eventually(MIRROR_TIMEOUT, || async {
+            ready(&server).await["group_offsets"][&occupied]["state"] == "mirrored"
+        })
+        .await,
+        "/ready shows {occupied} mirrored again: {}",
+        ready(&server).await
+    );
+    server.stop().await;
+}
