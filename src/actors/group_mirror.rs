@@ -17,13 +17,16 @@
 //! last mirrored position. A failure (Kafka, Postgres, Redis away) is logged at warn and
 //! counted; the next tick tries again; the daemon never stops because of it.
 //!
-//! Offsets committed to Kafka are read back once per group at start (`OffsetFetch`), so
-//! a restart does not commit what Kafka already has; afterwards only the partitions
-//! whose position moved are committed.
+//! Offsets committed to Kafka are read back per group at start (`OffsetFetch`), so a
+//! restart does not commit what Kafka already has; afterwards only the partitions whose
+//! position moved are committed. They are read back again every [`RESEED_INTERVAL`] and
+//! after a failure: Kafka expires the offsets of a group without members
+//! (`offsets.retention.minutes`, 7 days) in a partition that saw no commit for that
+//! long, and another daemon may have written a partition this one held before.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rskafka::client::Client;
 use rskafka::client::group::GroupClient;
@@ -34,6 +37,9 @@ use crate::config::Config;
 use crate::kafka::group_offsets::{self, MirrorOutcome, MirroredGroup};
 use crate::leases::LeaseView;
 use crate::sinks::redis::{RedisKeys, RedisPool};
+
+/// How often what Kafka holds for each group is read back (see the module's doc).
+const RESEED_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// How long the final round at a graceful stop may take.
 const FINAL_ROUND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -136,8 +142,8 @@ struct MirrorGroupState {
     /// What Kafka holds for the group, as far as this daemon knows: read once at start,
     /// then what it committed. Only partitions it holds.
     committed: BTreeMap<i32, i64>,
-    /// Whether `committed` was read from Kafka yet.
-    seeded: bool,
+    /// When `committed` was last read from Kafka (`None`: to be read).
+    seeded: Option<Instant>,
     /// Whether the group's live members were logged (once, until they leave).
     live_members_logged: bool,
 }
@@ -169,7 +175,7 @@ impl GroupMirror {
                     client: args.kafka.group_client(group.name.clone()),
                     group,
                     committed: BTreeMap::new(),
-                    seeded: false,
+                    seeded: None,
                     live_members_logged: false,
                 }
             })
@@ -218,7 +224,7 @@ impl GroupMirror {
                 let group = &self.groups[i];
                 tracing::warn!(group = %group.group.name, error = %e, "group offsets: mirroring failed; retrying at the next tick");
                 // Unknown what Kafka holds now: read it again next time.
-                self.groups[i].seeded = false;
+                self.groups[i].seeded = None;
                 self.failed(&self.groups[i], e.to_string());
             }
         }
@@ -232,9 +238,12 @@ impl GroupMirror {
         let topic = self.topic.clone();
         let held = self.held.clone();
         let state = &mut self.groups[i];
-        if !state.seeded {
+        if state
+            .seeded
+            .is_none_or(|at| at.elapsed() >= RESEED_INTERVAL)
+        {
             state.committed = group_offsets::fetch(&state.client, &topic, &held).await?;
-            state.seeded = true;
+            state.seeded = Some(Instant::now());
         }
         // Partitions no longer held: another daemon commits them now.
         state.committed.retain(|p, _| held.contains(p));

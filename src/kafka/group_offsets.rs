@@ -172,7 +172,10 @@ pub async fn mirror(
 mod tests {
     use super::*;
 
-    fn positions(entries: &[(&'static str, Option<&[(i32, i64)]>)]) -> SinkPositions {
+    /// A sink and its committed (partition, next offset) pairs, if it has any.
+    type Entry<'a> = (&'static str, Option<&'a [(i32, i64)]>);
+
+    fn positions(entries: &[Entry<'_>]) -> SinkPositions {
         entries
             .iter()
             .map(|&(sink, p)| (sink, p.map(|p| p.iter().copied().collect())))

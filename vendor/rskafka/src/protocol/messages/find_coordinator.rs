@@ -28,6 +28,9 @@ use crate::protocol::{
     traits::{ReadType, WriteType},
 };
 
+#[cfg(test)]
+use proptest::prelude::*;
+
 /// Key type of a consumer group.
 pub const COORDINATOR_KEY_TYPE_GROUP: i8 = 0;
 
