@@ -203,9 +203,15 @@ async fn kafka_tools_show_the_old_groups_at_lag_zero_after_a_drain() {
     server.stop().await;
 }
 
-/// Kafka's console consumer as a live member of `group`, subscribed to `topic`, for at
-/// most `timeout_ms` without records.
-fn spawn_console_consumer(env: &TestEnv, group: &str, topic: &str) -> tokio::process::Child {
+/// Kafka's console consumer as a live member of `group`, subscribed to `topic`, with the
+/// group protocol `protocol` (`classic`, or `consumer`: KIP-848), for at most 3 minutes.
+fn spawn_console_consumer(
+    env: &TestEnv,
+    group: &str,
+    topic: &str,
+    protocol: &str,
+) -> tokio::process::Child {
+    let protocol = format!("group.protocol={protocol}");
     tokio::process::Command::new("bash")
         .arg(kafka_sh())
         .args([
@@ -218,7 +224,7 @@ fn spawn_console_consumer(env: &TestEnv, group: &str, topic: &str) -> tokio::pro
             "--group",
             group,
             "--consumer-property",
-            "group.protocol=classic",
+            &protocol,
             "--timeout-ms",
             "180000",
         ])
@@ -230,23 +236,50 @@ fn spawn_console_consumer(env: &TestEnv, group: &str, topic: &str) -> tokio::pro
         .expect("kafka.sh tool console-consumer starts")
 }
 
+/// Whether `group` has a member, as Kafka's `ConsumerGroupCommand --describe --members`
+/// lists them (any group protocol).
 async fn has_members(env: &TestEnv, group: &str) -> bool {
-    let client = kafka::connect(&env.config.kafka).await.expect("kafka");
-    client
-        .group_client(group)
-        .describe()
+    let output = tokio::process::Command::new("bash")
+        .arg(kafka_sh())
+        .args([
+            "tool",
+            "groups",
+            "--bootstrap-server",
+            &env.stack.kafka,
+            "--describe",
+            "--members",
+            "--group",
+            group,
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
         .await
-        .map(|d| d.has_members())
-        .unwrap_or(false)
+        .expect("kafka.sh runs");
+    // GROUP CONSUMER-ID HOST CLIENT-ID #PARTITIONS
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some(group))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_with_a_live_member_is_not_written_and_ready_says_so() {
+    live_member_is_respected("classic").await;
+}
+
+/// The same with a consumer of the new group protocol (KIP-848), which DescribeGroups
+/// does not describe: the coordinator's refusal of the commit stands for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_a_live_member_of_the_new_protocol_is_not_written() {
+    live_member_is_respected("consumer").await;
+}
+
+async fn live_member_is_respected(protocol: &str) {
     let (env, prefix) = env_with_group_prefix().await;
     let occupied = format!("{prefix}event-logger-group");
     // The member consumes another topic (the empty dead-letter one): whatever it
     // commits is not for the raw topic, whose offsets in the group must stay absent.
-    let mut consumer = spawn_console_consumer(&env, &occupied, &env.config.topics.dlq);
+    let mut consumer = spawn_console_consumer(&env, &occupied, &env.config.topics.dlq, protocol);
     assert!(
         eventually(Duration::from_secs(90), || has_members(&env, &occupied)).await,
         "the console consumer joins {occupied}"
