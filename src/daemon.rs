@@ -86,12 +86,14 @@ impl Running {
             producer.close().await;
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Before the pipeline releases its leases: the final mirror still covers them.
+        let held = self.group_mirror.as_ref().map(GroupMirrorTask::held_now);
         let outcome = match self.pipeline {
             Some(pipeline) => pipeline.stop(remaining).await,
             None => PipelineOutcome::Drained,
         };
         if let Some(group_mirror) = self.group_mirror {
-            group_mirror.finish().await;
+            group_mirror.finish(held.unwrap_or_default()).await;
         }
         match outcome {
             PipelineOutcome::Drained => tracing::info!("stopped cleanly"),

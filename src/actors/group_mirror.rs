@@ -96,8 +96,9 @@ pub struct GroupMirrorArgs {
 
 /// The running mirror: [`GroupMirrorTask::finish`] runs the final round and ends it.
 pub struct GroupMirrorTask {
-    finish: oneshot::Sender<()>,
+    finish: oneshot::Sender<BTreeSet<i32>>,
     task: tokio::task::JoinHandle<()>,
+    leases: LeaseView,
 }
 
 impl GroupMirrorTask {
@@ -105,6 +106,7 @@ impl GroupMirrorTask {
     pub fn start(args: GroupMirrorArgs) -> (Self, GroupMirrorView) {
         let view = GroupMirrorView::default();
         let interval = args.config.group_offsets.interval;
+        let leases = args.leases.clone();
         let mut mirror = GroupMirror::new(args, view.clone());
         let (finish, mut finished) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -112,9 +114,11 @@ impl GroupMirrorTask {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = ticks.tick() => mirror.round().await,
-                    _ = &mut finished => {
-                        if tokio::time::timeout(FINAL_ROUND_TIMEOUT, mirror.round()).await.is_err() {
+                    _ = ticks.tick() => mirror.round(BTreeSet::new()).await,
+                    held = &mut finished => {
+                        // The leases are released by now: mirror what was held before.
+                        let released = held.unwrap_or_default();
+                        if tokio::time::timeout(FINAL_ROUND_TIMEOUT, mirror.round(released)).await.is_err() {
                             tracing::warn!(
                                 "group offsets: the final mirror did not finish within {FINAL_ROUND_TIMEOUT:?}"
                             );
@@ -124,12 +128,26 @@ impl GroupMirrorTask {
                 }
             }
         });
-        (Self { finish, task }, view)
+        (
+            Self {
+                finish,
+                task,
+                leases,
+            },
+            view,
+        )
     }
 
-    /// Mirrors once more (the pipeline has drained: its last commits are in), then stops.
-    pub async fn finish(self) {
-        let _ = self.finish.send(());
+    /// The partitions this daemon holds now: taken before the pipeline stops (and
+    /// releases them), for [`GroupMirrorTask::finish`].
+    pub fn held_now(&self) -> BTreeSet<i32> {
+        self.leases.snapshot().partitions.into_keys().collect()
+    }
+
+    /// Mirrors once more, for `held` too (the pipeline has drained: its last commits are
+    /// in, and it released its leases), then stops.
+    pub async fn finish(self, held: BTreeSet<i32>) {
+        let _ = self.finish.send(held);
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "group offsets mirror task failed");
         }
@@ -156,8 +174,8 @@ struct GroupMirror {
     leases: LeaseView,
     view: GroupMirrorView,
     groups: Vec<MirrorGroupState>,
-    /// The partitions held at the last round (the final round runs after the leases
-    /// were released).
+    /// The partitions of the current round: held now (and, in the final round, held
+    /// before the pipeline stopped and released them).
     held: BTreeSet<i32>,
 }
 
@@ -192,11 +210,11 @@ impl GroupMirror {
         }
     }
 
-    async fn round(&mut self) {
-        let held: BTreeSet<i32> = self.leases.snapshot().partitions.into_keys().collect();
-        if !held.is_empty() {
-            self.held = held;
-        }
+    /// One mirror of every group, for the partitions held now and those in `released`.
+    async fn round(&mut self, released: BTreeSet<i32>) {
+        let mut held: BTreeSet<i32> = self.leases.snapshot().partitions.into_keys().collect();
+        held.extend(released);
+        self.held = held;
         if self.held.is_empty() {
             return;
         }

@@ -30,11 +30,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A test env whose groups are named `<prefix><old name>`, mirrored every second.
 async fn env_with_group_prefix() -> (TestEnv, String) {
+    env_mirrored_every("\"1s\"").await
+}
+
+/// A test env whose groups are named `<prefix><old name>`, mirrored every `interval`.
+async fn env_mirrored_every(interval: &str) -> (TestEnv, String) {
     let prefix = format!("t{}-", unique_id());
     let quoted = format!("\"{prefix}\"");
     let env = TestEnv::with_overrides(&[
         ("group_offsets.group_prefix", quoted.as_str()),
-        ("group_offsets.interval", "\"1s\""),
+        ("group_offsets.interval", interval),
     ])
     .await;
     (env, prefix)
@@ -201,6 +206,35 @@ async fn kafka_tools_show_the_old_groups_at_lag_zero_after_a_drain() {
         );
     }
     server.stop().await;
+}
+
+/// A graceful stop mirrors once more after the pipeline drained (and released its
+/// leases): with an interval longer than the test, only that final round can bring the
+/// groups to the sinks' positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_mirrors_the_last_positions() {
+    let (env, prefix) = env_mirrored_every("\"10m\"").await;
+    let marks = produce_everywhere(&env).await;
+    let server = TestServer::start(env.config.clone()).await;
+    let mut redis = env.redis().await;
+    assert!(
+        wait_all_caught_up(&env, &mut redis, DRAIN_TIMEOUT).await,
+        "the sinks drain the topic"
+    );
+    server.stop().await;
+    let expected: BTreeMap<i32, i64> = marks
+        .iter()
+        .enumerate()
+        .map(|(p, &m)| (p as i32, m))
+        .collect();
+    for legacy in LEGACY_GROUPS {
+        let group = format!("{prefix}{legacy}");
+        assert_eq!(
+            group_offsets_in_kafka(&env, &group, marks.len() as i32).await,
+            expected,
+            "{group} after the stop"
+        );
+    }
 }
 
 /// Kafka's console consumer as a live member of `group`, subscribed to `topic`, with the
