@@ -19,7 +19,7 @@
 //!
 //! Offsets committed to Kafka are read back per group at start (`OffsetFetch`), so a
 //! restart does not commit what Kafka already has; afterwards only the partitions whose
-//! position moved are committed. They are read back again every [`RESEED_INTERVAL`] and
+//! position moved are committed. They are read back again every hour (`RESEED_INTERVAL`) and
 //! after a failure: Kafka expires the offsets of a group without members
 //! (`offsets.retention.minutes`, 7 days) in a partition that saw no commit for that
 //! long, and another daemon may have written a partition this one held before.
