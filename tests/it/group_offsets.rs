@@ -18,6 +18,7 @@ use gamestream::kafka;
 use serde_json::Value;
 
 use crate::common::analytics::wait_all_caught_up;
+use crate::common::cluster::PrivateCluster;
 use crate::common::ingest::TestServer;
 use crate::common::{
     RawRecord, TestEnv, eventually, high_watermarks, kafka_sh, produce_raw, sample_event, unique_id,
@@ -383,4 +384,93 @@ async fn live_member_is_respected(protocol: &str) {
         ready(&server).await
     );
     server.stop().await;
+}
+
+/// The partition of `__consumer_offsets` holding `group` (Kafka's
+/// `Utils.abs(groupId.hashCode()) % offsets.topic.num.partitions`, where `Utils.abs`
+/// maps `i32::MIN` to 0): its leader is the group's coordinator.
+fn offsets_partition(group: &str, partitions: i32) -> i32 {
+    let hash = group
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    hash.checked_abs().unwrap_or(0) % partitions
+}
+
+/// The group client finds the coordinator again when it moves: after a controlled
+/// move (preferred leader election of the group's `__consumer_offsets` partition: the
+/// old coordinator, still up, answers NOT_COORDINATOR) and after the coordinator is
+/// killed (a broken connection, then COORDINATOR_LOAD_IN_PROGRESS while the new one
+/// loads the group), on a three-node Apache Kafka cluster of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_client_follows_its_coordinator() {
+    const OFFSETS_TOPIC: &str = "__consumer_offsets";
+    // deploy/local/kafka.sh sets offsets.topic.num.partitions=10.
+    const OFFSETS_PARTITIONS: i32 = 10;
+    let cluster = PrivateCluster::start(false).await;
+    let brokers = cluster.bootstrap().split(',').map(str::to_owned).collect();
+    let client = rskafka::client::ClientBuilder::new(brokers)
+        .backoff_config(rskafka::BackoffConfig {
+            deadline: Some(Duration::from_secs(60)),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .expect("cluster");
+    let topic = format!("t{}", unique_id());
+    client
+        .controller_client()
+        .expect("controller")
+        .create_topic(&topic, 1, 3, 30_000)
+        .await
+        .expect("topic");
+    let group_name = format!("g{}", unique_id());
+    let group = client.group_client(&group_name);
+    let commit_and_read = |offset: i64| {
+        let group = &group;
+        let topic = topic.clone();
+        async move {
+            let offsets = BTreeMap::from([(topic.clone(), BTreeMap::from([(0, offset)]))]);
+            group.commit_offsets(&offsets).await.expect("commit");
+            let asked = BTreeMap::from([(topic.clone(), vec![0])]);
+            let read = group.fetch_offsets(&asked).await.expect("fetch");
+            assert_eq!(read, offsets, "committed {offset}");
+        }
+    };
+    commit_and_read(5).await;
+
+    let partition = offsets_partition(&group_name, OFFSETS_PARTITIONS);
+    assert!(
+        cluster
+            .wait_full_isr(OFFSETS_TOPIC, Duration::from_secs(60))
+            .await,
+        "{OFFSETS_TOPIC} has no full ISR"
+    );
+    let coordinator = cluster
+        .leader_of(OFFSETS_TOPIC, partition)
+        .await
+        .expect("the group's coordinator");
+    let successor = cluster
+        .describe(OFFSETS_TOPIC)
+        .await
+        .and_then(|ps| ps.into_iter().find(|p| p.partition == partition))
+        .and_then(|p| p.isr.into_iter().find(|n| *n != coordinator))
+        .expect("another in-sync replica");
+    cluster
+        .make_preferred(OFFSETS_TOPIC, partition, successor)
+        .await;
+    cluster.elect_preferred_leaders(OFFSETS_TOPIC).await;
+    assert_eq!(
+        cluster.leader_of(OFFSETS_TOPIC, partition).await,
+        Some(successor),
+        "the election moved the coordinator"
+    );
+    commit_and_read(7).await;
+    assert_eq!(
+        group.describe().await.expect("describe").state,
+        "Empty",
+        "the group has offsets and no members"
+    );
+
+    cluster.kill(successor).await;
+    commit_and_read(9).await;
 }
