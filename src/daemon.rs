@@ -93,7 +93,10 @@ impl Running {
             None => PipelineOutcome::Drained,
         };
         if let Some(group_mirror) = self.group_mirror {
-            group_mirror.finish(held.unwrap_or_default()).await;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            group_mirror
+                .finish(held.unwrap_or_default(), remaining)
+                .await;
         }
         match outcome {
             PipelineOutcome::Drained => tracing::info!("stopped cleanly"),

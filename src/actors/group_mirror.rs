@@ -41,7 +41,8 @@ use crate::sinks::redis::{RedisKeys, RedisPool};
 /// How often what Kafka holds for each group is read back (see the module's doc).
 const RESEED_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// How long the final round at a graceful stop may take.
+/// How long the final round at a graceful stop may take at most (less when the grace
+/// period has less left).
 const FINAL_ROUND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One group's mirroring, as `/ready` shows it.
@@ -96,7 +97,7 @@ pub struct GroupMirrorArgs {
 
 /// The running mirror: [`GroupMirrorTask::finish`] runs the final round and ends it.
 pub struct GroupMirrorTask {
-    finish: oneshot::Sender<BTreeSet<i32>>,
+    finish: oneshot::Sender<(BTreeSet<i32>, Duration)>,
     task: tokio::task::JoinHandle<()>,
     leases: LeaseView,
 }
@@ -115,12 +116,14 @@ impl GroupMirrorTask {
             loop {
                 tokio::select! {
                     _ = ticks.tick() => mirror.round(BTreeSet::new()).await,
-                    held = &mut finished => {
+                    finish = &mut finished => {
                         // The leases are released by now: mirror what was held before.
-                        let released = held.unwrap_or_default();
-                        if tokio::time::timeout(FINAL_ROUND_TIMEOUT, mirror.round(released)).await.is_err() {
+                        let (released, within): (BTreeSet<i32>, Duration) =
+                            finish.unwrap_or_default();
+                        let within = within.min(FINAL_ROUND_TIMEOUT);
+                        if tokio::time::timeout(within, mirror.round(released)).await.is_err() {
                             tracing::warn!(
-                                "group offsets: the final mirror did not finish within {FINAL_ROUND_TIMEOUT:?}"
+                                "group offsets: the final mirror did not finish within {within:?}"
                             );
                         }
                         break;
@@ -145,9 +148,9 @@ impl GroupMirrorTask {
     }
 
     /// Mirrors once more, for `held` too (the pipeline has drained: its last commits are
-    /// in, and it released its leases), then stops.
-    pub async fn finish(self, held: BTreeSet<i32>) {
-        let _ = self.finish.send(held);
+    /// in, and it released its leases), within `within` (at most 5 s), then stops.
+    pub async fn finish(self, held: BTreeSet<i32>, within: Duration) {
+        let _ = self.finish.send((held, within));
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "group offsets mirror task failed");
         }
