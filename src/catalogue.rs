@@ -123,6 +123,14 @@ pub const CONSUMERS: [&str; 3] = [
     LEADERBOARD.consumer_service,
 ];
 
+/// The old pipeline's consumer groups, one per old consumer (Kafka's tools show them;
+/// the daemon mirrors its sinks' positions into them, see `kafka::group_offsets`).
+pub const LEGACY_GROUPS: [&str; 3] = [
+    LOGGER.legacy_group,
+    STATS.legacy_group,
+    LEADERBOARD.legacy_group,
+];
+
 /// The sink called `name`.
 pub fn find(name: &str) -> Option<&'static SinkSpec> {
     SINKS.iter().find(|s| s.name == name)
@@ -197,6 +205,7 @@ mod tests {
             "leaderboard-manager-group",
         ] {
             assert!(of_legacy_group(group).count() >= 1);
+            assert!(LEGACY_GROUPS.contains(&group));
         }
     }
 }

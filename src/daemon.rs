@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use crate::actors::group_mirror::{GroupMirrorArgs, GroupMirrorTask};
 use crate::actors::{Pipeline, PipelineContext, PipelineOutcome};
 
 use crate::config::Config;
@@ -61,6 +62,9 @@ pub struct Running {
     /// The producer's workers (ingest mode); closed after the HTTP server drained, so
     /// requests still in flight get their acknowledgements.
     producer: Option<ProducerTasks>,
+    /// Mirrors the sinks' offsets into the old consumer groups (consume mode, when
+    /// `group_offsets.mirror` is on); its final round runs after the pipeline drained.
+    group_mirror: Option<GroupMirrorTask>,
     grace: Duration,
     /// Folds histogram samples into buckets; ends on shutdown.
     metrics_upkeep: tokio::task::JoinHandle<()>,
@@ -82,10 +86,18 @@ impl Running {
             producer.close().await;
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Before the pipeline releases its leases: the final mirror still covers them.
+        let held = self.group_mirror.as_ref().map(GroupMirrorTask::held_now);
         let outcome = match self.pipeline {
             Some(pipeline) => pipeline.stop(remaining).await,
             None => PipelineOutcome::Drained,
         };
+        if let Some(group_mirror) = self.group_mirror {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            group_mirror
+                .finish(held.unwrap_or_default(), remaining)
+                .await;
+        }
         match outcome {
             PipelineOutcome::Drained => tracing::info!("stopped cleanly"),
             PipelineOutcome::TimedOut => tracing::warn!(
@@ -165,6 +177,20 @@ pub async fn start(
         _ => None,
     };
 
+    let (group_mirror, group_mirror_view) = match (&pg, &redis_pool, &leases) {
+        (Some(pg), Some(redis_pool), Some(leases)) if config.group_offsets.mirror => {
+            let (task, view) = GroupMirrorTask::start(GroupMirrorArgs {
+                config: Arc::clone(&config),
+                kafka: Arc::clone(&kafka),
+                pg: pg.clone(),
+                redis: redis_pool.clone(),
+                leases: leases.clone(),
+            });
+            (Some(task), Some(view))
+        }
+        _ => (None, None),
+    };
+
     let state = HttpState {
         config: Arc::clone(&config),
         kafka,
@@ -173,6 +199,7 @@ pub async fn start(
         metrics,
         producer,
         leases,
+        group_mirror: group_mirror_view,
     };
     let addr_text = format!("{}:{}", config.http.bind, config.http.port);
     let addr: SocketAddr = tokio::net::lookup_host(&addr_text)
@@ -200,6 +227,7 @@ pub async fn start(
         http_task: server.task,
         pipeline,
         producer: producer_tasks,
+        group_mirror,
         grace: config.shutdown.grace_period,
         metrics_upkeep,
     })

@@ -20,7 +20,9 @@
 //! The sinks are listed once, in the [`catalogue`]. Every sink stores, in its own
 //! destination and in the same transaction (or atomic Redis step) as its writes, the
 //! next offset of each partition it has applied. That is what makes the effects
-//! exactly-once across crashes, restarts and several pods.
+//! exactly-once across crashes, restarts and several pods. Beside the pipeline, a task
+//! (`actors::group_mirror`) copies those offsets every few seconds into the old
+//! consumer groups in Kafka, for Kafka's tools, lag exporters and KEDA.
 //!
 //! # Layers
 //!
@@ -32,7 +34,7 @@
 //!    [`shutdown`], [`leases`] (the lease rules), [`catalogue`] (the sinks), [`exit`]
 //!    (exit codes), [`trace_context`] (W3C context in record headers);
 //! 2. stores: [`sinks`] (Postgres and Redis write paths, their errors), [`kafka`] (the
-//!    client, topics, and the HTTP ingest producer);
+//!    client, topics, the HTTP ingest producer, and the consumer groups' mirror);
 //! 3. [`telemetry`]: logs, Prometheus metrics, OTLP traces;
 //! 4. [`actors`]: the consumer pipeline (supervisor, readers, sinks, leases, DLQ);
 //! 5. [`http`]: the warp server: ingestion, queries, health, metrics, OpenAPI;

@@ -21,6 +21,8 @@
 //! - [`leaderboard_refresher`]: keeps the `leaderboards` top-N table in step.
 //! - [`lease_manager`]: the partition leases this daemon holds (renew, take, hand over).
 //! - [`dlq`]: stores dead letters in `system.dlq` and `dlq_events`.
+//! - [`group_mirror`]: beside the pipeline (a task the daemon starts), mirrors the sinks'
+//!   offsets into the old consumer groups in Kafka.
 //! - [`record`]: what readers hand to sinks.
 
 /// `From` and `TryFrom` between an actor's message enum and the payload of one of its
@@ -49,6 +51,7 @@ macro_rules! narrow_message {
 pub(crate) use narrow_message;
 
 pub mod dlq;
+pub mod group_mirror;
 pub mod leaderboard;
 pub mod leaderboard_refresher;
 pub mod lease_manager;

@@ -29,6 +29,7 @@ pub struct Config {
     pub dlq: DlqConfig,
     pub supervisor: SupervisorConfig,
     pub lease: LeaseConfig,
+    pub group_offsets: GroupOffsetsConfig,
     pub shutdown: ShutdownConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -415,6 +416,21 @@ pub struct LeaseConfig {
     /// How often held leases are renewed, free ones taken and extra ones handed over.
     #[serde(with = "humantime_serde")]
     pub renew_interval: Duration,
+}
+
+/// The old consumer groups in Kafka, mirrored from the sinks' offsets (see
+/// `kafka::group_offsets`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupOffsetsConfig {
+    /// Whether a consuming daemon commits its sinks' positions to the old groups.
+    pub mirror: bool,
+    /// How often the positions are read and committed (when they moved).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Put before each group's name (`event-logger-group`, ...): empty in production; a
+    /// test or a second installation sharing the cluster uses its own.
+    pub group_prefix: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

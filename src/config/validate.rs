@@ -177,6 +177,9 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.group_offsets.interval < std::time::Duration::from_secs(1) {
+            problems.push("`group_offsets.interval` must be at least 1s".to_owned());
+        }
         if self.consumer.fetch_max_bytes < 1024 {
             problems.push("`consumer.fetch_max_bytes` must be at least 1024".to_owned());
         }

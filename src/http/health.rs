@@ -8,6 +8,10 @@
 //!   in the Service. In consume mode the body also says which partitions this daemon
 //!   holds (`leases`: member id, live members, partition → lease epoch); holding none
 //!   (more daemons than partitions) is not a reason to be unready.
+//!   While the old consumer groups are mirrored, `group_offsets` gives each group's
+//!   state (`mirrored`, `live_members` with the members, `error`, `pending`); a group
+//!   with live members (the old consumers still running) is not written, and is not a
+//!   reason to be unready either.
 
 use std::time::Duration;
 
@@ -100,6 +104,9 @@ async fn ready(state: &HttpState) -> warp::reply::WithStatus<warp::reply::Json> 
     let mut body = json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks});
     if let Some(leases) = &state.leases {
         body["leases"] = json!(leases.snapshot());
+    }
+    if let Some(group_mirror) = &state.group_mirror {
+        body["group_offsets"] = json!(group_mirror.snapshot());
     }
     warp::reply::with_status(warp::reply::json(&body), status)
 }

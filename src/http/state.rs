@@ -23,4 +23,6 @@ pub struct HttpState {
     pub producer: Option<KafkaProducer>,
     /// Present in consume mode: the partitions this daemon holds, for `/ready`.
     pub leases: Option<crate::leases::LeaseView>,
+    /// Present while the old consumer groups are mirrored: their status, for `/ready`.
+    pub group_mirror: Option<crate::actors::group_mirror::GroupMirrorView>,
 }

@@ -1,8 +1,10 @@
 //! Kafka on rskafka: the client, topic administration, the key partitioner, and the
 //! HTTP ingest producer ([`ingest_producer`]: batching, acks=all, one worker per
-//! partition) that `POST /api/v1/events` publishes through.
+//! partition) that `POST /api/v1/events` publishes through, and the old consumer groups'
+//! offsets mirrored from the sinks' ([`group_offsets`]).
 
 mod client;
+pub mod group_offsets;
 pub mod ingest_producer;
 mod partitioner;
 mod topics;

@@ -146,6 +146,19 @@ pub fn register_metrics() {
         "http_client_aborted_connections_total",
         "Connections a client closed in the middle of a request (not a server error)."
     );
+    describe_gauge!(
+        "gamestream_group_offsets_mirrored_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "When the old consumer group was last found up to date in Kafka (Unix time)."
+    );
+    describe_counter!(
+        "gamestream_group_offsets_mirror_errors_total",
+        "Failed mirrors of an old consumer group's offsets to Kafka (retried at the next tick)."
+    );
+    describe_gauge!(
+        "gamestream_group_offsets_live_members",
+        "Live members seen in an old consumer group, which is then not written (0: none)."
+    );
     describe_counter!(
         "gamestream_trace_export_dropped_total",
         "Spans dropped instead of exported: queue_full or export_failed."
@@ -182,6 +195,11 @@ pub fn register_metrics() {
     }
     for sink in catalogue::in_store(Store::Redis).map(|s| s.name) {
         metrics::counter!("gamestream_redis_rebuilds_total", "sink" => sink).increment(0);
+    }
+    for group in catalogue::LEGACY_GROUPS {
+        metrics::counter!("gamestream_group_offsets_mirror_errors_total", "group" => group)
+            .increment(0);
+        metrics::gauge!("gamestream_group_offsets_live_members", "group" => group).set(0.0);
     }
     for reason in ["queue_full", "export_failed"] {
         metrics::counter!("gamestream_trace_export_dropped_total", "reason" => reason).increment(0);

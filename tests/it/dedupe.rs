@@ -348,3 +348,114 @@ async fn wait_caught_up(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The partitions `/ready` on `port` says this daemon holds.
+async fn held(port: u16) -> BTreeSet<i64> {
+    let url = format!("http://127.0.0.1:{port}/ready");
+    let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), reqwest::get(&url)).await
+    else {
+        return BTreeSet::new();
+    };
+    let body: serde_json::Value = reply.json().await.unwrap_or_default();
+    body["leases"]["partitions"]
+        .as_object()
+        .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Two daemons share the partitions; the one that owned some is killed and the other
+/// takes them over (its readers rebuild their windows from the log); resends to the
+/// survivor of events first sent to either count once.
+#[tokio::test]
+async fn resends_after_a_take_over_by_another_daemon_count_once() {
+    let pg = PrivatePostgres::start();
+    let redis = PrivateRedis::start();
+    let broker = PrivateBroker::start().await;
+    let leases = [
+        ("lease.ttl", "\"3s\"".to_owned()),
+        ("lease.renew_interval", "\"1s\"".to_owned()),
+    ];
+    let (env, overrides_a) = private_settings(&broker.address(), &pg, &redis, &leases);
+    let config = prepare_private(&pg, &env, &overrides_a).await;
+    let port_a = config.http.port;
+    let port_b = crate::common::free_port();
+    let mut overrides_b = overrides_a.clone();
+    overrides_b.push(("http.port".to_owned(), port_b.to_string()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = Daemon::start(
+        env.clone(),
+        overrides_a,
+        dir.path().join("a.log"),
+        "dedupe-a".to_owned(),
+    );
+    let mut b = Daemon::start(
+        env,
+        overrides_b,
+        dir.path().join("b.log"),
+        "dedupe-b".to_owned(),
+    );
+    assert!(a.wait_ready(port_a, WAIT).await, "a not ready: {:?}", a.log);
+    assert!(b.wait_ready(port_b, WAIT).await, "b not ready: {:?}", b.log);
+    let partitions = config.topics.player_events_partitions as usize;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (ha, hb) = (held(port_a).await, held(port_b).await);
+        if !ha.is_empty() && !hb.is_empty() && ha.len() + hb.len() == partitions {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the daemons did not share the partitions: a {ha:?}, b {hb:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let http = reqwest::Client::new();
+    let now = Utc::now().trunc_subsecs(0);
+    let events: Vec<Event> = (0..400)
+        .map(|seq| {
+            let mut event = crate::common::tally::event_of(seq, 0, now);
+            event.event_id = Uuid::new_v4();
+            event
+        })
+        .collect();
+    let (first_half, second_half) = events.split_at(events.len() / 2);
+    post(&http, port_a, &first_half.iter().collect::<Vec<_>>()).await;
+    post(&http, port_b, &second_half.iter().collect::<Vec<_>>()).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&format!(
+            "postgres://gamestream@127.0.0.1:{}/gamestream",
+            pg.port
+        ))
+        .await
+        .expect("pool");
+    wait_caught_up(&config, &pool, redis.port, &mut b).await;
+
+    // a goes; b takes its partitions over once a's leases expire.
+    a.kill().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while held(port_b).await.len() != partitions {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b did not take a's partitions over within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A fifth of all the events again, through b.
+    let resent: Vec<&Event> = events.iter().step_by(5).collect();
+    post(&http, port_b, &resent).await;
+    wait_caught_up(&config, &pool, redis.port, &mut b).await;
+
+    let mut redis_conn = crate::common::tally::redis_on(redis.port)
+        .await
+        .expect("redis");
+    let problems = check_stores(&pool, &mut redis_conn, &events, now).await;
+    assert!(problems.is_empty(), "stores differ: {problems:#?}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("events");
+    assert_eq!(rows, events.len() as i64);
+    assert!(b.unexpected_exits.is_empty(), "{:?}", b.unexpected_exits);
+}

@@ -1,7 +1,9 @@
 //! The deployment files against the code (issue 7): every env var the Kubernetes
 //! manifests and docker-compose set is one gamestream reads, and gamestream accepts the
 //! config file with that environment; probe paths answer on a running daemon and the
-//! ports match; the kustomize overlays render; the dashboard's metric list is current.
+//! ports match; the kustomize overlays render (prod with the KEDA component too, whose
+//! triggers read the consumer groups the daemon mirrors); the dashboard's metric list is
+//! current.
 //!
 //! `deploy/validate.sh` checks much more (schemas, promtool, wiring); this test keeps
 //! the essentials in `make test`, so a renamed setting or route breaks the build.
@@ -355,6 +357,76 @@ fn kustomize_overlays_render() {
             "{overlay}: HPA in prod only"
         );
     }
+}
+
+/// `prod` with the KEDA component, as `deploy/k8s/components/keda` says to add it: a
+/// kustomization of its own (in a temporary directory) naming both.
+fn render_prod_with_keda() -> String {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    // Relative paths from the temporary directory (kustomize wants them relative).
+    let up = "../".repeat(dir.path().components().count() - 1);
+    let rel = |p: PathBuf| format!("{up}{}", p.display().to_string().trim_start_matches('/'));
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
+            rel(deploy().join("k8s/overlays/prod")),
+            rel(deploy().join("k8s/components/keda")),
+        ),
+    )
+    .expect("write kustomization.yaml");
+    render(dir.path())
+}
+
+/// The KEDA ScaledObject scales on the lag of the three old consumer groups in the raw
+/// topic, which the daemon mirrors by default (`group_offsets`), and replaces the HPA.
+#[test]
+fn keda_scaled_object_reads_the_mirrored_groups() {
+    let out = render_prod_with_keda();
+    assert!(
+        out.contains("kind: ScaledObject"),
+        "no ScaledObject:\n{out}"
+    );
+    assert!(
+        out.contains("kind: TriggerAuthentication"),
+        "no TriggerAuthentication"
+    );
+    assert!(
+        !out.contains("kind: HorizontalPodAutoscaler"),
+        "KEDA's ScaledObject replaces the HPA: both rendered"
+    );
+    let values = |key: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.trim().strip_prefix(key))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .collect()
+    };
+    let defaults = config::load(&Sources {
+        file: None,
+        env: vec![
+            ("KAFKA_BOOTSTRAP_SERVERS".into(), "k:9092".into()),
+            ("DB_HOST".into(), "db".into()),
+        ],
+        overrides: vec![],
+    })
+    .expect("the defaults load");
+    let groups: BTreeSet<String> = values("consumerGroup:").into_iter().collect();
+    let mirrored: BTreeSet<String> = gamestream::catalogue::LEGACY_GROUPS
+        .iter()
+        .map(|g| format!("{}{g}", defaults.group_offsets.group_prefix))
+        .collect();
+    assert_eq!(groups, mirrored, "the kafka triggers' groups");
+    assert_eq!(values("consumerGroup:").len(), 3, "one trigger per group");
+    let topics: BTreeSet<String> = values("topic:").into_iter().collect();
+    assert_eq!(
+        topics,
+        BTreeSet::from([defaults.topics.player_events.clone()]),
+        "the kafka triggers' topic"
+    );
+    assert!(
+        defaults.group_offsets.mirror,
+        "the groups KEDA reads are mirrored by default"
+    );
 }
 
 #[test]

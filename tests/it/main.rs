@@ -17,6 +17,7 @@ mod deploy_manifests;
 mod failover;
 mod foundation;
 mod fuzz_replay;
+mod group_offsets;
 mod ingest;
 mod kafka_client;
 mod kafka_sasl;

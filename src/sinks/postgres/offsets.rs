@@ -30,6 +30,23 @@ pub async fn load(
     Ok(rows.into_iter().collect())
 }
 
+/// Every sink's committed next offsets for `topic`: sink → partition → next offset.
+pub async fn load_all(
+    pool: &PgPool,
+    topic: &str,
+) -> Result<BTreeMap<String, BTreeMap<i32, i64>>, sqlx::Error> {
+    let rows: Vec<(String, i32, i64)> =
+        sqlx::query_as("SELECT sink, partition, next_offset FROM sink_offsets WHERE topic = $1")
+            .bind(topic)
+            .fetch_all(pool)
+            .await?;
+    let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    for (sink, partition, next) in rows {
+        out.entry(sink).or_default().insert(partition, next);
+    }
+    Ok(out)
+}
+
 /// Records the next offsets inside the caller's transaction, compare-and-set: fails with
 /// [`SinkError::Fatal`] ([`WriteError::OffsetsMoved`]) if any partition's stored offset is not what the commit
 /// expects; the caller then drops the transaction, which rolls the whole batch back.

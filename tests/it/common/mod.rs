@@ -3,7 +3,7 @@
 //!
 //! Each [`TestEnv`] isolates itself so tests run in parallel and re-run without cleanup:
 //! its own database (created and migrated), its own topic names (created), its own
-//! Redis key prefix. A test never passes silently without its services: if the stack
+//! Redis key prefix and consumer-group prefix. A test never passes silently without its services: if the stack
 //! is not up, [`TestEnv::new`] panics saying how to start it.
 
 pub mod analytics;
@@ -118,6 +118,8 @@ impl TestEnv {
             ),
             ("topics.dlq".into(), format!("\"t{id}.system.dlq\"")),
             ("redis.key_prefix".into(), format!("\"t{id}:\"")),
+            // The consumer groups the daemon mirrors its offsets into, of its own too.
+            ("group_offsets.group_prefix".into(), format!("\"t{id}-\"")),
             ("http.port".into(), "0".into()),
             ("http.bind".into(), "\"127.0.0.1\"".into()),
         ];

@@ -18,6 +18,9 @@ pub enum RequestContext {
     /// Error is specific to a partition (indexed via topic name and partition ID).
     Partition(String, i32),
 
+    /// Error is specific to a consumer group (gamestream patch, see `GAMESTREAM_PATCH.md`).
+    Group(String),
+
     /// Error is specific to a fetch request.
     #[non_exhaustive]
     Fetch {

@@ -14,6 +14,8 @@ use crate::{
 pub mod consumer;
 pub mod controller;
 pub mod error;
+// gamestream patch: consumer-group offsets (see GAMESTREAM_PATCH.md)
+pub mod group;
 pub(crate) mod metadata_cache;
 pub mod partition;
 pub mod producer;
@@ -152,6 +154,16 @@ impl Client {
             Arc::clone(&self.brokers),
             Arc::clone(&self.backoff_config),
         ))
+    }
+
+    /// Returns a client for the committed offsets and the membership of consumer group
+    /// `group` (gamestream patch, see `GAMESTREAM_PATCH.md`).
+    pub fn group_client(&self, group: impl Into<String>) -> group::GroupClient {
+        group::GroupClient::new(
+            group.into(),
+            Arc::clone(&self.brokers),
+            Arc::clone(&self.backoff_config),
+        )
     }
 
     /// Returns a client for performing operations on a specific partition

@@ -34,6 +34,16 @@ pub use fetch::*;
 // gamestream patch: InitProducerId (see GAMESTREAM_PATCH.md)
 mod init_producer_id;
 pub use init_producer_id::*;
+// gamestream patch: consumer-group offsets (see GAMESTREAM_PATCH.md)
+mod describe_groups;
+pub use describe_groups::*;
+mod find_coordinator;
+pub use find_coordinator::*;
+mod flexible;
+mod offset_commit;
+pub use offset_commit::*;
+mod offset_fetch;
+pub use offset_fetch::*;
 mod header;
 pub use header::*;
 mod list_offsets;
