@@ -459,3 +459,98 @@ async fn resends_after_a_take_over_by_another_daemon_count_once() {
     assert_eq!(rows, events.len() as i64);
     assert!(b.unexpected_exits.is_empty(), "{:?}", b.unexpected_exits);
 }
+
+/// The window's boundary, end to end: a resend within `dedupe.window` counts once; one
+/// after it is a new record for the counting sinks (statistics and leaderboards count
+/// it again) while `events` keeps the first (its key is `event_id`). As the README says.
+#[tokio::test]
+async fn a_resend_after_the_window_is_counted_again_except_in_events() {
+    let pg = PrivatePostgres::start();
+    let redis = PrivateRedis::start();
+    let broker = PrivateBroker::start().await;
+    let window = [("dedupe.window", "\"2s\"".to_owned())];
+    let (env, overrides) = private_settings(&broker.address(), &pg, &redis, &window);
+    let config = prepare_private(&pg, &env, &overrides).await;
+    let port = config.http.port;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(
+        env,
+        overrides,
+        dir.path().join("daemon.log"),
+        "window-a".to_owned(),
+    );
+    assert!(
+        daemon.wait_ready(port, WAIT).await,
+        "not ready: {:?}",
+        daemon.log
+    );
+    let http = reqwest::Client::new();
+    let now = Utc::now().trunc_subsecs(0);
+    let scored = |seq: usize, player: &str| {
+        let mut event = crate::common::tally::event_of(seq, 0, now);
+        event.event_type = "player_score".to_owned();
+        event.data = r#"{"score":10}"#.to_owned();
+        event.player_id = player.to_owned();
+        event.game_id = "window-game".to_owned();
+        event.event_id = Uuid::new_v4();
+        event
+    };
+    let within = scored(1, "within-window");
+    let after = scored(2, "after-window");
+    post(&http, port, &[&within, &after]).await;
+    post(&http, port, &[&within]).await; // at once: a duplicate
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&format!(
+            "postgres://gamestream@127.0.0.1:{}/gamestream",
+            pg.port
+        ))
+        .await
+        .expect("pool");
+    wait_caught_up(&config, &pool, redis.port, &mut daemon).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // past the 2 s window
+    post(&http, port, &[&after]).await;
+    wait_caught_up(&config, &pool, redis.port, &mut daemon).await;
+
+    let total = |player: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT total_events FROM player_statistics WHERE player_id = $1",
+            )
+            .bind(player)
+            .fetch_one(&pool)
+            .await
+            .expect("statistics")
+        }
+    };
+    assert_eq!(
+        total("within-window").await,
+        1,
+        "a resend within the window"
+    );
+    assert_eq!(total("after-window").await, 2, "a resend after the window");
+    let redis_conn = crate::common::tally::redis_on(redis.port)
+        .await
+        .expect("redis");
+    let board = "leaderboard:window-game:alltime".to_owned();
+    let score = |player: &'static str| {
+        let board = board.clone();
+        let mut conn = redis_conn.clone();
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(&board)
+                .arg(player)
+                .query_async::<f64>(&mut conn)
+                .await
+                .expect("zscore")
+        }
+    };
+    assert_eq!(score("within-window").await, 10.0);
+    assert_eq!(score("after-window").await, 20.0);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("events");
+    assert_eq!(rows, 2, "`events` keeps the first of each id");
+}

@@ -469,6 +469,7 @@ async fn leader_failover_under_load_loses_and_duplicates_nothing() {
             pace: Some(Load::pace_for_rate(rate)),
             // Server-assigned ids: a resend would be another event. Each is sent once.
             resend: false,
+            client_ids: false,
             partitions: rig.config.topics.player_events_partitions,
         },
         now,

@@ -3,11 +3,16 @@
 //!
 //! # The tally rule
 //!
-//! The server assigns `event_id`, so a client cannot resend "the same" event: a resend
-//! is a new event. Each *attempt* therefore carries its own tag in `data`
-//! (`seq`, `attempt`). With [`LoadSettings::resend`], the load sends a `seq` again (as a
-//! new attempt) only when the attempt got no 2xx success: a non-2xx answer, an item
-//! error, or no answer at all; without it every `seq` is sent once.
+//! Without client ids the server assigns `event_id`, so a resend is a new event. Each
+//! *attempt* therefore carries its own tag in `data` (`seq`, `attempt`). With
+//! [`LoadSettings::resend`], the load sends a `seq` again (as a new attempt) only when
+//! the attempt got no 2xx success: a non-2xx answer, an item error, or no answer at all;
+//! without it every `seq` is sent once.
+//!
+//! With [`LoadSettings::client_ids`], each `seq` has its own `event_id`, and a resend is
+//! the same body (attempt 0) with the same id, as a mobile client would send it: all
+//! attempts of a `seq` are one event, which the stores must hold once however many of
+//! them landed (the readers skip the copies as duplicates).
 //! - An attempt with a 2xx success is *acknowledged*: it must be stored exactly once
 //!   (else it is lost, a discrepancy).
 //! - An attempt without one is *unacknowledged*: it may have landed ("accepted but the
@@ -81,6 +86,11 @@ pub struct Tally {
     pub unacked: HashSet<Tag>,
     /// Answers per window.
     pub answers: BTreeMap<usize, Answers>,
+    /// With client ids: acknowledgements under another id than the one sent.
+    pub wrong_ids: Vec<String>,
+    /// Whether each `seq` was one event under a client id (records of the same id on
+    /// the topic are then resends, not duplicates).
+    pub client_ids: bool,
 }
 
 /// The shape of a load.
@@ -97,6 +107,9 @@ pub struct LoadSettings {
     pub pace: Option<Duration>,
     /// Whether a `seq` without a 2xx success is sent again (as a new attempt).
     pub resend: bool,
+    /// Whether each `seq` carries its own client `event_id` (a resend is then the same
+    /// event, not a new attempt).
+    pub client_ids: bool,
     /// Partitions of the raw topic, to count acknowledgements per partition.
     pub partitions: i32,
 }
@@ -120,6 +133,8 @@ pub struct Load {
     tally: Mutex<Tally>,
     pace: Option<Duration>,
     resend: bool,
+    /// With client ids: the high bits of every `seq`'s id, new per load.
+    client_ids: Option<u64>,
     partitions: i32,
 }
 
@@ -141,8 +156,15 @@ impl Load {
             tally: Mutex::new(Tally::default()),
             pace: settings.pace,
             resend: settings.resend,
+            client_ids: settings.client_ids.then(rand::random::<u64>),
             partitions: settings.partitions,
         })
+    }
+
+    /// The client id of `seq`, with client ids.
+    pub fn client_id(&self, seq: usize) -> Option<Uuid> {
+        self.client_ids
+            .map(|high| Uuid::from_u64_pair(high, seq as u64))
     }
 
     /// A worker's time between batches for `rate` events/s over all workers, from the
@@ -217,6 +239,7 @@ impl Load {
 
     /// The tally so far (the load is over).
     pub fn take_tally(&self) -> Tally {
+        self.tally.lock().expect("tally lock").client_ids = self.client_ids.is_some();
         std::mem::take(&mut *self.tally.lock().expect("tally lock"))
     }
 }
@@ -303,11 +326,33 @@ async fn send_batch(
     seqs: &[usize],
     attempt: u32,
 ) -> Vec<usize> {
+    // With client ids every attempt is the same event: attempt 0, the seq's own id.
+    let attempt = if load.client_ids.is_some() {
+        0
+    } else {
+        attempt
+    };
     let events: Vec<Event> = seqs
         .iter()
-        .map(|&seq| event_of(seq, attempt, load.now))
+        .map(|&seq| {
+            let mut event = event_of(seq, attempt, load.now);
+            if let Some(id) = load.client_id(seq) {
+                event.event_id = id;
+            }
+            event
+        })
         .collect();
-    let items: Vec<String> = events.iter().map(submission_json).collect();
+    let items: Vec<String> = events
+        .iter()
+        .map(|event| match load.client_ids {
+            Some(_) => submission_json(event).replacen(
+                '{',
+                &format!(r#"{{"event_id":"{}","#, event.event_id),
+                1,
+            ),
+            None => submission_json(event),
+        })
+        .collect();
     let body = format!("[{}]", items.join(","));
     let answer = match http
         .post(&load.url)
@@ -344,6 +389,12 @@ async fn send_batch(
         });
         match acked_id {
             Some(id) => {
+                if load.client_ids.is_some() && id != event.event_id {
+                    tally.wrong_ids.push(format!(
+                        "seq {seq} sent with id {} acknowledged as {id}",
+                        event.event_id
+                    ));
+                }
                 tally.acked.insert((seq, attempt), (id, window));
                 load.acked_seqs.fetch_add(1, Ordering::SeqCst);
                 let partition = gamestream::kafka::partition_for_key(
@@ -522,8 +573,12 @@ pub struct TopicCheck {
     /// Acknowledged attempts missing from the topic or there under another id, and
     /// records of no attempt the load made.
     pub against_tally: Vec<String>,
-    /// The event of each record whose tag the load sent, once per record.
+    /// The event of each record whose tag the load sent, once per record (once per
+    /// event id with client ids).
     pub landed: Vec<Event>,
+    /// With client ids: records beyond the first of an event id (resends that landed,
+    /// which the readers skip as duplicates).
+    pub resent_copies: usize,
     /// Every event id on the topic.
     pub ids: HashSet<Uuid>,
 }
@@ -552,9 +607,11 @@ pub async fn check_topic(config: &Config, tally: &Tally, now: DateTime<Utc>) -> 
             (Ok(uuid), Some(tag))
                 if tally.acked.contains_key(&tag) || tally.unacked.contains(&tag) =>
             {
-                ids.insert(uuid);
+                let first = ids.insert(uuid);
                 by_tag.entry(tag).or_default().push(uuid);
-                landed.push(event_of(tag.0, tag.1, now));
+                if first || !tally.client_ids {
+                    landed.push(event_of(tag.0, tag.1, now));
+                }
             }
             _ => against_tally.push(format!(
                 "record at {}:{} ({id}, tag {tag:?}) is no attempt of the load",
@@ -571,13 +628,24 @@ pub async fn check_topic(config: &Config, tally: &Tally, now: DateTime<Utc>) -> 
             None => against_tally.push(format!("acknowledged {tag:?} ({id}) is not on the topic")),
         }
     }
-    let duplicates = offsets
-        .into_iter()
-        .filter(|(_, at)| at.len() > 1)
-        .map(|(id, at)| format!("event {id} is in the topic {} times: {at:?}", at.len()))
-        .collect();
+    let repeated: Vec<(String, Vec<(i32, i64)>)> =
+        offsets.into_iter().filter(|(_, at)| at.len() > 1).collect();
+    let resent_copies = if tally.client_ids {
+        repeated.iter().map(|(_, at)| at.len() - 1).sum()
+    } else {
+        0
+    };
+    let duplicates = if tally.client_ids {
+        Vec::new()
+    } else {
+        repeated
+            .into_iter()
+            .map(|(id, at)| format!("event {id} is in the topic {} times: {at:?}", at.len()))
+            .collect()
+    };
     TopicCheck {
         records: records.len(),
+        resent_copies,
         duplicates,
         against_tally,
         landed,
