@@ -539,11 +539,17 @@ impl ReaderState {
                 }
             }
             let trace = traces::extract(&r.record.headers).map(|remote| {
+                let event_id = r
+                    .record
+                    .headers
+                    .get("event_id")
+                    .and_then(|id| std::str::from_utf8(id).ok());
                 Box::new(traces::consume(
                     remote,
                     &self.topic,
                     self.partition,
                     r.offset,
+                    event_id,
                 ))
             });
             let replay_for = r

@@ -306,7 +306,13 @@ impl SpanProcessor for BoundedProcessor {
 /// Records the consumption of one record under its producer's context; returns the
 /// context later spans link to. An unsampled remote context is passed on untouched
 /// (no span: the trace was sampled out at its start).
-pub fn consume(remote: SpanContext, topic: &str, partition: i32, offset: i64) -> SpanContext {
+pub fn consume(
+    remote: SpanContext,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    event_id: Option<&str>,
+) -> SpanContext {
     if !remote.is_sampled() {
         return remote;
     }
@@ -317,6 +323,7 @@ pub fn consume(remote: SpanContext, topic: &str, partition: i32, offset: i64) ->
         messaging.destination.name = topic,
         messaging.destination.partition.id = partition,
         messaging.kafka.offset = offset,
+        messaging.message.id = event_id,
     );
     if span
         .set_parent(Context::new().with_remote_span_context(remote.clone()))

@@ -252,6 +252,11 @@ impl KafkaProducer {
     pub async fn publish(&self, event: &Event) -> Result<i64> {
         let mut record = ProducerRecord::from_event(event);
         let span = self.produce_span(1);
+        // The event's id (the client's own, if it sent one) on its producer span.
+        span.record(
+            "messaging.message.id",
+            tracing::field::display(event.event_id),
+        );
         traces::inject(&span, &mut record.headers);
         self.send(record).instrument(span).await
     }
@@ -269,6 +274,7 @@ impl KafkaProducer {
             messaging.operation.type = "publish",
             messaging.destination.name = %self.shared.topic,
             messaging.batch.message_count = records,
+            messaging.message.id = tracing::field::Empty,
         )
     }
 
