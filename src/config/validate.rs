@@ -207,13 +207,6 @@ impl Config {
                 problems.push(format!("`{name}` must be longer than 0"));
             }
         }
-        if http.body_read_timeout >= http.request_timeout {
-            problems.push(format!(
-                "`http.body_read_timeout` ({:?}) must be shorter than `http.request_timeout` ({:?}): \
-                 a slow body is answered 408 before the request times out",
-                http.body_read_timeout, http.request_timeout
-            ));
-        }
         if http.body_budget_bytes < http.body_limit_bytes {
             problems.push(format!(
                 "`http.body_budget_bytes` ({}) must be at least `http.body_limit_bytes` ({}): \
@@ -377,7 +370,6 @@ mod http_tests {
             None,
             &[],
             &[
-                ("http.body_read_timeout", "\"20s\""),
                 ("http.body_budget_bytes", "10"),
                 ("http.max_header_bytes", "100"),
                 ("http.trusted_proxies", "[\"10.0.0.0/33\", \"nope\"]"),
@@ -387,7 +379,6 @@ mod http_tests {
         .expect_err("invalid");
         let text = err.to_string();
         for name in [
-            "`http.body_read_timeout`",
             "`http.body_budget_bytes`",
             "`http.max_header_bytes`",
             "10.0.0.0/33",

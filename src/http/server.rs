@@ -380,6 +380,25 @@ fn refuse(stream: TcpStream, refusing: &Arc<Semaphore>, retry_after: u64) {
     });
 }
 
+/// After an answer to a request that was not read whole (hyper refused its head): reads
+/// and drops what the client still sends, for up to [`REFUSAL_LINGER`] and 1 MiB, so
+/// that closing with unread bytes (a reset) does not destroy the answer in flight.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 8192];
+    let mut budget = 1usize << 20;
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        while budget > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
 /// A whole HTTP/1.1 answer with the JSON error body, closing the connection.
 fn canned(status: u16, reason: &str, message: &str, retry_after: Option<u64>) -> Vec<u8> {
     let body = serde_json::json!({"status": "error", "error": message}).to_string();
@@ -439,6 +458,10 @@ async fn connection<S>(
             result = Pin::new(&mut conn) => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, %peer, "http connection ended with an error");
+                }
+                let tracked = conn.into_parts().io.into_inner();
+                if tracked.replacement.is_some() {
+                    linger(tracked.stream).await;
                 }
                 return;
             }

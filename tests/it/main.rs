@@ -16,6 +16,7 @@ mod deploy_manifests;
 mod failover;
 mod foundation;
 mod fuzz_replay;
+mod http_edge;
 mod ingest;
 mod kafka_sasl;
 mod layering;
