@@ -456,8 +456,14 @@ async fn connection<S>(
         };
         tokio::select! {
             result = Pin::new(&mut conn) => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, %peer, "http connection ended with an error");
+                match result {
+                    Ok(()) => {}
+                    // A client closing mid-request (a load test stopping, a phone losing
+                    // its network) is not the server's error.
+                    Err(e) if e.is_incomplete_message() => {
+                        metrics::counter!("http_client_aborted_connections_total").increment(1);
+                    }
+                    Err(e) => tracing::debug!(error = %e, %peer, "http connection ended with an error"),
                 }
                 let tracked = conn.into_parts().io.into_inner();
                 if tracked.replacement.is_some() {
