@@ -38,6 +38,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
+#[cfg(test)]
+use warp::Filter;
 use warp::reply::Response;
 
 use crate::config::HttpConfig;
@@ -51,6 +53,8 @@ const ANSWER_GRACE: Duration = Duration::from_secs(1);
 const RESERVED_FDS: usize = 256;
 /// Refusals (503 past the cap) written at once; past it, a newcomer is closed unanswered.
 const MAX_REFUSING: usize = 256;
+/// Connections asked to make room and not yet closed, past which accepting waits.
+const MAX_EVICTING: usize = 64;
 /// How long a refused connection is given to read its 503.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
@@ -327,6 +331,13 @@ where
                 continue;
             }
         };
+        // Connections asked to make room close on their own tasks; a flood accepted
+        // faster than they run must not pile up descriptors meanwhile.
+        let mut waited = 0;
+        while registry.evicting.load(Ordering::Relaxed) >= MAX_EVICTING && waited < 1000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            waited += 1;
+        }
         let Some((id, entry)) = registry.admit(&limits) else {
             metrics::counter!("http_connections_refused_total").increment(1);
             refuse(stream, &refusing, limits.retry_after_seconds);
@@ -337,7 +348,7 @@ where
             registry: Arc::clone(&registry),
             id,
         };
-        tokio::spawn(connection(
+        let fut = connection(
             stream,
             peer,
             service.clone(),
@@ -345,7 +356,8 @@ where
             entry,
             shutdown.clone(),
             registered,
-        ));
+        );
+        tokio::spawn(fut);
     }
     drop(listener);
     registry.wait_empty().await;
@@ -414,6 +426,50 @@ fn canned(status: u16, reason: &str, message: &str, retry_after: Option<u64>) ->
 }
 
 async fn connection<S>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    limits: Arc<Limits>,
+    entry: Arc<Entry>,
+    shutdown: Shutdown,
+    registered: Registered,
+) where
+    S: tower_service::Service<
+            hyper::Request<Incoming>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static,
+{
+    // hyper's connection (buffers and all) is built once the first bytes arrive: a
+    // silent connection costs a socket and this small task, not a parser.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        // `peek`, not `readable`: readiness may be reported before any byte is there.
+        peeked = stream.peek(&mut first) => {
+            if !matches!(peeked, Ok(n) if n > 0) {
+                return;
+            }
+        }
+        () = tokio::time::sleep_until(entry.accepted + limits.header_read_timeout) => {
+            metrics::counter!("http_connections_closed_total", "reason" => Expiry::Silent.reason())
+                .increment(1);
+            return;
+        }
+        () = entry.evict.notified() => return,
+        () = shutdown.wait() => return,
+    }
+    // Boxed: the parser's state is large, and only connections that speak carry it.
+    Box::pin(speak(
+        stream, peer, service, limits, entry, shutdown, registered,
+    ))
+    .await;
+}
+
+/// Serves a connection whose first bytes have arrived.
+async fn speak<S>(
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
@@ -723,6 +779,42 @@ impl AsyncWrite for Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_silent_connection_holds_a_small_task() {
+        // What each connection costs before its first byte: the spawned future.
+        let limits = Arc::new(Limits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_header_bytes: 8192,
+            retry_after_seconds: 1,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let client = TcpStream::connect(listener.local_addr().expect("addr"));
+            let ((stream, peer), _client) =
+                tokio::join!(async { listener.accept().await.expect("accept") }, client);
+            let registry = Arc::new(Registry::default());
+            let (id, entry) = registry.admit(&limits).expect("room");
+            let service = warp::service(warp::any().map(warp::reply));
+            let future = connection(
+                stream,
+                peer,
+                service,
+                limits,
+                entry,
+                Shutdown::new(),
+                Registered { registry, id },
+            );
+            let size = std::mem::size_of_val(&future);
+            assert!(size < 4096, "{size} bytes");
+        });
+    }
 
     #[test]
     fn statuses_of_response_heads() {
