@@ -398,6 +398,36 @@ async fn requests_hyper_refuses_get_the_json_error() {
 }
 
 #[tokio::test]
+async fn pipelined_requests_are_answered_in_order_then_a_bad_head_gets_the_json_error() {
+    let env = ingest_env(&[]).await;
+    let server = TestServer::start(env.config.clone()).await;
+    let event = event_json("x", "p-pipelined", "{}");
+    let pipelined = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n\
+         POST {EVENTS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{event}\
+         GET /health HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        event.len()
+    );
+    let mut stream = connect(&server).await;
+    stream.write_all(pipelined.as_bytes()).await.expect("write");
+    let got = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let statuses: Vec<&str> = got
+        .text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &got.text[i + 9..i + 12])
+        .filter(|status| status.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(statuses, ["200", "200", "200", "400"], "{}", got.text);
+    let last = &got.text[got.text.rfind("HTTP/1.1 400").expect("the refusal")..];
+    assert_eq!(json_body(last)["status"], "error", "{last}");
+    assert!(got.closed);
+    assert_eq!(consume_all(&env.config).await.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn keys_guard_queries_and_failed_authentications_are_limited_per_client() {
     let env = ingest_env(&[
         ("http.api_keys", &format!("[\"{KEY}\"]")),
