@@ -83,7 +83,7 @@ pub struct HttpConfig {
     /// `Retry-After` sent with a 503 (broker slow, down or the in-flight bound reached).
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
-    /// Most open client connections. Past it, the connection idle the longest is closed
+    /// Most open client connections. Past it, the oldest connection with no request in progress is closed
     /// to make room; when every connection is in a request, newcomers get 503.
     pub max_connections: usize,
     /// Time from a connection's start (or the first byte of a later request) until the

@@ -3,8 +3,8 @@
 //! ```text
 //! accept ─► under http.max_connections? ──yes──► connection task
 //!              │ no                                 ├─ head within header_read_timeout
-//!              ├─ close the connection idle longest │   (from the start, or from the
-//!              │  (no request in progress) and      │   first byte of a later head;
+//!              ├─ close the oldest connection with  │   (from the start, or from the
+//!              │  no request in progress, and       │   first byte of a later head;
 //!              │  serve the newcomer                │   408 if a head had begun)
 //!              └─ none idle: 503 + Retry-After,     ├─ keep-alive idle ≤ idle_timeout
 //!                 close                             ├─ hyper's own refusals (bad head,
@@ -19,7 +19,9 @@
 //! their way). Requests in progress are bounded by the handlers' own timeouts
 //! (`http.body_read_timeout`, `http.request_timeout`).
 //!
-//! The client address reaches the routes as a [`Peer`] request extension.
+//! Until its first byte a connection is a socket and a small task; hyper's parser and
+//! buffers (~30 KB) exist only for connections that speak. The client address reaches
+//! the routes as a [`Peer`] request extension.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -223,7 +225,7 @@ impl Registry {
     }
 
     /// Registers a new connection if there is room, making room by closing the
-    /// connection idle the longest if needed. None: no room (every connection is busy).
+    /// oldest connection with no request in progress if needed. None: no room (every connection is busy).
     fn admit(&self, limits: &Limits) -> Option<(u64, Arc<Entry>)> {
         let mut map = self.map();
         let open = map
@@ -259,7 +261,7 @@ impl Registry {
         }
     }
 
-    /// Closes the connection idle the longest, if any (the open-file limit was hit).
+    /// Closes the oldest connection with no request in progress, if any (the open-file limit was hit).
     fn evict_one(&self) -> bool {
         let map = self.map();
         let now = Instant::now();

@@ -171,7 +171,7 @@ pub fn register_metrics() {
     );
     describe_counter!(
         "http_connections_closed_total",
-        "Connections the server closed: header_timeout, idle_timeout, or evicted (the longest idle, to make room at http.max_connections)."
+        "Connections the server closed: header_timeout, idle_timeout, or evicted (the oldest with no request in progress, to make room at http.max_connections)."
     );
     describe_counter!(
         "http_requests_refused_unparsed_total",
