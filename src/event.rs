@@ -103,8 +103,12 @@ pub enum EventError {
     NulInData,
     #[error("`{field}` must be an RFC 3339 time such as 2024-01-15T10:30:00Z, got {value:?}")]
     BadTime { field: &'static str, value: String },
-    #[error("`{field}` must fall within years 0000 to 9999 once converted to UTC, got {value:?}")]
+    #[error("`{field}` must fall within years 0001 to 9999 once converted to UTC, got {value:?}")]
     TimeOutOfRange { field: &'static str, value: String },
+    #[error(
+        "`data.score` of a player_score event must be between -{MAX_EXACT_SCORE} and {MAX_EXACT_SCORE} (2^53), got {0}"
+    )]
+    ScoreOutOfRange(i64),
     #[error("`event_id` must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e, got {0:?}")]
     BadEventId(String),
     #[error("duplicate key {0:?} in a JSON object: each key may appear once")]
@@ -126,6 +130,7 @@ impl EventError {
             EventError::ControlCharacter(_) => "control_character",
             EventError::NulInData => "nul_in_data",
             EventError::BadTime { .. } | EventError::TimeOutOfRange { .. } => "bad_timestamp",
+            EventError::ScoreOutOfRange(_) => "score_out_of_range",
             EventError::BadEventId(_) => "bad_event_id",
             EventError::DuplicateKey(_) => "duplicate_key",
         }
@@ -151,9 +156,11 @@ pub fn submission_from_value(value: &BorrowedValue<'_>) -> Result<Submission> {
             Some(Uuid::parse_str(raw).map_err(|_| EventError::BadEventId(truncate(raw, 40)))?)
         }
     };
+    let event_type = fields.id("event_type")?;
+    check_score(&event_type, score)?;
     Ok(Submission {
         event_id,
-        event_type: fields.id("event_type")?,
+        event_type,
         player_id: fields.id("player_id")?,
         game_id: fields.id("game_id")?,
         timestamp: fields.time("timestamp")?,
@@ -203,9 +210,11 @@ fn record_from_value(value: &BorrowedValue<'_>) -> Result<Event> {
     let raw_id = fields.string("event_id")?;
     let event_id =
         Uuid::parse_str(raw_id).map_err(|_| EventError::BadEventId(raw_id.to_owned()))?;
+    let event_type = fields.id("event_type")?;
+    check_score(&event_type, score)?;
     Ok(Event {
         event_id,
-        event_type: fields.id("event_type")?,
+        event_type,
         player_id: fields.id("player_id")?,
         game_id: fields.id("game_id")?,
         timestamp: fields.time("timestamp")?,
@@ -429,9 +438,11 @@ impl<'v, 'a> Fields<'v, 'a> {
         Ok(s.to_owned())
     }
 
-    /// An RFC 3339 time, in UTC. Its UTC form must itself be RFC 3339 (years 0000 to
-    /// 9999): `9999-12-31T23:59:59-01:00` is year 10000 in UTC, which the record could
-    /// not carry, so the reader would dead-letter what ingestion had accepted.
+    /// An RFC 3339 time, in UTC, in years 0001 to 9999 once converted. Its UTC form must
+    /// itself be RFC 3339: `9999-12-31T23:59:59-01:00` is year 10000 in UTC, which the
+    /// record could not carry. Year 0000 (`0001-01-01T00:00:00+01:00`) is refused too:
+    /// PostgreSQL has no year 0 (the events table would refuse it) and its ISO week key
+    /// would not be a four-digit year (`-001-W52`), so every store would disagree.
     fn time(&self, field: &'static str) -> Result<DateTime<Utc>> {
         let s = self.string(field)?;
         let t = DateTime::parse_from_rfc3339(s)
@@ -440,7 +451,7 @@ impl<'v, 'a> Fields<'v, 'a> {
                 field,
                 value: truncate(s, 64),
             })?;
-        if !(0..=9999).contains(&t.year()) {
+        if !(1..=9999).contains(&t.year()) {
             return Err(EventError::TimeOutOfRange {
                 field,
                 value: truncate(s, 64),
@@ -466,6 +477,23 @@ impl<'v, 'a> Fields<'v, 'a> {
                 got: type_name(other),
             }),
         }
+    }
+}
+
+/// The largest score magnitude every store holds exactly: 2^53. Redis keeps sorted-set
+/// scores as doubles, which hold every integer up to 2^53 and round beyond it, while
+/// PostgreSQL's BIGINT would keep them exact: past it the stores would disagree.
+pub const MAX_EXACT_SCORE: i64 = 1 << 53;
+
+/// Refuses a leaderboard score no store can hold exactly.
+fn check_score(event_type: &str, score: Score) -> Result<()> {
+    match score {
+        Score::Integer(s)
+            if event_type == SCORE_EVENT_TYPE && s.unsigned_abs() > MAX_EXACT_SCORE as u64 =>
+        {
+            Err(EventError::ScoreOutOfRange(s))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -740,6 +768,41 @@ mod tests {
         assert_eq!(t("10.5"), Score::NotAnInteger);
         assert_eq!(t("\"10\""), Score::NotAnInteger);
         assert_eq!(t("1e30"), Score::NotAnInteger);
+        assert_eq!(t("9007199254740992"), Score::Integer(MAX_EXACT_SCORE));
+        assert_eq!(t("-9007199254740992"), Score::Integer(-MAX_EXACT_SCORE));
+        let refused = |score: &str| {
+            sub(&format!(r#"{{"event_type":"player_score","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":{{"score":{score}}}}}"#)).expect_err("out of range")
+        };
+        assert_eq!(
+            refused("9007199254740993"),
+            EventError::ScoreOutOfRange(MAX_EXACT_SCORE + 1)
+        );
+        assert_eq!(refused("-9223372036854775808").kind(), "score_out_of_range");
+        // Another event type keeps any number in its data.
+        sub(r#"{"event_type":"x","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":{"score":9223372036854775807}}"#).expect("valid");
+    }
+
+    #[test]
+    fn timestamps_every_store_holds() {
+        let at = |timestamp: &str| {
+            sub(&format!(
+                r#"{{"event_type":"x","player_id":"p","game_id":"g","timestamp":"{timestamp}"}}"#
+            ))
+        };
+        at("0001-01-01T00:00:00Z").expect("the first instant of year 1");
+        at("9999-12-31T23:59:59.999999Z").expect("the last of year 9999");
+        at("0001-01-01T00:59:59-01:00").expect("year 1 in UTC");
+        for outside in [
+            "0001-01-01T00:00:00+01:00",
+            "0000-06-01T00:00:00Z",
+            "9999-12-31T23:59:59-01:00",
+        ] {
+            assert_eq!(
+                at(outside).expect_err(outside).kind(),
+                "bad_timestamp",
+                "{outside}"
+            );
+        }
     }
 
     #[test]

@@ -15,11 +15,14 @@
 //! and missing required value, so an operator fixes them in one go.
 
 mod layers;
+mod net;
 mod schema;
 mod validate;
 
 pub use layers::{ConfigError, Sources, load};
+pub use net::IpBlock;
 pub use schema::*;
+pub use validate::MIN_API_KEY_CHARS;
 
 /// The defaults, compiled in so that the binary runs without its source tree.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");

@@ -85,6 +85,32 @@ pub struct HttpConfig {
     /// `Retry-After` sent with a 503 (broker slow, down or the in-flight bound reached).
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Most open client connections. Past it, the oldest connection with no request in progress is closed
+    /// to make room; when every connection is in a request, newcomers get 503.
+    pub max_connections: usize,
+    /// Time from a connection's start (or the first byte of a later request) until the
+    /// whole request head must have arrived; then the connection is closed (408 when a
+    /// head had begun).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time to receive a whole request body once its head is read; then 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most bytes of request bodies buffered at once over all requests (inflated size
+    /// for compressed bodies); a body that would pass it gets 503 with `Retry-After`.
+    pub body_budget_bytes: u64,
+    /// Largest request head (request line and headers), bytes; larger gets 431 or 414.
+    pub max_header_bytes: usize,
+    /// Failed authentications (missing or wrong key) allowed per client address and
+    /// minute before the address gets 429 for every request; 0 = no limit.
+    pub auth_failures_per_minute: u32,
+    /// Peers (IP addresses or CIDR blocks) whose `Forwarded` / `X-Forwarded-For`
+    /// headers are believed for the client address; empty = the peer is the client.
+    #[serde(deserialize_with = "string_list")]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -528,8 +554,17 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     StringOrList::deserialize(d).map(StringOrList::into_vec)
 }
 
+/// API keys keep their blank entries (trimmed to ""), so that validation can refuse
+/// `GAMESTREAM_HTTP__API_KEYS=" , "` instead of silently starting an open server.
 fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
-    string_list(d).map(|v| v.into_iter().map(Secret).collect())
+    let items = match StringOrList::deserialize(d)? {
+        StringOrList::One(s) => s.split(',').map(str::to_owned).collect(),
+        StringOrList::Many(v) => v,
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| Secret(s.trim().to_owned()))
+        .collect())
 }
 
 #[cfg(test)]
@@ -543,17 +578,20 @@ mod tests {
             &[
                 ("DB_PASSWORD", "hunter2"),
                 ("KAFKA_PASSWORD", "s3cr3t"),
-                ("GAMESTREAM_HTTP__API_KEYS", "k1,k2"),
+                (
+                    "GAMESTREAM_HTTP__API_KEYS",
+                    "k1-0123456789abcdef,k2-0123456789abcdef",
+                ),
             ],
             &[],
         )
         .expect("valid");
         let debug = format!("{config:?}");
         assert!(
-            !debug.contains("hunter2") && !debug.contains("s3cr3t") && !debug.contains("k1"),
+            !debug.contains("hunter2") && !debug.contains("s3cr3t") && !debug.contains("k1-"),
             "{debug}"
         );
         assert_eq!(config.http.api_keys.len(), 2);
-        assert_eq!(config.http.api_keys[1].expose(), "k2");
+        assert_eq!(config.http.api_keys[1].expose(), "k2-0123456789abcdef");
     }
 }

@@ -180,6 +180,7 @@ impl Config {
         if self.group_offsets.interval < std::time::Duration::from_secs(1) {
             problems.push("`group_offsets.interval` must be at least 1s".to_owned());
         }
+        self.validate_http(&mut problems);
         if self.consumer.fetch_max_bytes < 1024 {
             problems.push("`consumer.fetch_max_bytes` must be at least 1024".to_owned());
         }
@@ -187,6 +188,67 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError { problems })
+        }
+    }
+}
+
+/// Shortest API key accepted, in characters.
+pub const MIN_API_KEY_CHARS: usize = 16;
+
+impl Config {
+    fn validate_http(&self, problems: &mut Vec<String>) {
+        let http = &self.http;
+        for (index, key) in http.api_keys.iter().enumerate() {
+            let chars = key.expose().chars().count();
+            if chars == 0 {
+                problems.push(format!(
+                    "`http.api_keys` (GAMESTREAM_HTTP__API_KEYS) has a blank key (entry {}): \
+                     list keys separated by commas, or leave the setting unset for an open server",
+                    index + 1
+                ));
+            } else if chars < MIN_API_KEY_CHARS {
+                problems.push(format!(
+                    "`http.api_keys` (GAMESTREAM_HTTP__API_KEYS): key {} has {chars} characters; \
+                     keys must have at least {MIN_API_KEY_CHARS}",
+                    index + 1
+                ));
+            }
+        }
+        for (name, value) in [
+            ("http.max_connections", http.max_connections as u64),
+            ("http.body_limit_bytes", http.body_limit_bytes),
+        ] {
+            if value == 0 {
+                problems.push(format!("`{name}` must be at least 1"));
+            }
+        }
+        for (name, value) in [
+            ("http.header_read_timeout", http.header_read_timeout),
+            ("http.idle_timeout", http.idle_timeout),
+            ("http.body_read_timeout", http.body_read_timeout),
+            ("http.request_timeout", http.request_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("`{name}` must be longer than 0"));
+            }
+        }
+        if http.body_budget_bytes < http.body_limit_bytes {
+            problems.push(format!(
+                "`http.body_budget_bytes` ({}) must be at least `http.body_limit_bytes` ({}): \
+                 a body of the largest size could never be accepted",
+                http.body_budget_bytes, http.body_limit_bytes
+            ));
+        }
+        if http.max_header_bytes < 8192 {
+            problems.push(format!(
+                "`http.max_header_bytes` must be at least 8192, got {}",
+                http.max_header_bytes
+            ));
+        }
+        for proxy in &http.trusted_proxies {
+            if let Err(e) = IpBlock::parse(proxy) {
+                problems.push(format!("`http.trusted_proxies`: {e}"));
+            }
         }
     }
 }
@@ -316,5 +378,76 @@ mod tests {
             ],
         )
         .expect("without idempotence the broker's five-batch memory does not bound it");
+    }
+}
+
+#[cfg(test)]
+mod http_tests {
+    use crate::config::test_support::load_with;
+
+    #[test]
+    fn api_keys_must_be_present_and_long_enough() {
+        for blank in [" , ", "", ",", "0123456789abcdef, "] {
+            let err = load_with(None, &[("GAMESTREAM_HTTP__API_KEYS", blank)], &[])
+                .expect_err("a blank key");
+            assert!(err.to_string().contains("blank key"), "{blank:?}: {err}");
+        }
+        let err =
+            load_with(None, &[("GAMESTREAM_HTTP__API_KEYS", "x")], &[]).expect_err("a short key");
+        assert!(err.to_string().contains("at least 16"), "{err}");
+        let config = load_with(
+            None,
+            &[(
+                "GAMESTREAM_HTTP__API_KEYS",
+                " 0123456789abcdef , fedcba9876543210",
+            )],
+            &[],
+        )
+        .expect("two long keys");
+        assert_eq!(config.http.api_keys.len(), 2);
+        assert_eq!(config.http.api_keys[0].expose(), "0123456789abcdef");
+        assert!(
+            load_with(None, &[], &[])
+                .expect("defaults")
+                .http
+                .api_keys
+                .is_empty(),
+            "the default stays open"
+        );
+    }
+
+    #[test]
+    fn http_edge_settings_are_checked() {
+        let err = load_with(
+            None,
+            &[],
+            &[
+                ("http.body_budget_bytes", "10"),
+                ("http.max_header_bytes", "100"),
+                ("http.trusted_proxies", "[\"10.0.0.0/33\", \"nope\"]"),
+                ("http.max_connections", "0"),
+            ],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for name in [
+            "`http.body_budget_bytes`",
+            "`http.max_header_bytes`",
+            "10.0.0.0/33",
+            "\"nope\"",
+            "`http.max_connections`",
+        ] {
+            assert!(text.contains(name), "{name}: {text}");
+        }
+        let config = load_with(
+            None,
+            &[(
+                "GAMESTREAM_HTTP__TRUSTED_PROXIES",
+                "10.0.0.0/8, 192.168.1.7,::1",
+            )],
+            &[],
+        )
+        .expect("valid proxies");
+        assert_eq!(config.http.trusted_proxies.len(), 3);
     }
 }

@@ -1,21 +1,23 @@
 //! Event ingestion: `POST /api/v1/events` and `POST /api/v1/events/batch`.
 //!
 //! ```text
-//! request ─► mode ingests? ─► API key, rate limit ─► Content-Type ─► body (≤ limit)
+//! request ─► mode ingests? ─► API key, rate limit ─► Content-Type (JSON, UTF-8),
+//!            Content-Encoding ─► body (≤ limit inflated, ≤ body_read_timeout, budget)
 //!         ─► simd-json + CONTRACT rules (event.rs) ─► event_id, ingested_at
 //!         ─► KafkaProducer (acks = all) ─► 200 {"status":"success","event_id":…}
 //! ```
 //!
 //! A 2xx is sent only after the broker acknowledged the write, and nothing that fails
 //! validation reaches the producer. The whole request, body read included, is bounded
-//! by `http.request_timeout`.
+//! by `http.request_timeout` (503); the body read alone by `http.body_read_timeout` (408).
 //!
 //! Metrics: `events_received_total` counts events in every body that was read (a body
 //! that is not even JSON counts as one), `events_published_total` those acknowledged by
 //! the broker and `events_failed_total{reason}` those refused (a validation rule, a
 //! malformed or oversized batch) or not acknowledged (overloaded, broker timeout or
 //! error; a request that timed out counts once, as `request_timeout`). Requests refused
-//! before their body is read (401, 413, 415, 429) show in
+//! before their body is read (401, 413, 415, 429, and 408 or 503 for a body too slow
+//! or past the body budget) show in
 //! `http_request_duration_seconds` by status, not here.
 
 use std::sync::Arc;
@@ -31,8 +33,9 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use super::HttpState;
-use super::body::{self, BodyError, RequestHead};
+use super::body::{self, BodyBudget, BodyError, BodyLimits, Encoding, RequestHead};
 use super::guard::{Guard, Refusal, retry_after_seconds};
+
 use super::rejection::error_reply;
 use crate::event::{self, BatchError, Event, EventError};
 use crate::kafka::{KafkaProducer, ProduceError, ProducerRecord};
@@ -40,12 +43,14 @@ use crate::kafka::{KafkaProducer, ProduceError, ProducerRecord};
 /// The ingest routes. In consume-only mode they exist and answer 503, saying so.
 pub fn routes(
     state: HttpState,
+    guard: Arc<Guard>,
+    client: warp::filters::BoxedFilter<(Option<std::net::IpAddr>,)>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
-    let ingest = Arc::new(Ingest::new(&state));
+    let ingest = Arc::new(Ingest::new(&state, guard));
     let single_ingest = Arc::clone(&ingest);
     let single = warp::path!("api" / "v1" / "events")
         .and(warp::post())
-        .and(body::head())
+        .and(body::head(client.clone()))
         .and(warp::body::stream())
         .then(move |head, body| {
             let ingest = Arc::clone(&single_ingest);
@@ -54,7 +59,7 @@ pub fn routes(
         });
     let batch = warp::path!("api" / "v1" / "events" / "batch")
         .and(warp::post())
-        .and(body::head())
+        .and(body::head(client))
         .and(warp::body::stream())
         .then(move |head, body| {
             let ingest = Arc::clone(&ingest);
@@ -102,8 +107,8 @@ async fn traced(span: &tracing::Span, handler: impl Future<Output = Response>) -
 struct Ingest {
     /// `None` in consume-only mode.
     producer: Option<KafkaProducer>,
-    guard: Guard,
-    body_limit: u64,
+    guard: Arc<Guard>,
+    body: BodyLimits,
     batch_limit: usize,
     request_timeout: Duration,
     /// `Retry-After` of a 503, seconds.
@@ -118,12 +123,16 @@ struct Ingest {
 type Answer<T> = Result<T, Box<Response>>;
 
 impl Ingest {
-    fn new(state: &HttpState) -> Self {
+    fn new(state: &HttpState, guard: Arc<Guard>) -> Self {
         let http = &state.config.http;
         Self {
             producer: state.producer.clone(),
-            guard: Guard::new(http),
-            body_limit: http.body_limit_bytes,
+            guard,
+            body: BodyLimits {
+                limit: http.body_limit_bytes,
+                timeout: http.body_read_timeout,
+                budget: BodyBudget::new(http.body_budget_bytes),
+            },
             batch_limit: http.batch_limit,
             request_timeout: http.request_timeout,
             retry_after: retry_after_seconds(http.retry_after),
@@ -152,11 +161,12 @@ impl Ingest {
         S: Stream<Item = Result<B, warp::Error>>,
         B: bytes::Buf,
     {
-        let producer = self.admit(&head)?;
-        let mut bytes = self.read(body, &head).await?;
+        let (producer, encoding) = self.admit(&head)?;
+        let mut body = self.read(body, &head, encoding).await?;
         self.received.increment(1);
         let submission =
-            event::parse_submission(&mut bytes).map_err(|e| Box::new(self.invalid(&e)))?;
+            event::parse_submission(&mut body.bytes).map_err(|e| Box::new(self.invalid(&e)))?;
+        drop(body);
         let event = submission.accept(Utc::now());
         match producer.publish(&event).await {
             Ok(_) => {
@@ -175,14 +185,14 @@ impl Ingest {
         S: Stream<Item = Result<B, warp::Error>>,
         B: bytes::Buf,
     {
-        let producer = self.admit(&head)?;
-        let mut bytes = self.read(body, &head).await?;
+        let (producer, encoding) = self.admit(&head)?;
+        let mut body = self.read(body, &head, encoding).await?;
         let Validated {
             mut results,
             events,
             positions,
-        } = self.validate_batch(&mut bytes)?;
-        drop(bytes);
+        } = self.validate_batch(&mut body.bytes)?;
+        drop(body);
         let records = events.iter().map(ProducerRecord::from_event).collect();
         let outcomes = producer.send_all(records).await;
         let server_errors = record_outcomes(&mut results, &events, &positions, outcomes);
@@ -236,8 +246,8 @@ impl Ingest {
         })
     }
 
-    /// The checks that need no body: mode, key, rate, media type.
-    fn admit(&self, head: &RequestHead) -> Answer<&KafkaProducer> {
+    /// The checks that need no body: mode, key, rate, media type, charset, encoding.
+    fn admit(&self, head: &RequestHead) -> Answer<(&KafkaProducer, Encoding)> {
         let Some(producer) = &self.producer else {
             return Err(Box::new(error_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -246,32 +256,61 @@ impl Ingest {
                 None,
             )));
         };
-        if let Err(refusal) = self.guard.check(head) {
+        if let Err(refusal) = self.guard.check(head.authorization.as_deref(), head.client) {
             return Err(Box::new(refused(&refusal)));
         }
-        if !head.content_type.is_some_and(|media| media.is_json) {
-            return Err(Box::new(error_reply(
+        let unsupported = |message: &str| {
+            Box::new(error_reply(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Content-Type must be application/json",
+                message,
                 None,
-            )));
+            ))
+        };
+        match head.content_type {
+            Some(media) if media.is_json && media.utf8 => {}
+            Some(media) if media.is_json => {
+                return Err(unsupported(
+                    "the body must be UTF-8: send Content-Type: application/json with no charset \
+                     or charset=utf-8",
+                ));
+            }
+            _ => return Err(unsupported("Content-Type must be application/json")),
         }
-        Ok(producer)
+        let encoding = Encoding::of(head.content_encoding.as_deref())
+            .map_err(|message| unsupported(&message))?;
+        Ok((producer, encoding))
     }
 
-    async fn read<S, B>(&self, body: S, head: &RequestHead) -> Answer<Vec<u8>>
+    async fn read<S, B>(
+        &self,
+        body: S,
+        head: &RequestHead,
+        encoding: Encoding,
+    ) -> Answer<body::Body>
     where
         S: Stream<Item = Result<B, warp::Error>>,
         B: bytes::Buf,
     {
-        body::read(body, head, self.body_limit).await.map_err(|e| {
-            Box::new(match e {
-                BodyError::TooLarge { .. } => {
-                    error_reply(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None)
-                }
-                BodyError::Read(_) => bad_request(&e.to_string()),
+        body::read(body, head, encoding, &self.body)
+            .await
+            .map_err(|e| {
+                let message = e.to_string();
+                Box::new(match e {
+                    BodyError::TooLarge { .. } | BodyError::InflatedTooLarge { .. } => {
+                        error_reply(StatusCode::PAYLOAD_TOO_LARGE, &message, None)
+                    }
+                    BodyError::Read(_) | BodyError::Corrupt(..) => bad_request(&message),
+                    BodyError::Timeout(_) => {
+                        let mut response = error_reply(StatusCode::REQUEST_TIMEOUT, &message, None);
+                        // The rest of the body is not read: the connection cannot be reused.
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        response
+                    }
+                    BodyError::Budget => self.unavailable(&message),
+                })
             })
-        })
     }
 
     fn invalid(&self, error: &EventError) -> Response {
@@ -438,21 +477,7 @@ fn bad_request(message: &str) -> Response {
 }
 
 fn refused(refusal: &Refusal) -> Response {
-    match refusal {
-        Refusal::MissingKey | Refusal::WrongKey => {
-            let mut response = error_reply(StatusCode::UNAUTHORIZED, &refusal.to_string(), None);
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"gamestream\""),
-            );
-            response
-        }
-        Refusal::RateLimited { retry_after } => error_reply(
-            StatusCode::TOO_MANY_REQUESTS,
-            &refusal.to_string(),
-            Some(retry_after_seconds(*retry_after)),
-        ),
-    }
+    refusal.reply()
 }
 
 fn failed(reason: &'static str, events: u64) {

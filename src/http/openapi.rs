@@ -11,17 +11,24 @@ use warp::Filter;
 use warp::http::{HeaderValue, header};
 use warp::reply::Response;
 
-/// The Swagger UI page; its scripts come from the public CDN, so the binary stays small.
+/// The Swagger UI page. Its script and stylesheet come from the public CDN (the binary
+/// stays small), pinned to one release and to the SHA-384 of its files (Subresource
+/// Integrity): a changed file on the CDN is refused by the browser, not run. To move to
+/// another release, take the hashes from its npm package:
+/// `npm pack swagger-ui-dist@X.Y.Z`, then
+/// `openssl dgst -sha384 -binary package/swagger-ui-bundle.js | openssl base64 -A`.
 const DOCS_HTML: &str = r##"<!doctype html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
   <title>gamestream API</title>
-  <link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css">
+  <link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5.35.0/swagger-ui.css"
+        integrity="sha384-WlYgdmXYOOBWL5apwjDEZwN+U3HmXSSu5R6V5aGxEcf7z+KuRNwBhoxKVN1i3D5I" crossorigin="anonymous">
 </head>
 <body>
   <div id="swagger-ui"></div>
-  <script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js" crossorigin></script>
+  <script src="https://unpkg.com/swagger-ui-dist@5.35.0/swagger-ui-bundle.js"
+          integrity="sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGEfScduGpSyF3ZSSLkX9" crossorigin="anonymous"></script>
   <script>
     window.onload = () => { window.ui = SwaggerUIBundle({ url: "/api/v1/openapi.json", dom_id: "#swagger-ui" }); };
   </script>
@@ -122,7 +129,7 @@ fn base_document() -> Value {
         },
         "components": {
             "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "Required only when the server has API keys configured (http.api_keys)."}
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "Required only when the server has API keys configured (http.api_keys): for ingestion and the player and leaderboard queries."}
             },
             "headers": {
                 "RetryAfter": {"description": "Seconds to wait before retrying", "schema": {"type": "integer", "minimum": 1}}
@@ -140,12 +147,14 @@ fn submit_one() -> Value {
         "security": [{}, {"apiKey": []}],
         "requestBody": {
             "required": true,
+            "description": "UTF-8 JSON; may be sent with Content-Encoding gzip or deflate (the limit applies to the inflated body).",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventSubmission"}}}
         },
         "responses": {
             "200": {"description": "Published and acknowledged by the broker", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Success"}}}},
             "400": {"$ref": "#/components/responses/BadRequest"},
             "401": {"$ref": "#/components/responses/Unauthorized"},
+            "408": {"$ref": "#/components/responses/RequestTimeout"},
             "413": {"$ref": "#/components/responses/TooLarge"},
             "415": {"$ref": "#/components/responses/UnsupportedMediaType"},
             "429": {"$ref": "#/components/responses/RateLimited"},
@@ -162,12 +171,14 @@ fn submit_batch() -> Value {
         "security": [{}, {"apiKey": []}],
         "requestBody": {
             "required": true,
+            "description": "UTF-8 JSON; may be sent with Content-Encoding gzip or deflate (the limit applies to the inflated body).",
             "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/EventSubmission"}}}}
         },
         "responses": {
             "200": {"description": "Every item was handled; see each result", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}}},
             "400": {"$ref": "#/components/responses/BadRequest"},
             "401": {"$ref": "#/components/responses/Unauthorized"},
+            "408": {"$ref": "#/components/responses/RequestTimeout"},
             "413": {"$ref": "#/components/responses/TooLarge"},
             "415": {"$ref": "#/components/responses/UnsupportedMediaType"},
             "429": {"$ref": "#/components/responses/RateLimited"},
@@ -195,8 +206,8 @@ fn schemas() -> Value {
                 "event_type": id("player_level_up, player_score, quest_completed, achievement_unlocked, boss_defeated, or any custom type"),
                 "player_id": id("The player; the Kafka key, so a player's events stay in order"),
                 "game_id": id("The game"),
-                "timestamp": {"type": "string", "format": "date-time", "description": "RFC 3339 event time, e.g. 2024-01-15T10:30:00Z"},
-                "data": {"type": "object", "additionalProperties": true, "default": {}, "description": "Free-form; for player_score, an integer `score` feeds the leaderboards"}
+                "timestamp": {"type": "string", "format": "date-time", "description": "RFC 3339 event time, e.g. 2024-01-15T10:30:00Z; within years 0001 to 9999 once converted to UTC"},
+                "data": {"type": "object", "additionalProperties": true, "default": {}, "description": "Free-form; for player_score, an integer `score` (from -2^53 to 2^53, which every store holds exactly) feeds the leaderboards"}
             },
             "example": {"event_type": "player_score", "player_id": "player-123", "game_id": "game-456", "timestamp": "2024-01-15T10:30:00Z", "data": {"score": 1200}}
         },
@@ -253,10 +264,11 @@ fn shared_responses() -> Value {
     let mut responses = json!({
         "BadRequest": error("Invalid event (the message names the field and the rule), malformed JSON (with the byte offset), a batch that is not an array or is over the limit"),
         "Unauthorized": error("API keys are configured and the request has none or a wrong one"),
-        "TooLarge": error("The body is over http.body_limit_bytes (default 1 MiB)"),
-        "UnsupportedMediaType": error("Content-Type is not application/json"),
-        "RateLimited": error("Over the per-client rate limit; retry after Retry-After seconds"),
-        "Unavailable": error("The broker did not acknowledge in time, the producer is at its in-flight bound, the request timed out, or this instance does not ingest (consume mode); retry after Retry-After seconds")
+        "TooLarge": error("The body, or a gzip/deflate body once inflated, is over http.body_limit_bytes (default 1 MiB)"),
+        "UnsupportedMediaType": error("Content-Type is not application/json, its charset is not UTF-8, or Content-Encoding is not gzip, deflate or identity"),
+        "RequestTimeout": error("The body did not arrive within http.body_read_timeout (default 8 s); the connection is closed"),
+        "RateLimited": error("Over the per-client rate limit, or too many failed authentications from this address (http.auth_failures_per_minute); retry after Retry-After seconds"),
+        "Unavailable": error("The broker did not acknowledge in time, the producer is at its in-flight bound, the server holds as many request bodies as http.body_budget_bytes allows, the request timed out, or this instance does not ingest (consume mode); retry after Retry-After seconds")
     });
     for name in ["RateLimited", "Unavailable"] {
         responses[name]["headers"] =
@@ -269,6 +281,22 @@ fn shared_responses() -> Value {
 mod tests {
     use super::*;
     use crate::http::observe::ROUTES;
+
+    #[test]
+    fn the_docs_page_pins_what_it_loads() {
+        // Every external script or stylesheet names an exact release and carries its
+        // SHA-384: nothing the CDN changes later runs in the page.
+        let tags: Vec<&str> = DOCS_HTML
+            .split('<')
+            .filter(|tag| tag.contains("https://"))
+            .collect();
+        assert_eq!(tags.len(), 2, "{DOCS_HTML}");
+        for tag in tags {
+            assert!(tag.contains("swagger-ui-dist@5.35.0/"), "{tag}");
+            assert!(tag.contains("integrity=\"sha384-"), "{tag}");
+            assert!(tag.contains("crossorigin=\"anonymous\""), "{tag}");
+        }
+    }
 
     #[test]
     fn every_route_is_documented() {

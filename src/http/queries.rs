@@ -66,19 +66,23 @@ pub struct Entry {
     pub score: i64,
 }
 
+/// The query routes, behind `guard` (API keys and rate limit, as ingestion).
 pub fn routes(
     state: HttpState,
+    guard: impl Filter<Extract = (), Error = warp::Rejection> + Clone + Send + Sync + 'static,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static
 {
     let stats_state = state.clone();
     let stats = warp::path!("api" / "v1" / "players" / String / "stats")
         .and(warp::get())
+        .and(guard.clone())
         .then(move |player_id: String| {
             let state = stats_state.clone();
             async move { respond(player_stats(&state, &player_id).await) }
         });
     let board = warp::path!("api" / "v1" / "leaderboards" / String)
         .and(warp::get())
+        .and(guard)
         .and(warp::query::<HashMap<String, String>>())
         .then(move |game_id: String, query: HashMap<String, String>| {
             let state = state.clone();

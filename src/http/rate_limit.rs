@@ -127,12 +127,18 @@ impl RateLimiter {
     /// A limiter of `per_second` requests per second with bursts of `burst`, or `None`
     /// when `per_second` is 0 (unlimited).
     pub fn new(per_second: u32, burst: u32, max_clients: usize) -> Option<Self> {
-        if per_second == 0 {
+        Self::with_rate(f64::from(per_second), burst, max_clients)
+    }
+
+    /// A limiter of `per_second` (which may be a fraction) requests per second, or
+    /// `None` when it is not above 0.
+    pub fn with_rate(per_second: f64, burst: u32, max_clients: usize) -> Option<Self> {
+        if per_second.is_nan() || per_second <= 0.0 {
             return None;
         }
         let burst = f64::from(burst.max(1));
         Some(Self {
-            rate: f64::from(per_second),
+            rate: per_second,
             burst,
             max_clients: max_clients.max(1),
             buckets: Mutex::new(Buckets {
@@ -168,6 +174,19 @@ impl RateLimiter {
         let decision = bucket.take(rate, burst, now);
         buckets.clients.insert(client, bucket);
         decision
+    }
+
+    /// Whether `client`'s bucket is empty at `now` (then how long until a token is
+    /// back), without taking a token. A client without a bucket is not blocked.
+    pub fn blocked(&self, client: ClientKey, now: Instant) -> Option<Duration> {
+        let (rate, burst) = (self.rate, self.burst);
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = buckets.clients.get_mut(&client)?;
+        bucket.refill(rate, burst, now);
+        (bucket.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
     }
 
     /// Buckets currently kept.

@@ -53,6 +53,9 @@ pub fn error_reply(
 
 /// Maps every rejection to a JSON answer; nothing reaches the client as a bare warp text.
 pub async fn recover(rejection: warp::Rejection) -> Result<warp::reply::Response, Infallible> {
+    if let Some(super::guard::Refused(refusal)) = rejection.find() {
+        return Ok(refusal.reply());
+    }
     let (status, message, retry_after) = if let Some(e) = rejection.find::<ApiError>() {
         (e.status, e.message.clone(), e.retry_after)
     } else if rejection.is_not_found() {

@@ -47,8 +47,7 @@ pub fn install(config: &TelemetryConfig, otel: Option<OtelLayer>) -> bool {
                         std::io::stderr().is_terminal(),
                         std::env::var_os("NO_COLOR"),
                     ))
-                    .with_filter(filter())
-                    .with_filter(ClientAborts),
+                    .with_filter(filter()),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -56,8 +55,7 @@ pub fn install(config: &TelemetryConfig, otel: Option<OtelLayer>) -> bool {
                 tracing_subscriber::fmt::layer()
                     .event_format(JsonLine)
                     .with_writer(std::io::stderr)
-                    .with_filter(filter())
-                    .with_filter(ClientAborts),
+                    .with_filter(filter()),
             )
             .try_init(),
     };
@@ -68,51 +66,6 @@ pub fn install(config: &TelemetryConfig, otel: Option<OtelLayer>) -> bool {
 /// set to anything non-empty (<https://no-color.org>).
 fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
-}
-
-/// Drops warp's `server connection error` events that only say a client closed its
-/// connection in the middle of a request (`IncompleteMessage`: a load test stopping, a
-/// phone losing its network), counting them in `http_client_aborted_connections_total`
-/// instead: they are not the server's errors. Every other connection error still logs.
-struct ClientAborts;
-
-impl<S> tracing_subscriber::layer::Filter<S> for ClientAborts {
-    fn enabled(
-        &self,
-        _meta: &tracing::Metadata<'_>,
-        _cx: &tracing_subscriber::layer::Context<'_, S>,
-    ) -> bool {
-        true
-    }
-
-    fn event_enabled(
-        &self,
-        event: &tracing::Event<'_>,
-        _cx: &tracing_subscriber::layer::Context<'_, S>,
-    ) -> bool {
-        if !is_client_abort(event) {
-            return true;
-        }
-        metrics::counter!("http_client_aborted_connections_total").increment(1);
-        false
-    }
-}
-
-fn is_client_abort(event: &tracing::Event<'_>) -> bool {
-    if !event.metadata().target().starts_with("warp::server") {
-        return false;
-    }
-    struct Message(bool);
-    impl tracing::field::Visit for Message {
-        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-            if field.name() == "message" {
-                self.0 = format!("{value:?}").contains("IncompleteMessage");
-            }
-        }
-    }
-    let mut message = Message(false);
-    event.record(&mut message);
-    message.0
 }
 
 /// One JSON object per event, with the OTel ids of the current span.

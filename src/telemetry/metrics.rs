@@ -29,6 +29,7 @@ const EVENT_ERROR_KINDS: &[&str] = &[
     "bad_timestamp",
     "bad_event_id",
     "duplicate_key",
+    "score_out_of_range",
 ];
 
 /// The other `reason` labels of `events_failed_total`: the request-level refusals of the
@@ -180,6 +181,35 @@ pub fn register_metrics() {
         .increment(0);
     metrics::counter!("gamestream_supervisor_escalations_total").increment(0);
     metrics::counter!("http_client_aborted_connections_total").increment(0);
+    describe_gauge!("http_connections_open", "Client connections open.");
+    describe_counter!(
+        "http_connections_refused_total",
+        "Connections answered 503 and closed at http.max_connections (every connection was in a request)."
+    );
+    describe_counter!(
+        "http_connections_closed_total",
+        "Connections the server closed: header_timeout, idle_timeout, or evicted (the oldest with no request in progress, to make room at http.max_connections)."
+    );
+    describe_counter!(
+        "http_requests_refused_unparsed_total",
+        "Requests whose head could not be parsed (400, 414, 431 before any route)."
+    );
+    describe_counter!(
+        "http_body_budget_refusals_total",
+        "Request bodies refused with 503 because http.body_budget_bytes was in use."
+    );
+    describe_counter!(
+        "http_auth_failures_total",
+        "Requests with a missing or wrong API key (401)."
+    );
+    metrics::gauge!("http_connections_open").set(0.0);
+    metrics::counter!("http_connections_refused_total").increment(0);
+    for reason in ["header_timeout", "idle_timeout", "evicted"] {
+        metrics::counter!("http_connections_closed_total", "reason" => reason).increment(0);
+    }
+    metrics::counter!("http_requests_refused_unparsed_total").increment(0);
+    metrics::counter!("http_body_budget_refusals_total").increment(0);
+    metrics::counter!("http_auth_failures_total").increment(0);
     for sink in catalogue::names() {
         metrics::counter!("gamestream_sink_records_total", "sink" => sink).increment(0);
         metrics::counter!("gamestream_sink_write_errors_total", "sink" => sink, "kind" => "transient")

@@ -266,7 +266,7 @@ fn matrix() -> Vec<Case> {
             with("timestamp", Some(r#""9999-12-31T23:59:59-01:00""#)),
             400,
             Some(
-                "`timestamp` must fall within years 0000 to 9999 once converted to UTC, got \"9999-12-31T23:59:59-01:00\"",
+                "`timestamp` must fall within years 0001 to 9999 once converted to UTC, got \"9999-12-31T23:59:59-01:00\"",
             ),
         ),
         case(

@@ -322,7 +322,11 @@ async fn every_bad_request_gets_its_status_and_a_clear_error_and_nothing_reaches
 
 #[tokio::test]
 async fn api_keys_guard_ingest_but_not_probes() {
-    let env = ingest_env(&[("http.api_keys", r#"["k1", "k2"]"#)]).await;
+    let env = ingest_env(&[(
+        "http.api_keys",
+        r#"["key-one-0123456789", "key-two-0123456789"]"#,
+    )])
+    .await;
     let server = TestServer::start(env.config.clone()).await;
     let good = event_json("x", "p", "{}");
     let post = |key: Option<&str>, path: &'static str, body: String| {
@@ -348,17 +352,24 @@ async fn api_keys_guard_ingest_but_not_probes() {
             .header("www-authenticate")
             .is_some_and(|v| v.starts_with("Bearer"))
     );
-    let answer = post(Some("Bearer k3"), EVENTS, good.clone()).await;
+    let answer = post(Some("Bearer key-three-0123456789"), EVENTS, good.clone()).await;
     assert_eq!(answer.status, 401, "{}", answer.text);
     assert_eq!(answer.error(), "the API key is not valid");
     let answer = post(Some("Basic azE6"), BATCH, format!("[{good}]")).await;
     assert_eq!(answer.status, 401, "{}", answer.text);
 
     assert_eq!(
-        post(Some("Bearer k2"), EVENTS, good.clone()).await.status,
+        post(Some("Bearer key-two-0123456789"), EVENTS, good.clone())
+            .await
+            .status,
         200
     );
-    let answer = post(Some("Bearer k1"), BATCH, format!("[{good}]")).await;
+    let answer = post(
+        Some("Bearer key-one-0123456789"),
+        BATCH,
+        format!("[{good}]"),
+    )
+    .await;
     assert_eq!(
         (answer.status, answer.json()["accepted"].as_u64()),
         (200, Some(1)),
@@ -412,7 +423,10 @@ async fn rate_limit_answers_429_with_retry_after_per_client_and_spares_probes() 
 #[tokio::test]
 async fn rate_limit_is_per_api_key() {
     let env = ingest_env(&[
-        ("http.api_keys", r#"["k1", "k2"]"#),
+        (
+            "http.api_keys",
+            r#"["key-one-0123456789", "key-two-0123456789"]"#,
+        ),
         ("http.rate_limit_per_second", "1"),
         ("http.rate_limit_burst", "1"),
     ])
@@ -429,9 +443,13 @@ async fn rate_limit_is_per_api_key() {
                 .body(good.clone()),
         )
     };
-    assert_eq!(post("k1").await.status, 200);
-    assert_eq!(post("k1").await.status, 429);
-    assert_eq!(post("k2").await.status, 200, "k2 has its own bucket");
+    assert_eq!(post("key-one-0123456789").await.status, 200);
+    assert_eq!(post("key-one-0123456789").await.status, 429);
+    assert_eq!(
+        post("key-two-0123456789").await.status,
+        200,
+        "k2 has its own bucket"
+    );
     server.stop().await;
 }
 

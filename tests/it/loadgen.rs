@@ -107,8 +107,11 @@ async fn loadgen_batches_and_paces() {
 
 #[tokio::test]
 async fn loadgen_exits_1_when_requests_fail() {
-    let env =
-        TestEnv::with_overrides(&[("mode", "\"ingest\""), ("http.api_keys", r#"["right"]"#)]).await;
+    let env = TestEnv::with_overrides(&[
+        ("mode", "\"ingest\""),
+        ("http.api_keys", r#"["right-key-0123456789"]"#),
+    ])
+    .await;
     let server = TestServer::start(env.config.clone()).await;
     let url = format!("http://{}", server.addr);
     let (code, output) = loadgen(

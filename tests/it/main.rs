@@ -18,6 +18,7 @@ mod failover;
 mod foundation;
 mod fuzz_replay;
 mod group_offsets;
+mod http_edge;
 mod ingest;
 mod kafka_client;
 mod kafka_sasl;
