@@ -317,7 +317,12 @@ async fn measure(
     })
 }
 
+/// The time the generated events start from, fixed once per run.
+static BENCH_BASE_TIME: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> =
+    std::sync::OnceLock::new();
+
 /// A realistic mix: 30% scores, many players and games, small `data` objects.
+
 pub fn bench_event(i: usize, players: usize, games: usize) -> Event {
     // A cheap deterministic scramble so players and games do not advance in lockstep.
     let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -342,8 +347,15 @@ pub fn bench_event(i: usize, players: usize, games: usize) -> Event {
             Score::Absent,
         )
     };
-    let base =
-        chrono::DateTime::<chrono::Utc>::from_timestamp(1_763_800_000, 0).unwrap_or_default();
+    let base = *BENCH_BASE_TIME.get_or_init(|| {
+        // Recent enough that no retention (7 days on the raw topic) deletes the records
+        // while they are consumed: the start of the hour two hours ago, so 1M events
+        // (7 ms apart) end before now. A fixed date from the past did get deleted by
+        // Apache Kafka mid-run.
+        let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+        let hour = two_hours_ago.timestamp() - two_hours_ago.timestamp().rem_euclid(3600);
+        chrono::DateTime::<chrono::Utc>::from_timestamp(hour, 0).unwrap_or(two_hours_ago)
+    });
     Event {
         event_id: uuid::Uuid::new_v4(),
         event_type,
