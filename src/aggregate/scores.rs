@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::event::{Event, Score};
+use crate::event::{Event, MAX_EXACT_SCORE, Score};
 
 use super::period::{Period, PeriodKey};
 
@@ -28,16 +28,21 @@ pub struct ScoreDelta<'a> {
     events: usize,
 }
 
-/// A sum that does not fit the BIGINT `score` column.
+/// A batch's sum for one cell beyond ±[`MAX_EXACT_SCORE`]: no store may hold it (Redis
+/// would round it), so neither does.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the score sum of player {player_id:?} in game {game_id:?} ({key}) overflows a 64-bit integer"
+    "the score sum of player {player_id:?} in game {game_id:?} ({key}) would leave ±{MAX_EXACT_SCORE} (2^53 - 1), the largest score every store holds exactly"
 )]
 pub struct ScoreOverflow {
     pub game_id: String,
     pub player_id: String,
     pub key: String,
 }
+
+/// What both leaderboard stores say when an increment would take a stored score past
+/// ±[`MAX_EXACT_SCORE`] (Postgres: a CHECK constraint; Redis: the batch script).
+pub const SCORE_BOUND_REFUSAL: &str = "a leaderboard score must stay within ±9007199254740991 (2^53 - 1), the largest score every store holds exactly";
 
 /// One row of `leaderboard_scores`, as the rebuild reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +71,9 @@ pub fn score_of(event: &Event) -> Option<i64> {
 }
 
 impl<'a> ScoreDelta<'a> {
-    /// Sums the scores of `events` per cell. Fails only if a sum leaves the i64 range.
+    /// Sums the scores of `events` per cell. Fails if a cell's sum (what the batch adds
+    /// to it) leaves ±[`MAX_EXACT_SCORE`]; whether the stored score plus that sum stays
+    /// within it is the stores' check (a CHECK constraint, the Redis script).
     pub fn of(events: impl IntoIterator<Item = &'a Event>) -> Result<Self, ScoreOverflow> {
         let mut delta = Self::default();
         for event in events {
@@ -81,11 +88,14 @@ impl<'a> ScoreDelta<'a> {
                     player_id: &event.player_id,
                 };
                 let sum = delta.cells.entry(cell).or_default();
-                *sum = sum.checked_add(score).ok_or_else(|| ScoreOverflow {
-                    game_id: event.game_id.clone(),
-                    player_id: event.player_id.clone(),
-                    key: cell.key.to_string(),
-                })?;
+                *sum = sum
+                    .checked_add(score)
+                    .filter(|s| s.unsigned_abs() <= MAX_EXACT_SCORE as u64)
+                    .ok_or_else(|| ScoreOverflow {
+                        game_id: event.game_id.clone(),
+                        player_id: event.player_id.clone(),
+                        key: cell.key.to_string(),
+                    })?;
             }
         }
         Ok(delta)
@@ -190,6 +200,58 @@ mod tests {
         ];
         let err = ScoreDelta::of(&events).expect_err("overflows");
         assert_eq!(err.player_id, "p");
+    }
+
+    #[test]
+    fn a_sum_past_the_exact_bound_is_an_error() {
+        let max = Score::Integer(MAX_EXACT_SCORE);
+        // At the bound exactly: fine, in every cell.
+        let at_bound = [
+            score_event(
+                "p",
+                "g",
+                "2026-11-22T00:00:00Z",
+                Score::Integer(MAX_EXACT_SCORE - 1),
+            ),
+            score_event("p", "g", "2026-11-22T00:00:01Z", Score::Integer(1)),
+        ];
+        let delta = ScoreDelta::of(&at_bound).expect("at the bound");
+        assert!(delta.iter().all(|(_, sum)| sum == MAX_EXACT_SCORE));
+        // One past it, either way: refused, naming the cell and the bound.
+        for (first, second) in [
+            (max, Score::Integer(1)),
+            (Score::Integer(-MAX_EXACT_SCORE), Score::Integer(-1)),
+        ] {
+            let events = [
+                score_event("p", "g", "2026-11-22T00:00:00Z", first),
+                score_event("p", "g", "2026-11-22T00:00:01Z", second),
+            ];
+            let err = ScoreDelta::of(&events).expect_err("past the bound");
+            assert_eq!((err.game_id.as_str(), err.player_id.as_str()), ("g", "p"));
+            assert_eq!(err.key, "2026-11-22", "the first cell summed: the day");
+            assert!(err.to_string().contains("9007199254740991"), "{err}");
+        }
+        // Sums of different cells are separate: two players at the bound each.
+        let two = [
+            score_event("a", "g", "2026-11-22T00:00:00Z", max),
+            score_event("b", "g", "2026-11-22T00:00:00Z", max),
+            score_event("a", "h", "2026-11-22T00:00:00Z", max),
+        ];
+        assert_eq!(ScoreDelta::of(&two).expect("separate cells").len(), 9);
+        // A day past the bound while the week and all time are not (a negative score
+        // on another day of the week): refused too.
+        let day = [
+            score_event("p", "g", "2026-11-23T00:00:00Z", Score::Integer(-5)),
+            score_event("p", "g", "2026-11-24T00:00:00Z", max),
+            score_event("p", "g", "2026-11-24T00:00:01Z", Score::Integer(1)),
+        ];
+        let err = ScoreDelta::of(&day).expect_err("the day's sum");
+        assert_eq!(err.key, "2026-11-24");
+    }
+
+    #[test]
+    fn the_refusal_names_the_bound() {
+        assert!(SCORE_BOUND_REFUSAL.contains(&MAX_EXACT_SCORE.to_string()));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::offsets;
 use crate::aggregate::period::ALLTIME_KEY;
-use crate::aggregate::scores::{Ranked, ScoreRow};
+use crate::aggregate::scores::{Ranked, SCORE_BOUND_REFUSAL, ScoreRow};
 use crate::aggregate::{Period, PeriodKey, ScoreDelta};
 use crate::sinks::{OffsetCommit, SinkError};
 
@@ -30,13 +30,26 @@ pub async fn write(
 ) -> Result<(), SinkError> {
     let mut tx = pool.begin().await?;
     if !delta.is_empty() {
-        upsert(&mut tx, delta).await?;
+        upsert(&mut tx, delta).await.map_err(|e| match &e {
+            // Permanent either way (SQLSTATE 23514); this says which rule, in the words
+            // the Redis sink uses for the same refusal.
+            sqlx::Error::Database(db) if db.constraint() == Some(SCORE_BOUND_CONSTRAINT) => {
+                SinkError::permanent(format!(
+                    "{SCORE_BOUND_REFUSAL} (check constraint {SCORE_BOUND_CONSTRAINT})"
+                ))
+            }
+            _ => SinkError::from(e),
+        })?;
     }
     // A failed commit drops the transaction, which rolls the whole batch back.
     offsets::commit(&mut tx, sink, topic, commits).await?;
     tx.commit().await?;
     Ok(())
 }
+
+/// The CHECK constraint holding `leaderboard_scores.score` within ±(2^53 - 1) (migration
+/// 20261202000001).
+pub const SCORE_BOUND_CONSTRAINT: &str = "leaderboard_scores_score_exact";
 
 /// One statement for the batch; cells are unique and ordered in `delta`.
 async fn upsert(conn: &mut PgConnection, delta: &ScoreDelta<'_>) -> Result<(), sqlx::Error> {

@@ -26,7 +26,7 @@ use redis::aio::ConnectionLike;
 
 use super::keys::RedisKeys;
 use super::offsets::{ScriptStatus, commit_args, offsets_lua};
-use crate::aggregate::scores::{Ranked, ScoreCell, ScoreRow};
+use crate::aggregate::scores::{Ranked, SCORE_BOUND_REFUSAL, ScoreCell, ScoreRow};
 use crate::aggregate::{Period, PeriodKey, ScoreDelta};
 use crate::sinks::{OffsetCommit, SinkError};
 
@@ -62,6 +62,25 @@ for _ = 1, rollovers do
   k = k + 3
   j = j + 2
 end
+-- Every new score within ±(2^53 - 1), checked before the first increment (a script is
+-- not rolled back). Exact: both terms are integers below 2^53 in magnitude, and a double
+-- sum rounds monotonically, so a sum that reaches 2^53 never rounds below it.
+local first_group = k
+j = groups_at + 1
+for _ = 1, groups do
+  local key = KEYS[k]
+  local members = tonumber(ARGV[j + 1])
+  j = j + 2
+  for _ = 1, members do
+    local new = tonumber(redis.call('ZSCORE', key, ARGV[j]) or '0') + tonumber(ARGV[j + 1])
+    if new >= 9007199254740992 or new <= -9007199254740992 then
+      return redis.error_reply('SCORE_BOUND ' .. key .. ' member ' .. ARGV[j] .. ': adding ' .. ARGV[j + 1] .. ' would make it ' .. string.format('%.0f', new))
+    end
+    j = j + 2
+  end
+  k = k + 1
+end
+k = first_group
 j = groups_at + 1
 for _ = 1, groups do
   local key = KEYS[k]
@@ -229,9 +248,22 @@ pub async fn write(
     for arg in &args.args {
         invocation.arg(arg);
     }
-    let reply: String = invocation.invoke_async(conn).await?;
+    let reply: String = match invocation.invoke_async(conn).await {
+        Ok(reply) => reply,
+        Err(e) if e.code() == Some(SCORE_BOUND) => {
+            return Err(SinkError::permanent(format!(
+                "{}: {SCORE_BOUND_REFUSAL}",
+                e.detail().unwrap_or("a leaderboard score")
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     ScriptStatus::parse(&reply)?.into_result(sink)
 }
+
+/// The error code of the script's refusal of a score past ±(2^53 - 1): nothing was
+/// written, and the batch holds a record that Postgres refuses too.
+const SCORE_BOUND: &str = "SCORE_BOUND";
 
 /// Rebuild: the commands that put one stored score into its boards. Returns the keys
 /// that need an expiry (dated and undated), with it, so the caller sets each once.
