@@ -23,9 +23,31 @@ pub struct ScoreCell<'a> {
 /// are locked in, the same for every writer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScoreDelta<'a> {
-    cells: BTreeMap<ScoreCell<'a>, i64>,
+    cells: BTreeMap<ScoreCell<'a>, CellSum>,
     /// Score events summed (for metrics).
     events: usize,
+}
+
+/// What a batch adds to one cell: the sum, and the range its running sum went through
+/// (including 0, before the first event). A store refuses the batch when the stored score
+/// plus `high` or `low` leaves the bound, not only the stored score plus `sum`: so a batch
+/// is accepted exactly when each of its records would be, one at a time, and whether a
+/// record is dead-lettered does not depend on how the two stores' sinks batched it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CellSum {
+    pub sum: i64,
+    /// The highest running sum, at least 0.
+    pub high: i64,
+    /// The lowest running sum, at most 0.
+    pub low: i64,
+}
+
+impl CellSum {
+    /// Whether the range adds nothing to a check of the final score (the stored score
+    /// and the stored score plus `sum` are the extremes): scores of one sign.
+    pub fn monotonic(&self) -> bool {
+        self.high == self.sum.max(0) && self.low == self.sum.min(0)
+    }
 }
 
 /// A batch's sum for one cell beyond ±[`MAX_EXACT_SCORE`]: no store may hold it (Redis
@@ -87,8 +109,9 @@ impl<'a> ScoreDelta<'a> {
                     key: PeriodKey::of(period, event.timestamp),
                     player_id: &event.player_id,
                 };
-                let sum = delta.cells.entry(cell).or_default();
-                *sum = sum
+                let cell_sum = delta.cells.entry(cell).or_default();
+                cell_sum.sum = cell_sum
+                    .sum
                     .checked_add(score)
                     .filter(|s| s.unsigned_abs() <= MAX_EXACT_SCORE as u64)
                     .ok_or_else(|| ScoreOverflow {
@@ -96,6 +119,8 @@ impl<'a> ScoreDelta<'a> {
                         player_id: event.player_id.clone(),
                         key: cell.key.to_string(),
                     })?;
+                cell_sum.high = cell_sum.high.max(cell_sum.sum);
+                cell_sum.low = cell_sum.low.min(cell_sum.sum);
             }
         }
         Ok(delta)
@@ -117,7 +142,18 @@ impl<'a> ScoreDelta<'a> {
 
     /// Each cell and what it gains.
     pub fn iter(&self) -> impl Iterator<Item = (ScoreCell<'a>, i64)> + '_ {
+        self.cells.iter().map(|(cell, sum)| (*cell, sum.sum))
+    }
+
+    /// Each cell, what it gains, and the range of its running sum.
+    pub fn sums(&self) -> impl Iterator<Item = (ScoreCell<'a>, CellSum)> + '_ {
         self.cells.iter().map(|(cell, sum)| (*cell, *sum))
+    }
+
+    /// Whether every cell's running sum only grows or only shrinks (then a check of the
+    /// final scores is a check of every record's).
+    pub fn monotonic(&self) -> bool {
+        self.cells.values().all(CellSum::monotonic)
     }
 
     /// The games touched (their `leaderboards` top-N rows need a refresh).
@@ -247,6 +283,45 @@ mod tests {
         ];
         let err = ScoreDelta::of(&day).expect_err("the day's sum");
         assert_eq!(err.key, "2026-11-24");
+    }
+
+    #[test]
+    fn running_sums_keep_their_range() {
+        let events = [
+            score_event("p", "g", "2026-11-22T00:00:00Z", Score::Integer(5)),
+            score_event("p", "g", "2026-11-22T00:00:01Z", Score::Integer(-8)),
+            score_event("p", "g", "2026-11-22T00:00:02Z", Score::Integer(4)),
+            score_event("q", "g", "2026-11-22T00:00:00Z", Score::Integer(2)),
+            score_event("q", "g", "2026-11-22T00:00:01Z", Score::Integer(3)),
+        ];
+        let delta = ScoreDelta::of(&events).expect("small");
+        let of = |player: &str| {
+            delta
+                .sums()
+                .find(|(c, _)| c.player_id == player && c.key == PeriodKey::AllTime)
+                .expect("cell")
+                .1
+        };
+        assert_eq!(
+            of("p"),
+            CellSum {
+                sum: 1,
+                high: 5,
+                low: -3
+            }
+        );
+        assert!(!of("p").monotonic());
+        assert_eq!(
+            of("q"),
+            CellSum {
+                sum: 5,
+                high: 5,
+                low: 0
+            }
+        );
+        assert!(of("q").monotonic());
+        assert!(!delta.monotonic());
+        assert!(ScoreDelta::of(&events[3..]).expect("small").monotonic());
     }
 
     #[test]

@@ -27,13 +27,13 @@ use redis::aio::ConnectionLike;
 use super::keys::RedisKeys;
 use super::offsets::{ScriptStatus, commit_args, offsets_lua};
 use crate::aggregate::scores::{Ranked, SCORE_BOUND_REFUSAL, ScoreCell, ScoreRow};
-use crate::aggregate::{Period, PeriodKey, ScoreDelta};
+use crate::aggregate::{CellSum, Period, PeriodKey, ScoreDelta};
 use crate::sinks::{OffsetCommit, SinkError};
 
 /// KEYS: offsets hash; then (undated, dated, period marker) per rollover; then one key
 /// per group. ARGV after the commits: rollover count, then (period label, expire-at
 /// seconds) per rollover; group count, then per group: expire-at (0: none), member
-/// count, then (member, increment) per member.
+/// count, then (member, increment, highest and lowest running sum) per member.
 const SCRIPT: &str = concat!(
     offsets_lua!(),
     r#"
@@ -72,11 +72,14 @@ for _ = 1, groups do
   local members = tonumber(ARGV[j + 1])
   j = j + 2
   for _ = 1, members do
-    local new = tonumber(redis.call('ZSCORE', key, ARGV[j]) or '0') + tonumber(ARGV[j + 1])
-    if new >= 9007199254740992 or new <= -9007199254740992 then
-      return redis.error_reply('SCORE_BOUND ' .. key .. ' member ' .. ARGV[j] .. ': adding ' .. ARGV[j + 1] .. ' would make it ' .. string.format('%.0f', new))
+    local current = tonumber(redis.call('ZSCORE', key, ARGV[j]) or '0')
+    local high, low = current + tonumber(ARGV[j + 2]), current + tonumber(ARGV[j + 3])
+    if high >= 9007199254740992 or low <= -9007199254740992 then
+      local reached = high
+      if low <= -9007199254740992 then reached = low end
+      return redis.error_reply('SCORE_BOUND ' .. key .. ' member ' .. ARGV[j] .. ': adding the batch would take its score to ' .. string.format('%.0f', reached))
     end
-    j = j + 2
+    j = j + 4
   end
   k = k + 1
 end
@@ -89,7 +92,7 @@ for _ = 1, groups do
   j = j + 2
   for _ = 1, members do
     redis.call('ZINCRBY', key, ARGV[j + 1], ARGV[j])
-    j = j + 2
+    j = j + 4
   end
   if expire_at > 0 then redis.call('EXPIREAT', key, expire_at) end
   k = k + 1
@@ -119,7 +122,7 @@ struct Rollover {
 struct Group<'a> {
     /// Unix seconds at which the key expires; 0 for never.
     expire_at: i64,
-    members: Vec<(&'a str, i64)>,
+    members: Vec<(&'a str, CellSum)>,
 }
 
 /// What one batch does to the sorted sets, before it becomes script arguments.
@@ -143,7 +146,7 @@ pub fn plan<'a>(
     ttl: Duration,
 ) -> Plan<'a> {
     let mut plan = Plan::default();
-    for (cell, sum) in delta.iter() {
+    for (cell, sum) in delta.sums() {
         plan.add(keys, cell, sum, now, ttl);
     }
     plan
@@ -154,7 +157,7 @@ impl<'a> Plan<'a> {
         &mut self,
         keys: &RedisKeys,
         cell: ScoreCell<'a>,
-        sum: i64,
+        sum: CellSum,
         now: DateTime<Utc>,
         ttl: Duration,
     ) {
@@ -196,7 +199,7 @@ impl<'a> Plan<'a> {
         self.push(undated, end.timestamp(), cell.player_id, sum);
     }
 
-    fn push(&mut self, key: String, expire_at: i64, member: &'a str, sum: i64) {
+    fn push(&mut self, key: String, expire_at: i64, member: &'a str, sum: CellSum) {
         let group = self.groups.entry(key).or_default();
         group.expire_at = expire_at;
         group.members.push((member, sum));
@@ -227,7 +230,9 @@ impl<'a> Plan<'a> {
             args.push(group.members.len().to_string());
             for (member, sum) in &group.members {
                 args.push((*member).to_owned());
-                args.push(sum.to_string());
+                args.push(sum.sum.to_string());
+                args.push(sum.high.to_string());
+                args.push(sum.low.to_string());
             }
         }
         super::stats::ScriptArgs { keys, args }
@@ -405,42 +410,66 @@ mod tests {
             "3",
             "a",
             "6",
+            "6",
+            "0",
             "b",
             "7",
+            "7",
+            "0",
             "c",
-            "2", // alltime
+            "2",
+            "2",
+            "0", // alltime
             &day_end,
             "1",
             "a",
-            "5", // daily (current)
+            "5",
+            "5",
+            "0", // daily (current)
             &ttl_after("2026-12-21T00:00:00Z"),
             "1",
             "a",
-            "1", // daily:2026-12-20
+            "1",
+            "1",
+            "0", // daily:2026-12-20
             &ttl_after("2027-01-01T00:00:00Z"),
             "1",
             "b",
-            "7", // daily:2026-12-31
+            "7",
+            "7",
+            "0", // daily:2026-12-31
             &ttl_after("2027-01-02T00:00:00Z"),
             "1",
             "a",
-            "5", // daily:2027-01-01
+            "5",
+            "5",
+            "0", // daily:2027-01-01
             &week_end,
             "2",
             "a",
             "5",
+            "5",
+            "0",
             "b",
-            "7", // weekly (current)
+            "7",
+            "7",
+            "0", // weekly (current)
             &ttl_after("2026-12-21T00:00:00Z"),
             "1",
             "a",
-            "1", // weekly:2026-W51
+            "1",
+            "1",
+            "0", // weekly:2026-W51
             &ttl_after("2027-01-04T00:00:00Z"),
             "2",
             "a",
             "5",
+            "5",
+            "0",
             "b",
-            "7", // weekly:2026-W53
+            "7",
+            "7",
+            "0", // weekly:2026-W53
         ]
         .iter()
         .map(|s| (*s).to_owned())
