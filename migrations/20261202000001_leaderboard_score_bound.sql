@@ -1,6 +1,6 @@
 -- Every stored leaderboard score within ±(2^53 - 1) (issue 22: one rule for every store).
 --
--- Redis keeps sorted-set scores as doubles, exact only below 2^53; PostgreSQL's BIGINT
+-- Redis keeps sorted-set scores as doubles (2^53 + 1 rounds to 2^53); PostgreSQL's BIGINT
 -- would keep a larger sum exact (and the i64 range beyond that is an overflow). A sum
 -- past the bound would make the two stores disagree, so both refuse it: here an upsert
 -- that would take a score past it fails with SQLSTATE 23514 (check_violation), which the

@@ -481,9 +481,10 @@ impl<'v, 'a> Fields<'v, 'a> {
 }
 
 /// The largest score magnitude every store holds exactly: 2^53 - 1 (JavaScript's
-/// `Number.MAX_SAFE_INTEGER`). Redis keeps sorted-set scores as doubles, which hold every
-/// integer below 2^53 and round some beyond it, while PostgreSQL's BIGINT would keep them
-/// exact: past it the stores would disagree. The same bound holds for a single event's
+/// `Number.MAX_SAFE_INTEGER`, the largest n such that n and n + 1 are both exact doubles).
+/// Redis keeps sorted-set scores as doubles, which hold every integer up to 2^53 but
+/// round 2^53 + 1 to 2^53, while PostgreSQL's BIGINT keeps it exact: past the bound the
+/// stores would disagree. The same bound holds for a single event's
 /// score and for every stored sum (`leaderboard_scores.score`, the `leaderboard:*`
 /// sorted sets): a sum that would leave it is refused and its record dead-lettered.
 pub const MAX_EXACT_SCORE: i64 = (1 << 53) - 1;

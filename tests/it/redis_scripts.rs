@@ -1,6 +1,7 @@
 //! The Redis sink scripts on a real Redis: offsets compare-and-set (apply once, a
 //! repeat is a no-op, a stale writer is fenced, lost data is noticed), type checks
-//! before any write, and the rollover of the current-period boards.
+//! before any write, the rollover of the current-period boards, and the refusal of a
+//! leaderboard score past ±(2^53 - 1) before any write.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! Statistics and leaderboards against real Postgres, Redis and the broker: exact
 //! counts and scores through kill -9, periods around midnight and ISO week boundaries,
-//! late events, and Redis lost mid-stream or flushed (private Redis servers).
+//! late events, Redis lost mid-stream or flushed (private Redis servers), and sums held
+//! within ±(2^53 - 1) by both stores alike.
 
 use std::time::Duration;
 
