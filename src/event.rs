@@ -106,7 +106,7 @@ pub enum EventError {
     #[error("`{field}` must fall within years 0001 to 9999 once converted to UTC, got {value:?}")]
     TimeOutOfRange { field: &'static str, value: String },
     #[error(
-        "`data.score` of a player_score event must be between -{MAX_EXACT_SCORE} and {MAX_EXACT_SCORE} (2^53), got {0}"
+        "`data.score` of a player_score event must be between -{MAX_EXACT_SCORE} and {MAX_EXACT_SCORE} (2^53 - 1), got {0}"
     )]
     ScoreOutOfRange(i64),
     #[error("`event_id` must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e, got {0:?}")]
@@ -480,10 +480,14 @@ impl<'v, 'a> Fields<'v, 'a> {
     }
 }
 
-/// The largest score magnitude every store holds exactly: 2^53. Redis keeps sorted-set
-/// scores as doubles, which hold every integer up to 2^53 and round beyond it, while
-/// PostgreSQL's BIGINT would keep them exact: past it the stores would disagree.
-pub const MAX_EXACT_SCORE: i64 = 1 << 53;
+/// The largest score magnitude every store holds exactly: 2^53 - 1 (JavaScript's
+/// `Number.MAX_SAFE_INTEGER`, the largest n such that n and n + 1 are both exact doubles).
+/// Redis keeps sorted-set scores as doubles, which hold every integer up to 2^53 but
+/// round 2^53 + 1 to 2^53, while PostgreSQL's BIGINT keeps it exact: past the bound the
+/// stores would disagree. The same bound holds for a single event's
+/// score and for every stored sum (`leaderboard_scores.score`, the `leaderboard:*`
+/// sorted sets): a sum that would leave it is refused and its record dead-lettered.
+pub const MAX_EXACT_SCORE: i64 = (1 << 53) - 1;
 
 /// Refuses a leaderboard score no store can hold exactly.
 fn check_score(event_type: &str, score: Score) -> Result<()> {
@@ -768,14 +772,19 @@ mod tests {
         assert_eq!(t("10.5"), Score::NotAnInteger);
         assert_eq!(t("\"10\""), Score::NotAnInteger);
         assert_eq!(t("1e30"), Score::NotAnInteger);
-        assert_eq!(t("9007199254740992"), Score::Integer(MAX_EXACT_SCORE));
-        assert_eq!(t("-9007199254740992"), Score::Integer(-MAX_EXACT_SCORE));
+        assert_eq!(MAX_EXACT_SCORE, 9_007_199_254_740_991);
+        assert_eq!(t("9007199254740991"), Score::Integer(MAX_EXACT_SCORE));
+        assert_eq!(t("-9007199254740991"), Score::Integer(-MAX_EXACT_SCORE));
         let refused = |score: &str| {
             sub(&format!(r#"{{"event_type":"player_score","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":{{"score":{score}}}}}"#)).expect_err("out of range")
         };
         assert_eq!(
-            refused("9007199254740993"),
+            refused("9007199254740992"),
             EventError::ScoreOutOfRange(MAX_EXACT_SCORE + 1)
+        );
+        assert_eq!(
+            refused("-9007199254740992"),
+            EventError::ScoreOutOfRange(-MAX_EXACT_SCORE - 1)
         );
         assert_eq!(refused("-9223372036854775808").kind(), "score_out_of_range");
         // Another event type keeps any number in its data.

@@ -71,8 +71,9 @@ impl SinkWriter for LeaderboardPgWriter {
     }
 
     async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
-        // An overflowing sum is refused as a whole; the sink actor then writes the
-        // records one by one and dead-letters the one that overflows the stored score.
+        // A batch whose sums would take a stored score past ±(2^53 - 1) is refused as a
+        // whole (here, or by the CHECK constraint); the sink actor then writes the
+        // records one by one and dead-letters the one that crosses the bound.
         let delta = ScoreDelta::of(batch.records.iter().map(|r| r.event))
             .map_err(|e| SinkError::permanent(e.to_string()))?;
         pg_leaderboard::write(
@@ -142,8 +143,10 @@ impl SinkWriter for LeaderboardRedisWriter {
     }
 
     async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
-        // Only a batch whose sums leave the i64 range fails here; the sink actor then
-        // applies its records one at a time, which cannot overflow.
+        // A batch whose sums would take a score past ±(2^53 - 1) fails (here, or in the
+        // script, before it writes anything); the sink actor then applies its records one
+        // at a time and dead-letters the one that crosses the bound, as the Postgres
+        // sink does.
         let delta = ScoreDelta::of(batch.records.iter().map(|r| r.event))
             .map_err(|e| SinkError::permanent(e.to_string()))?;
         let plan = redis_leaderboard::plan(

@@ -91,7 +91,8 @@ pub enum SupervisorMessage {
     Claimed {
         lease: Lease,
         generation: u64,
-        result: Result<ReaderStart, String>,
+        /// Boxed: a reader's start is large, and every other message small.
+        result: Box<Result<ReaderStart, String>>,
     },
 }
 
@@ -227,7 +228,7 @@ impl Actor for Supervisor {
                 result,
             } => {
                 if generation == state.generation && !state.stopping {
-                    state.claimed(&myself, lease, result).await;
+                    state.claimed(&myself, lease, *result).await;
                 }
             }
             SupervisorMessage::Lease(LeaseEvent::Lost { lease, generation }) => {
@@ -584,7 +585,7 @@ impl SupervisorState {
             let _ = myself.cast(SupervisorMessage::Claimed {
                 lease,
                 generation,
-                result,
+                result: Box::new(result),
             });
         }));
     }

@@ -14,5 +14,5 @@ pub mod scores;
 pub mod stats;
 
 pub use period::{Period, PeriodKey};
-pub use scores::{ScoreDelta, ScoreOverflow};
+pub use scores::{CellSum, ScoreDelta, ScoreOverflow};
 pub use stats::{PlayerDelta, StatsDelta};

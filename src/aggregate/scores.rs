@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::event::{Event, Score};
+use crate::event::{Event, MAX_EXACT_SCORE, Score};
 
 use super::period::{Period, PeriodKey};
 
@@ -23,21 +23,48 @@ pub struct ScoreCell<'a> {
 /// are locked in, the same for every writer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScoreDelta<'a> {
-    cells: BTreeMap<ScoreCell<'a>, i64>,
+    cells: BTreeMap<ScoreCell<'a>, CellSum>,
     /// Score events summed (for metrics).
     events: usize,
 }
 
-/// A sum that does not fit the BIGINT `score` column.
+/// What a batch adds to one cell: the sum, and the range its running sum went through
+/// (including 0, before the first event). A store refuses the batch when the stored score
+/// plus `high` or `low` leaves the bound, not only the stored score plus `sum`: so a batch
+/// is accepted exactly when each of its records would be, one at a time, and whether a
+/// record is dead-lettered does not depend on how the two stores' sinks batched it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CellSum {
+    pub sum: i64,
+    /// The highest running sum, at least 0.
+    pub high: i64,
+    /// The lowest running sum, at most 0.
+    pub low: i64,
+}
+
+impl CellSum {
+    /// Whether the range adds nothing to a check of the final score (the stored score
+    /// and the stored score plus `sum` are the extremes): scores of one sign.
+    pub fn monotonic(&self) -> bool {
+        self.high == self.sum.max(0) && self.low == self.sum.min(0)
+    }
+}
+
+/// A batch's sum for one cell beyond ±[`MAX_EXACT_SCORE`]: no store may hold it (Redis
+/// would round it), so neither does.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the score sum of player {player_id:?} in game {game_id:?} ({key}) overflows a 64-bit integer"
+    "the score sum of player {player_id:?} in game {game_id:?} ({key}) would leave ±{MAX_EXACT_SCORE} (2^53 - 1), the largest score every store holds exactly"
 )]
 pub struct ScoreOverflow {
     pub game_id: String,
     pub player_id: String,
     pub key: String,
 }
+
+/// What both leaderboard stores say when an increment would take a stored score past
+/// ±[`MAX_EXACT_SCORE`] (Postgres: a CHECK constraint; Redis: the batch script).
+pub const SCORE_BOUND_REFUSAL: &str = "a leaderboard score must stay within ±9007199254740991 (2^53 - 1), the largest score every store holds exactly";
 
 /// One row of `leaderboard_scores`, as the rebuild reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +93,9 @@ pub fn score_of(event: &Event) -> Option<i64> {
 }
 
 impl<'a> ScoreDelta<'a> {
-    /// Sums the scores of `events` per cell. Fails only if a sum leaves the i64 range.
+    /// Sums the scores of `events` per cell. Fails if a cell's sum (what the batch adds
+    /// to it) leaves ±[`MAX_EXACT_SCORE`]; whether the stored score plus that sum stays
+    /// within it is the stores' check (a CHECK constraint, the Redis script).
     pub fn of(events: impl IntoIterator<Item = &'a Event>) -> Result<Self, ScoreOverflow> {
         let mut delta = Self::default();
         for event in events {
@@ -80,12 +109,18 @@ impl<'a> ScoreDelta<'a> {
                     key: PeriodKey::of(period, event.timestamp),
                     player_id: &event.player_id,
                 };
-                let sum = delta.cells.entry(cell).or_default();
-                *sum = sum.checked_add(score).ok_or_else(|| ScoreOverflow {
-                    game_id: event.game_id.clone(),
-                    player_id: event.player_id.clone(),
-                    key: cell.key.to_string(),
-                })?;
+                let cell_sum = delta.cells.entry(cell).or_default();
+                cell_sum.sum = cell_sum
+                    .sum
+                    .checked_add(score)
+                    .filter(|s| s.unsigned_abs() <= MAX_EXACT_SCORE as u64)
+                    .ok_or_else(|| ScoreOverflow {
+                        game_id: event.game_id.clone(),
+                        player_id: event.player_id.clone(),
+                        key: cell.key.to_string(),
+                    })?;
+                cell_sum.high = cell_sum.high.max(cell_sum.sum);
+                cell_sum.low = cell_sum.low.min(cell_sum.sum);
             }
         }
         Ok(delta)
@@ -107,7 +142,18 @@ impl<'a> ScoreDelta<'a> {
 
     /// Each cell and what it gains.
     pub fn iter(&self) -> impl Iterator<Item = (ScoreCell<'a>, i64)> + '_ {
+        self.cells.iter().map(|(cell, sum)| (*cell, sum.sum))
+    }
+
+    /// Each cell, what it gains, and the range of its running sum.
+    pub fn sums(&self) -> impl Iterator<Item = (ScoreCell<'a>, CellSum)> + '_ {
         self.cells.iter().map(|(cell, sum)| (*cell, *sum))
+    }
+
+    /// Whether every cell's running sum only grows or only shrinks (then a check of the
+    /// final scores is a check of every record's).
+    pub fn monotonic(&self) -> bool {
+        self.cells.values().all(CellSum::monotonic)
     }
 
     /// The games touched (their `leaderboards` top-N rows need a refresh).
@@ -190,6 +236,97 @@ mod tests {
         ];
         let err = ScoreDelta::of(&events).expect_err("overflows");
         assert_eq!(err.player_id, "p");
+    }
+
+    #[test]
+    fn a_sum_past_the_exact_bound_is_an_error() {
+        let max = Score::Integer(MAX_EXACT_SCORE);
+        // At the bound exactly: fine, in every cell.
+        let at_bound = [
+            score_event(
+                "p",
+                "g",
+                "2026-11-22T00:00:00Z",
+                Score::Integer(MAX_EXACT_SCORE - 1),
+            ),
+            score_event("p", "g", "2026-11-22T00:00:01Z", Score::Integer(1)),
+        ];
+        let delta = ScoreDelta::of(&at_bound).expect("at the bound");
+        assert!(delta.iter().all(|(_, sum)| sum == MAX_EXACT_SCORE));
+        // One past it, either way: refused, naming the cell and the bound.
+        for (first, second) in [
+            (max, Score::Integer(1)),
+            (Score::Integer(-MAX_EXACT_SCORE), Score::Integer(-1)),
+        ] {
+            let events = [
+                score_event("p", "g", "2026-11-22T00:00:00Z", first),
+                score_event("p", "g", "2026-11-22T00:00:01Z", second),
+            ];
+            let err = ScoreDelta::of(&events).expect_err("past the bound");
+            assert_eq!((err.game_id.as_str(), err.player_id.as_str()), ("g", "p"));
+            assert_eq!(err.key, "2026-11-22", "the first cell summed: the day");
+            assert!(err.to_string().contains("9007199254740991"), "{err}");
+        }
+        // Sums of different cells are separate: two players at the bound each.
+        let two = [
+            score_event("a", "g", "2026-11-22T00:00:00Z", max),
+            score_event("b", "g", "2026-11-22T00:00:00Z", max),
+            score_event("a", "h", "2026-11-22T00:00:00Z", max),
+        ];
+        assert_eq!(ScoreDelta::of(&two).expect("separate cells").len(), 9);
+        // A day past the bound while the week and all time are not (a negative score
+        // on another day of the week): refused too.
+        let day = [
+            score_event("p", "g", "2026-11-23T00:00:00Z", Score::Integer(-5)),
+            score_event("p", "g", "2026-11-24T00:00:00Z", max),
+            score_event("p", "g", "2026-11-24T00:00:01Z", Score::Integer(1)),
+        ];
+        let err = ScoreDelta::of(&day).expect_err("the day's sum");
+        assert_eq!(err.key, "2026-11-24");
+    }
+
+    #[test]
+    fn running_sums_keep_their_range() {
+        let events = [
+            score_event("p", "g", "2026-11-22T00:00:00Z", Score::Integer(5)),
+            score_event("p", "g", "2026-11-22T00:00:01Z", Score::Integer(-8)),
+            score_event("p", "g", "2026-11-22T00:00:02Z", Score::Integer(4)),
+            score_event("q", "g", "2026-11-22T00:00:00Z", Score::Integer(2)),
+            score_event("q", "g", "2026-11-22T00:00:01Z", Score::Integer(3)),
+        ];
+        let delta = ScoreDelta::of(&events).expect("small");
+        let of = |player: &str| {
+            delta
+                .sums()
+                .find(|(c, _)| c.player_id == player && c.key == PeriodKey::AllTime)
+                .expect("cell")
+                .1
+        };
+        assert_eq!(
+            of("p"),
+            CellSum {
+                sum: 1,
+                high: 5,
+                low: -3
+            }
+        );
+        assert!(!of("p").monotonic());
+        assert_eq!(
+            of("q"),
+            CellSum {
+                sum: 5,
+                high: 5,
+                low: 0
+            }
+        );
+        assert!(of("q").monotonic());
+        assert!(!delta.monotonic());
+        assert!(ScoreDelta::of(&events[3..]).expect("small").monotonic());
+    }
+
+    #[test]
+    fn the_refusal_names_the_bound() {
+        assert!(SCORE_BOUND_REFUSAL.contains(&MAX_EXACT_SCORE.to_string()));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The Redis sink scripts on a real Redis: offsets compare-and-set (apply once, a
 //! repeat is a no-op, a stale writer is fenced, lost data is noticed), type checks
-//! before any write, and the rollover of the current-period boards.
+//! before any write, the rollover of the current-period boards, and the refusal of a
+//! leaderboard score past ±(2^53 - 1) before any write.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -281,5 +282,79 @@ async fn leaderboard_script_rolls_the_current_boards_over() {
         .await
         .expect("ttl");
     assert_eq!(alltime_ttl, -1, "all time never expires");
+    remove_keys(&mut conn, &prefix).await;
+}
+
+/// Raw ZSCORE, as Redis formats it (an integer score prints as one).
+async fn zscore(conn: &mut redis::aio::MultiplexedConnection, key: &str, member: &str) -> String {
+    redis::cmd("ZSCORE")
+        .arg(key)
+        .arg(member)
+        .query_async(conn)
+        .await
+        .expect("zscore")
+}
+
+#[tokio::test]
+async fn leaderboard_script_refuses_a_score_past_the_exact_bound_before_writing() {
+    let mut conn = redis().await;
+    let prefix = format!("b{}:", unique_id());
+    let keys = RedisKeys::new(prefix.clone());
+    let offsets = keys.offsets("leaderboard-manager-redis", "t");
+    mark_initialised(&mut conn, &offsets).await;
+    let script = leaderboard::script();
+    let now = Utc::now();
+    let ttl = Duration::from_secs(35 * 86_400);
+    let alltime = keys.leaderboard("g", Period::AllTime);
+    let max = gamestream::event::MAX_EXACT_SCORE;
+    let writer = conn.clone();
+    let write = |events: Vec<Event>, expected: Option<i64>, next: i64| {
+        let keys = keys.clone();
+        let offsets = offsets.clone();
+        let script = script.clone();
+        let mut conn = writer.clone();
+        async move {
+            let delta = ScoreDelta::of(&events).expect("within the bound alone");
+            let plan = leaderboard::plan(&keys, &delta, now, ttl);
+            let args = plan.script_args(&offsets, &[commit(0, expected, next)]);
+            leaderboard::write(&mut conn, &script, "l", &args).await
+        }
+    };
+    let scored =
+        |player: &str, points: i64| event(player, "player_score", now, Score::Integer(points));
+
+    write(vec![scored("p", max - 1), scored("q", 4)], None, 2)
+        .await
+        .expect("below the bound");
+    // Past it: refused as permanent (the record is dead-lettered), and nothing written,
+    // not even q's increment before p's in the same batch, nor the offsets.
+    let refused = write(vec![scored("q", 1), scored("p", 2)], Some(2), 4).await;
+    assert!(
+        matches!(&refused, Err(SinkError::Permanent(e)) if e.to_string().contains("9007199254740991")),
+        "{refused:?}"
+    );
+    assert_eq!(zscore(&mut conn, &alltime, "p").await, "9007199254740990");
+    assert_eq!(zscore(&mut conn, &alltime, "q").await, "4");
+    assert_eq!(hgetall(&mut conn, &offsets).await["0"], "2");
+    // A batch that crosses the bound on the way and comes back (+2, -3) is refused too:
+    // its records one at a time would be.
+    let crossing = write(vec![scored("p", 2), scored("p", -3)], Some(2), 4).await;
+    assert!(
+        matches!(crossing, Err(SinkError::Permanent(_))),
+        "{crossing:?}"
+    );
+    assert_eq!(zscore(&mut conn, &alltime, "p").await, "9007199254740990");
+    // Exactly at the bound, either sign: stored exactly.
+    write(vec![scored("p", 1), scored("n", -max)], Some(2), 4)
+        .await
+        .expect("at the bound");
+    assert_eq!(zscore(&mut conn, &alltime, "p").await, "9007199254740991");
+    assert_eq!(zscore(&mut conn, &alltime, "n").await, "-9007199254740991");
+    let today = keys.leaderboard("g", Period::Daily);
+    assert_eq!(zscore(&mut conn, &today, "p").await, "9007199254740991");
+    // And the lower bound refuses too.
+    let below = write(vec![scored("n", -1)], Some(4), 5).await;
+    assert!(matches!(below, Err(SinkError::Permanent(_))), "{below:?}");
+    assert_eq!(hgetall(&mut conn, &offsets).await["0"], "4");
     remove_keys(&mut conn, &prefix).await;
 }

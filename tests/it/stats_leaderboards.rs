@@ -1,6 +1,7 @@
 //! Statistics and leaderboards against real Postgres, Redis and the broker: exact
 //! counts and scores through kill -9, periods around midnight and ISO week boundaries,
-//! late events, and Redis lost mid-stream or flushed (private Redis servers).
+//! late events, Redis lost mid-stream or flushed (private Redis servers), and sums held
+//! within ±(2^53 - 1) by both stores alike.
 
 use std::time::Duration;
 
@@ -417,4 +418,120 @@ async fn postgres_keeps_up_while_redis_is_down() {
     );
     assert!(caught_up, "Redis did not catch up from its own offsets");
     assert_stores_match(&env, &mut redis, &Expected::of(&events), PERIOD_TTL).await;
+}
+
+/// A score event of game `bound`.
+fn bounded(player: &str, t: chrono::DateTime<Utc>, points: i64) -> Event {
+    Event {
+        game_id: "bound".to_owned(),
+        ..scored(player, t, points)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sum_past_the_exact_bound_is_dead_lettered_and_the_stores_agree() {
+    const MAX: i64 = gamestream::event::MAX_EXACT_SCORE;
+    let env = TestEnv::with_overrides(&SETTINGS).await;
+    let now = Utc::now();
+    let shutdown = Shutdown::new();
+    let running = daemon::start(env.config.clone(), false, shutdown.clone())
+        .await
+        .expect("daemon starts");
+    let mut redis = env.redis().await;
+    // One write: the batch's own sum crosses (the sinks refuse it and isolate the record).
+    produce(
+        &env,
+        &[
+            bounded("over", now, MAX - 10),
+            bounded("other", now, 7),
+            bounded("over", now, 5),
+            bounded("over", now, 10), // MAX + 5: refused
+            bounded("at-max", now, MAX),
+            bounded("over", now, 3),
+            bounded("at-min", now, -MAX),
+            bounded("other", now, 8),
+        ],
+    )
+    .await;
+    assert!(wait_all_caught_up(&env, &mut redis, Duration::from_secs(60)).await);
+    // Another: the batch's sum (-2) is fine, the stored score plus its running sum is not.
+    produce(
+        &env,
+        &[
+            bounded("over", now, 2),  // MAX exactly
+            bounded("over", now, 1),  // MAX + 1: refused
+            bounded("over", now, -4), // MAX - 4
+        ],
+    )
+    .await;
+    let caught_up = wait_all_caught_up(&env, &mut redis, Duration::from_secs(60)).await;
+    shutdown.trigger();
+    running.stop().await;
+    assert!(caught_up, "the partitions went on past the refused records");
+
+    let prefix = &env.config.redis.key_prefix;
+    let boards = [
+        ("alltime", "alltime".to_owned()),
+        ("daily", day_key(now)),
+        ("weekly", week_key(now)),
+    ];
+    for (player, want) in [
+        ("over", MAX - 4),
+        ("other", 15),
+        ("at-max", MAX),
+        ("at-min", -MAX),
+    ] {
+        for (period, key) in &boards {
+            let stored: Option<i64> = sqlx::query_scalar(
+                "SELECT score FROM leaderboard_scores
+                 WHERE game_id = 'bound' AND period = $1 AND period_key = $2 AND player_id = $3",
+            )
+            .bind(period)
+            .bind(key)
+            .bind(player)
+            .fetch_optional(&env.pg)
+            .await
+            .expect("score row");
+            assert_eq!(stored, Some(want), "Postgres: {player} {period} {key}");
+            let redis_key = if *period == "alltime" {
+                format!("{prefix}leaderboard:bound:alltime")
+            } else {
+                format!("{prefix}leaderboard:bound:{period}:{key}")
+            };
+            // The score as Redis prints it: an exact integer, not a rounded double.
+            let in_redis: Option<String> = redis::cmd("ZSCORE")
+                .arg(&redis_key)
+                .arg(player)
+                .query_async(&mut redis)
+                .await
+                .expect("zscore");
+            assert_eq!(
+                in_redis,
+                Some(want.to_string()),
+                "Redis: {player} in {redis_key}"
+            );
+        }
+    }
+    let letters: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+        "SELECT consumer_service, error_kind, error_message,
+                original_event->'data'->>'score', source_offset
+         FROM dlq_events ORDER BY source_offset",
+    )
+    .fetch_all(&env.pg)
+    .await
+    .expect("dead letters");
+    assert_eq!(
+        letters.len(),
+        2,
+        "the two crossing records, once each: {letters:#?}"
+    );
+    for ((consumer, kind, error, score, _), want) in letters.iter().zip(["10", "1"]) {
+        assert_eq!(consumer, "leaderboard-manager");
+        assert_eq!(kind, "sink_rejected");
+        assert_eq!(score, want, "{error}");
+        assert!(
+            error.contains("9007199254740991") && error.contains("every store holds exactly"),
+            "{error}"
+        );
+    }
 }

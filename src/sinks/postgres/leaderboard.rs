@@ -12,8 +12,9 @@ use sqlx::{PgConnection, PgPool};
 
 use super::offsets;
 use crate::aggregate::period::ALLTIME_KEY;
-use crate::aggregate::scores::{Ranked, ScoreRow};
+use crate::aggregate::scores::{Ranked, SCORE_BOUND_REFUSAL, ScoreRow};
 use crate::aggregate::{Period, PeriodKey, ScoreDelta};
+use crate::event::MAX_EXACT_SCORE;
 use crate::sinks::{OffsetCommit, SinkError};
 
 /// Advisory lock taken by a refresh, so that refreshes of several daemons take turns
@@ -30,7 +31,22 @@ pub async fn write(
 ) -> Result<(), SinkError> {
     let mut tx = pool.begin().await?;
     if !delta.is_empty() {
-        upsert(&mut tx, delta).await?;
+        let crossed = upsert(&mut tx, delta).await.map_err(|e| match &e {
+            // Permanent either way (SQLSTATE 23514); this says which rule, in the words
+            // the Redis sink uses for the same refusal.
+            sqlx::Error::Database(db) if db.constraint() == Some(SCORE_BOUND_CONSTRAINT) => {
+                SinkError::permanent(format!(
+                    "{SCORE_BOUND_REFUSAL} (check constraint {SCORE_BOUND_CONSTRAINT})"
+                ))
+            }
+            _ => SinkError::from(e),
+        })?;
+        if crossed {
+            // Dropping the transaction rolls the upsert back.
+            return Err(SinkError::permanent(format!(
+                "{SCORE_BOUND_REFUSAL} (a running sum of the batch would leave it)"
+            )));
+        }
     }
     // A failed commit drops the transaction, which rolls the whole batch back.
     offsets::commit(&mut tx, sink, topic, commits).await?;
@@ -38,8 +54,16 @@ pub async fn write(
     Ok(())
 }
 
-/// One statement for the batch; cells are unique and ordered in `delta`.
-async fn upsert(conn: &mut PgConnection, delta: &ScoreDelta<'_>) -> Result<(), sqlx::Error> {
+/// The CHECK constraint holding `leaderboard_scores.score` within ±(2^53 - 1) (migration
+/// 20261202000001).
+pub const SCORE_BOUND_CONSTRAINT: &str = "leaderboard_scores_score_exact";
+
+/// One statement for the batch; cells are unique and ordered in `delta`. The CHECK
+/// constraint bounds each final score; when a cell's running sum changes direction within
+/// the batch (scores of both signs), the statement also counts the cells whose stored
+/// score plus that running sum left the bound on the way (`true`: the caller rolls back),
+/// so that the batch is refused exactly when one of its records would be alone.
+async fn upsert(conn: &mut PgConnection, delta: &ScoreDelta<'_>) -> Result<bool, sqlx::Error> {
     let n = delta.len();
     let (mut games, mut periods, mut keys, mut players, mut scores) = (
         Vec::with_capacity(n),
@@ -48,29 +72,65 @@ async fn upsert(conn: &mut PgConnection, delta: &ScoreDelta<'_>) -> Result<(), s
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (cell, sum) in delta.iter() {
+    let (mut highs, mut lows) = (Vec::new(), Vec::new());
+    let ranged = !delta.monotonic();
+    for (cell, sum) in delta.sums() {
         games.push(cell.game_id);
         periods.push(cell.key.period().as_str());
         keys.push(cell.key.to_string());
         players.push(cell.player_id);
-        scores.push(sum);
+        scores.push(sum.sum);
+        if ranged {
+            highs.push(sum.high);
+            lows.push(sum.low);
+        }
     }
-    sqlx::query(
-        "INSERT INTO leaderboard_scores AS s (game_id, period, period_key, player_id, score, updated_at)
-         SELECT g, per, k, p, sc, now()
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) AS u(g, per, k, p, sc)
-         ON CONFLICT (game_id, period, period_key, player_id) DO UPDATE SET
-             score = s.score + EXCLUDED.score,
-             updated_at = now()",
+    if !ranged {
+        sqlx::query(
+            "INSERT INTO leaderboard_scores AS s (game_id, period, period_key, player_id, score, updated_at)
+             SELECT g, per, k, p, sc, now()
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) AS u(g, per, k, p, sc)
+             ON CONFLICT (game_id, period, period_key, player_id) DO UPDATE SET
+                 score = s.score + EXCLUDED.score,
+                 updated_at = now()",
+        )
+        .bind(&games)
+        .bind(&periods)
+        .bind(&keys)
+        .bind(&players)
+        .bind(&scores)
+        .execute(conn)
+        .await?;
+        return Ok(false);
+    }
+    // The score before the batch is the returned one minus the batch's sum.
+    let crossed: i64 = sqlx::query_scalar(
+        "WITH u AS (
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                                  $6::int8[], $7::int8[]) AS u(g, per, k, p, sc, hi, lo)
+         ), up AS (
+             INSERT INTO leaderboard_scores AS s (game_id, period, period_key, player_id, score, updated_at)
+             SELECT g, per, k, p, sc, now() FROM u
+             ON CONFLICT (game_id, period, period_key, player_id) DO UPDATE SET
+                 score = s.score + EXCLUDED.score,
+                 updated_at = now()
+             RETURNING s.game_id, s.period, s.period_key, s.player_id, s.score
+         )
+         SELECT count(*) FROM up
+         JOIN u ON up.game_id = u.g AND up.period = u.per AND up.period_key = u.k AND up.player_id = u.p
+         WHERE up.score - u.sc + u.hi > $8 OR up.score - u.sc + u.lo < -$8",
     )
     .bind(&games)
     .bind(&periods)
     .bind(&keys)
     .bind(&players)
     .bind(&scores)
-    .execute(conn)
+    .bind(&highs)
+    .bind(&lows)
+    .bind(MAX_EXACT_SCORE)
+    .fetch_one(conn)
     .await?;
-    Ok(())
+    Ok(crossed > 0)
 }
 
 /// Rewrites the `leaderboards` rows of `games` (all games when None) from the current

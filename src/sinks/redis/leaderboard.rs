@@ -26,14 +26,14 @@ use redis::aio::ConnectionLike;
 
 use super::keys::RedisKeys;
 use super::offsets::{ScriptStatus, commit_args, offsets_lua};
-use crate::aggregate::scores::{Ranked, ScoreCell, ScoreRow};
-use crate::aggregate::{Period, PeriodKey, ScoreDelta};
+use crate::aggregate::scores::{Ranked, SCORE_BOUND_REFUSAL, ScoreCell, ScoreRow};
+use crate::aggregate::{CellSum, Period, PeriodKey, ScoreDelta};
 use crate::sinks::{OffsetCommit, SinkError};
 
 /// KEYS: offsets hash; then (undated, dated, period marker) per rollover; then one key
 /// per group. ARGV after the commits: rollover count, then (period label, expire-at
 /// seconds) per rollover; group count, then per group: expire-at (0: none), member
-/// count, then (member, increment) per member.
+/// count, then (member, increment, highest and lowest running sum) per member.
 const SCRIPT: &str = concat!(
     offsets_lua!(),
     r#"
@@ -62,6 +62,28 @@ for _ = 1, rollovers do
   k = k + 3
   j = j + 2
 end
+-- Every new score within ±(2^53 - 1), checked before the first increment (a script is
+-- not rolled back). Exact: both terms are integers below 2^53 in magnitude, and a double
+-- sum rounds monotonically, so a sum that reaches 2^53 never rounds below it.
+local first_group = k
+j = groups_at + 1
+for _ = 1, groups do
+  local key = KEYS[k]
+  local members = tonumber(ARGV[j + 1])
+  j = j + 2
+  for _ = 1, members do
+    local current = tonumber(redis.call('ZSCORE', key, ARGV[j]) or '0')
+    local high, low = current + tonumber(ARGV[j + 2]), current + tonumber(ARGV[j + 3])
+    if high >= 9007199254740992 or low <= -9007199254740992 then
+      local reached = high
+      if low <= -9007199254740992 then reached = low end
+      return redis.error_reply('SCORE_BOUND ' .. key .. ' member ' .. ARGV[j] .. ': adding the batch would take its score to ' .. string.format('%.0f', reached))
+    end
+    j = j + 4
+  end
+  k = k + 1
+end
+k = first_group
 j = groups_at + 1
 for _ = 1, groups do
   local key = KEYS[k]
@@ -70,7 +92,7 @@ for _ = 1, groups do
   j = j + 2
   for _ = 1, members do
     redis.call('ZINCRBY', key, ARGV[j + 1], ARGV[j])
-    j = j + 2
+    j = j + 4
   end
   if expire_at > 0 then redis.call('EXPIREAT', key, expire_at) end
   k = k + 1
@@ -100,7 +122,7 @@ struct Rollover {
 struct Group<'a> {
     /// Unix seconds at which the key expires; 0 for never.
     expire_at: i64,
-    members: Vec<(&'a str, i64)>,
+    members: Vec<(&'a str, CellSum)>,
 }
 
 /// What one batch does to the sorted sets, before it becomes script arguments.
@@ -124,7 +146,7 @@ pub fn plan<'a>(
     ttl: Duration,
 ) -> Plan<'a> {
     let mut plan = Plan::default();
-    for (cell, sum) in delta.iter() {
+    for (cell, sum) in delta.sums() {
         plan.add(keys, cell, sum, now, ttl);
     }
     plan
@@ -135,7 +157,7 @@ impl<'a> Plan<'a> {
         &mut self,
         keys: &RedisKeys,
         cell: ScoreCell<'a>,
-        sum: i64,
+        sum: CellSum,
         now: DateTime<Utc>,
         ttl: Duration,
     ) {
@@ -177,7 +199,7 @@ impl<'a> Plan<'a> {
         self.push(undated, end.timestamp(), cell.player_id, sum);
     }
 
-    fn push(&mut self, key: String, expire_at: i64, member: &'a str, sum: i64) {
+    fn push(&mut self, key: String, expire_at: i64, member: &'a str, sum: CellSum) {
         let group = self.groups.entry(key).or_default();
         group.expire_at = expire_at;
         group.members.push((member, sum));
@@ -208,7 +230,9 @@ impl<'a> Plan<'a> {
             args.push(group.members.len().to_string());
             for (member, sum) in &group.members {
                 args.push((*member).to_owned());
-                args.push(sum.to_string());
+                args.push(sum.sum.to_string());
+                args.push(sum.high.to_string());
+                args.push(sum.low.to_string());
             }
         }
         super::stats::ScriptArgs { keys, args }
@@ -229,9 +253,22 @@ pub async fn write(
     for arg in &args.args {
         invocation.arg(arg);
     }
-    let reply: String = invocation.invoke_async(conn).await?;
+    let reply: String = match invocation.invoke_async(conn).await {
+        Ok(reply) => reply,
+        Err(e) if e.code() == Some(SCORE_BOUND) => {
+            return Err(SinkError::permanent(format!(
+                "{}: {SCORE_BOUND_REFUSAL}",
+                e.detail().unwrap_or("a leaderboard score")
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     ScriptStatus::parse(&reply)?.into_result(sink)
 }
+
+/// The error code of the script's refusal of a score past ±(2^53 - 1): nothing was
+/// written, and the batch holds a record that Postgres refuses too.
+const SCORE_BOUND: &str = "SCORE_BOUND";
 
 /// Rebuild: the commands that put one stored score into its boards. Returns the keys
 /// that need an expiry (dated and undated), with it, so the caller sets each once.
@@ -373,42 +410,66 @@ mod tests {
             "3",
             "a",
             "6",
+            "6",
+            "0",
             "b",
             "7",
+            "7",
+            "0",
             "c",
-            "2", // alltime
+            "2",
+            "2",
+            "0", // alltime
             &day_end,
             "1",
             "a",
-            "5", // daily (current)
+            "5",
+            "5",
+            "0", // daily (current)
             &ttl_after("2026-12-21T00:00:00Z"),
             "1",
             "a",
-            "1", // daily:2026-12-20
+            "1",
+            "1",
+            "0", // daily:2026-12-20
             &ttl_after("2027-01-01T00:00:00Z"),
             "1",
             "b",
-            "7", // daily:2026-12-31
+            "7",
+            "7",
+            "0", // daily:2026-12-31
             &ttl_after("2027-01-02T00:00:00Z"),
             "1",
             "a",
-            "5", // daily:2027-01-01
+            "5",
+            "5",
+            "0", // daily:2027-01-01
             &week_end,
             "2",
             "a",
             "5",
+            "5",
+            "0",
             "b",
-            "7", // weekly (current)
+            "7",
+            "7",
+            "0", // weekly (current)
             &ttl_after("2026-12-21T00:00:00Z"),
             "1",
             "a",
-            "1", // weekly:2026-W51
+            "1",
+            "1",
+            "0", // weekly:2026-W51
             &ttl_after("2027-01-04T00:00:00Z"),
             "2",
             "a",
             "5",
+            "5",
+            "0",
             "b",
-            "7", // weekly:2026-W53
+            "7",
+            "7",
+            "0", // weekly:2026-W53
         ]
         .iter()
         .map(|s| (*s).to_owned())
