@@ -21,17 +21,20 @@
 //! reads `[s - max_records, s)` into its window ([`DedupeWindow::observe`] without
 //! using the verdicts). No store is involved, so emptying Redis changes nothing.
 //!
-//! Memory: one entry per record in the window, [`ENTRY_BYTES`] each, so at most
-//! `max_records × ENTRY_BYTES` per partition (~8 MB at the default 100,000).
+//! Memory: one map entry and one queue entry per record in the window, whose tables
+//! grow by doubling: at most about [`ENTRY_BYTES`] per record once full, so about
+//! `max_records × ENTRY_BYTES` per partition (~15 MB at the default 100,000);
+//! [`DedupeWindow::memory_bytes`] reports what the tables hold.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use uuid::Uuid;
 
-/// Approximate bytes one record holds in the window: the map entry (key, offset,
-/// timestamp, hash-table overhead at its load factor) and the eviction queue's entry.
-pub const ENTRY_BYTES: usize = 80;
+/// Bytes one record of a full window may hold: the map entry (key, offset, timestamp:
+/// 40 bytes, plus a control byte, in a table up to twice the entries it holds after
+/// doubling) and the eviction queue's entry (32 bytes, same doubling).
+pub const ENTRY_BYTES: usize = 2 * (40 + 1) + 2 * 32;
 
 /// What identifies a record for the duplicate verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,9 +99,11 @@ impl DedupeWindow {
         self.order.is_empty()
     }
 
-    /// Approximate bytes the window holds.
+    /// Bytes the window's tables hold (their capacity, not only their entries).
     pub fn memory_bytes(&self) -> usize {
-        self.len() * ENTRY_BYTES
+        let map_entry = std::mem::size_of::<(DedupeKey, (i64, i64))>() + 1;
+        let queue_entry = std::mem::size_of::<(i64, DedupeKey)>();
+        self.latest.capacity() * map_entry + self.order.capacity() * queue_entry
     }
 
     fn evict_before(&mut self, first_kept: i64) {
@@ -224,6 +229,11 @@ mod tests {
         }
         assert!(window.len() <= 1_001, "{}", window.len());
         assert!(window.latest.len() <= 1_001);
-        assert_eq!(window.memory_bytes(), window.len() * ENTRY_BYTES);
+        assert!(
+            window.memory_bytes() <= 1_001 * ENTRY_BYTES,
+            "{} bytes for {} records",
+            window.memory_bytes(),
+            window.len()
+        );
     }
 }
