@@ -36,6 +36,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::kafka::group_offsets::{self, MirrorOutcome, MirroredGroup};
 use crate::leases::LeaseView;
+use crate::sinks::positions;
 use crate::sinks::redis::{RedisKeys, RedisPool};
 
 /// How often what Kafka holds for each group is read back (see the module's doc).
@@ -221,7 +222,7 @@ impl GroupMirror {
         if self.held.is_empty() {
             return;
         }
-        let positions = match group_offsets::sink_positions(
+        let positions = match positions::sink_positions(
             &self.pg,
             &self.redis,
             &self.keys,
@@ -240,7 +241,7 @@ impl GroupMirror {
         };
         for i in 0..self.groups.len() {
             let target =
-                group_offsets::group_position(self.groups[i].group.legacy, &positions, &self.held);
+                positions::group_position(self.groups[i].group.legacy, &positions, &self.held);
             if let Err(e) = self.mirror_group(i, target).await {
                 let group = &self.groups[i];
                 tracing::warn!(group = %group.group.name, error = %e, "group offsets: mirroring failed; retrying at the next tick");

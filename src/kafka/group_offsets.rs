@@ -17,22 +17,17 @@
 //! members, and which are not even sent then: a group whose old consumers still run
 //! belongs to them ([`MirrorOutcome::LiveMembers`]).
 //!
-//! This module reads and writes; the actor that calls it every few seconds is
-//! `actors::group_mirror`.
+//! This module writes the groups (and reads them back); the sinks' positions and each
+//! group's share of them come from `sinks::positions`, and the actor that joins the
+//! two every few seconds is `actors::group_mirror`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::group::{GroupClient, GroupOffsets};
 
-use crate::catalogue::{self, Store};
-use crate::sinks::StoreError;
-use crate::sinks::postgres;
-use crate::sinks::redis::{RedisKeys, RedisPool, offsets as redis_offsets};
-
-/// Committed next offsets per partition, by sink; `None` for a Redis sink whose offsets
-/// are gone (it rebuilds them from Postgres when it starts).
-pub type SinkPositions = BTreeMap<&'static str, Option<BTreeMap<i32, i64>>>;
+use super::KafkaError;
+use crate::catalogue;
 
 /// One old consumer group and the Kafka group name it is mirrored under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,57 +49,6 @@ pub fn mirrored_groups(prefix: &str) -> Vec<MirroredGroup> {
         .collect()
 }
 
-/// Every sink's committed positions in `topic`, from Postgres and Redis.
-pub async fn sink_positions(
-    pg: &sqlx::PgPool,
-    redis: &RedisPool,
-    keys: &RedisKeys,
-    topic: &str,
-) -> Result<SinkPositions, StoreError> {
-    let mut in_postgres = postgres::offsets::load_all(pg, topic).await?;
-    let mut out = SinkPositions::new();
-    for spec in catalogue::SINKS.iter() {
-        let positions = match spec.store {
-            Store::Postgres => Some(in_postgres.remove(spec.name).unwrap_or_default()),
-            Store::Redis => {
-                let mut conn = redis
-                    .get()
-                    .await
-                    .map_err(crate::sinks::redis::RedisError::from)?;
-                redis_offsets::load(&mut *conn, &keys.offsets(spec.name, topic)).await?
-            }
-        };
-        out.insert(spec.name, positions);
-    }
-    Ok(out)
-}
-
-/// The position of the old group `legacy` in each of `partitions`: the lowest of its
-/// sinks' committed next offsets. Partitions some sink has no offset for are left out.
-pub fn group_position(
-    legacy: &str,
-    positions: &SinkPositions,
-    partitions: &BTreeSet<i32>,
-) -> BTreeMap<i32, i64> {
-    let sinks: Vec<&str> = catalogue::of_legacy_group(legacy).map(|s| s.name).collect();
-    partitions
-        .iter()
-        .filter_map(|&partition| {
-            sinks
-                .iter()
-                .map(|sink| {
-                    positions
-                        .get(sink)
-                        .and_then(Option::as_ref)
-                        .and_then(|p| p.get(&partition).copied())
-                })
-                .collect::<Option<Vec<i64>>>()
-                .and_then(|offsets| offsets.into_iter().min())
-                .map(|min| (partition, min))
-        })
-        .collect()
-}
-
 /// What one mirror of a group did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MirrorOutcome {
@@ -120,7 +64,7 @@ pub async fn fetch(
     group: &GroupClient,
     topic: &str,
     partitions: &BTreeSet<i32>,
-) -> Result<BTreeMap<i32, i64>, StoreError> {
+) -> Result<BTreeMap<i32, i64>, KafkaError> {
     let asked = BTreeMap::from([(topic.to_owned(), partitions.iter().copied().collect())]);
     let mut offsets = group.fetch_offsets(&asked).await?;
     Ok(offsets.remove(topic).unwrap_or_default())
@@ -131,7 +75,7 @@ pub async fn mirror(
     group: &GroupClient,
     topic: &str,
     offsets: BTreeMap<i32, i64>,
-) -> Result<MirrorOutcome, StoreError> {
+) -> Result<MirrorOutcome, KafkaError> {
     match group.describe().await {
         Ok(description) if description.has_members() => {
             return Ok(MirrorOutcome::LiveMembers(
@@ -171,44 +115,6 @@ pub async fn mirror(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A sink and its committed (partition, next offset) pairs, if it has any.
-    type Entry<'a> = (&'static str, Option<&'a [(i32, i64)]>);
-
-    fn positions(entries: &[Entry<'_>]) -> SinkPositions {
-        entries
-            .iter()
-            .map(|&(sink, p)| (sink, p.map(|p| p.iter().copied().collect())))
-            .collect()
-    }
-
-    #[test]
-    fn a_group_is_at_its_slowest_sink() {
-        let p = positions(&[
-            ("event-logger", Some(&[(0, 10), (1, 20)])),
-            ("stats-aggregator", Some(&[(0, 7), (1, 30), (2, 5)])),
-            ("stats-aggregator-redis", Some(&[(0, 9), (1, 25)])),
-            ("leaderboard-manager", Some(&[(0, 3)])),
-            ("leaderboard-manager-redis", None),
-        ]);
-        let all = BTreeSet::from([0, 1, 2]);
-        assert_eq!(
-            group_position("event-logger-group", &p, &all),
-            BTreeMap::from([(0, 10), (1, 20)])
-        );
-        // Partition 2: the Redis sink has nothing yet, so the group is not moved there.
-        assert_eq!(
-            group_position("stats-aggregator-group", &p, &all),
-            BTreeMap::from([(0, 7), (1, 25)])
-        );
-        // Redis lost its offsets: nothing to say until it rebuilt them.
-        assert!(group_position("leaderboard-manager-group", &p, &all).is_empty());
-        // Only the partitions asked for.
-        assert_eq!(
-            group_position("event-logger-group", &p, &BTreeSet::from([1])),
-            BTreeMap::from([(1, 20)])
-        );
-    }
 
     #[test]
     fn groups_are_the_old_names_behind_the_prefix() {

@@ -5,6 +5,7 @@
 //! classified by [`error::SinkError`]: transient (retried) or permanent (dead-lettered).
 
 pub mod error;
+pub mod positions;
 pub mod postgres;
 pub mod redis;
 mod tls;
