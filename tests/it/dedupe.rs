@@ -12,8 +12,11 @@ use chrono::{SubsecRound, Utc};
 use gamestream::event::Event;
 use uuid::Uuid;
 
-use crate::common::tally::{Daemon, caught_up, check_stores, prepare_private, private_settings};
-use crate::common::{PrivateBroker, PrivatePostgres, PrivateRedis};
+use crate::common::tally::{
+    Daemon, Settings, caught_up, check_stores, prepare_private, private_settings,
+};
+use crate::common::{PrivateBroker, PrivatePostgres, PrivateRedis, held_partitions};
+use gamestream::config::Config;
 
 const EVENTS: usize = 600;
 const CHUNK: usize = 50;
@@ -72,39 +75,106 @@ async fn metric(http: &reqwest::Client, port: u16, name: &str) -> f64 {
         .sum()
 }
 
-#[tokio::test]
-async fn resent_events_count_once_in_every_store_across_a_kill() {
-    let pg = PrivatePostgres::start();
-    let redis = PrivateRedis::start();
-    let broker = PrivateBroker::start().await;
-    let (env, overrides) = private_settings(&broker.address(), &pg, &redis, &[]);
-    let config = prepare_private(&pg, &env, &overrides).await;
-    let port = config.http.port;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::start(
-        env,
-        overrides,
-        dir.path().join("daemon.log"),
-        "dedupe-a".to_owned(),
-    );
-    assert!(
-        daemon.wait_ready(port, WAIT).await,
-        "not ready: {:?}",
-        daemon.log
-    );
-    let http = reqwest::Client::new();
-    let now = Utc::now().trunc_subsecs(0);
-    let events: Vec<Event> = (0..EVENTS)
+/// Private Postgres, Redis and Kafka, and a daemon (`gamestream serve`) on them.
+struct Rig {
+    _pg: PrivatePostgres,
+    redis: PrivateRedis,
+    _broker: PrivateBroker,
+    env: Settings,
+    overrides: Settings,
+    config: Config,
+    dir: tempfile::TempDir,
+    daemon: Daemon,
+    pool: sqlx::PgPool,
+    http: reqwest::Client,
+}
+
+impl Rig {
+    /// Starts everything, the daemon as `member` with `extra` settings, and waits until
+    /// it is ready.
+    async fn start(extra: &[(&str, String)], member: &str) -> Self {
+        let pg = PrivatePostgres::start();
+        let redis = PrivateRedis::start();
+        let broker = PrivateBroker::start().await;
+        let (env, overrides) = private_settings(&broker.address(), &pg, &redis, extra);
+        let config = prepare_private(&pg, &env, &overrides).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut daemon = Daemon::start(
+            env.clone(),
+            overrides.clone(),
+            dir.path().join(format!("{member}.log")),
+            member.to_owned(),
+        );
+        assert!(
+            daemon.wait_ready(config.http.port, WAIT).await,
+            "not ready: {:?}",
+            daemon.log
+        );
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&format!(
+                "postgres://gamestream@127.0.0.1:{}/gamestream",
+                pg.port
+            ))
+            .await
+            .expect("pool");
+        Self {
+            _pg: pg,
+            redis,
+            _broker: broker,
+            env,
+            overrides,
+            config,
+            dir,
+            daemon,
+            pool,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.config.http.port
+    }
+
+    /// Waits until every sink committed every partition to its end.
+    async fn caught_up(&mut self) {
+        wait_caught_up(&self.config, &self.pool, self.redis.port, &mut self.daemon).await;
+    }
+
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        crate::common::tally::redis_on(self.redis.port)
+            .await
+            .expect("redis")
+    }
+
+    async fn events_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("events")
+    }
+}
+
+/// `n` events of the fault suites' load, each with its own client id.
+fn client_events(n: usize, now: chrono::DateTime<Utc>) -> Vec<Event> {
+    (0..n)
         .map(|seq| {
             let mut event = crate::common::tally::event_of(seq, 0, now);
             event.event_id = Uuid::new_v4();
             event
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn resent_events_count_once_in_every_store_across_a_kill() {
+    let mut rig = Rig::start(&[], "dedupe-a").await;
+    let (http, port) = (rig.http.clone(), rig.port());
+    let now = Utc::now().trunc_subsecs(0);
+    let events = client_events(EVENTS, now);
 
     // Every event once, then a resend of every fifth one at once (same ids).
-    let all: Vec<&Event> = events.iter().collect();
-    post(&http, port, &all).await;
+    post(&http, port, &events.iter().collect::<Vec<_>>()).await;
     let resent_now: Vec<&Event> = events.iter().step_by(5).collect();
     post(&http, port, &resent_now).await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -119,34 +189,16 @@ async fn resent_events_count_once_in_every_store_across_a_kill() {
 
     // SIGKILL, restart, and resend another tenth, partly the same events again: the new
     // daemon knows them only from the log.
-    daemon.kill().await;
-    daemon.spawn();
+    rig.daemon.kill().await;
+    rig.daemon.spawn();
     assert!(
-        daemon.wait_ready(port, WAIT).await,
+        rig.daemon.wait_ready(port, WAIT).await,
         "not ready again: {:?}",
-        daemon.log
+        rig.daemon.log
     );
     let resent_after: Vec<&Event> = events.iter().skip(2).step_by(10).collect();
     post(&http, port, &resent_after).await;
-
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&format!(
-            "postgres://gamestream@127.0.0.1:{}/gamestream",
-            pg.port
-        ))
-        .await
-        .expect("pool");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !caught_up(&config, &pool, redis.port).await {
-        daemon.check();
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the sinks did not catch up within {WAIT:?}; log {:?}",
-            daemon.log
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    rig.caught_up().await;
     let skipped = metric(&http, port, "gamestream_dedupe_duplicates_total").await;
     // Each resend after the kill, and again any earlier duplicate some sink had not
     // committed before it (the new reader starts at the slowest sink and judges again).
@@ -157,25 +209,22 @@ async fn resent_events_count_once_in_every_store_across_a_kill() {
     );
 
     let stored: BTreeSet<Uuid> = sqlx::query_scalar("SELECT event_id FROM events")
-        .fetch_all(&pool)
+        .fetch_all(&rig.pool)
         .await
         .expect("events")
         .into_iter()
         .collect();
     let sent: BTreeSet<Uuid> = events.iter().map(|e| e.event_id).collect();
     assert_eq!(stored, sent, "`events` holds each client id once");
-    let mut redis_conn = crate::common::tally::redis_on(redis.port)
-        .await
-        .expect("redis");
-    let problems = check_stores(&pool, &mut redis_conn, &events, now).await;
+    let problems = check_stores(&rig.pool, &mut rig.redis().await, &events, now).await;
     assert!(
         problems.is_empty(),
         "stores differ from the distinct events: {problems:#?}"
     );
     assert!(
-        daemon.unexpected_exits.is_empty(),
+        rig.daemon.unexpected_exits.is_empty(),
         "{:?}",
-        daemon.unexpected_exits
+        rig.daemon.unexpected_exits
     );
 }
 
@@ -208,49 +257,18 @@ async fn a_malformed_client_event_id_is_refused_with_its_reason() {
 /// which had it already, not again.
 #[tokio::test]
 async fn a_replayed_letter_is_applied_once_by_the_sinks_that_refused_it() {
-    let pg = PrivatePostgres::start();
-    let redis = PrivateRedis::start();
-    let broker = PrivateBroker::start().await;
-    let (env, overrides) = private_settings(&broker.address(), &pg, &redis, &[]);
-    let config = prepare_private(&pg, &env, &overrides).await;
-    let port = config.http.port;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::start(
-        env,
-        overrides,
-        dir.path().join("daemon.log"),
-        "replay-a".to_owned(),
-    );
-    assert!(
-        daemon.wait_ready(port, WAIT).await,
-        "not ready: {:?}",
-        daemon.log
-    );
-    let http = reqwest::Client::new();
+    let mut rig = Rig::start(&[], "replay-a").await;
+    let (http, port) = (rig.http.clone(), rig.port());
     let now = Utc::now().trunc_subsecs(0);
     // Events of every type; seq 4 is a player_score (KNOWN_EVENT_TYPES order).
-    let events: Vec<Event> = (0..50)
-        .map(|seq| {
-            let mut event = crate::common::tally::event_of(seq, 0, now);
-            event.event_id = Uuid::new_v4();
-            event
-        })
-        .collect();
+    let events = client_events(50, now);
     let scored = events
         .iter()
         .find(|e| e.event_type == "player_score")
         .expect("a player_score event")
         .clone();
     post(&http, port, &events.iter().collect::<Vec<_>>()).await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&format!(
-            "postgres://gamestream@127.0.0.1:{}/gamestream",
-            pg.port
-        ))
-        .await
-        .expect("pool");
-    wait_caught_up(&config, &pool, redis.port, &mut daemon).await;
+    rig.caught_up().await;
 
     // As if the leaderboard sinks had refused `scored` (a rule since fixed): its scores
     // are taken out of both leaderboard stores, and its letter written.
@@ -264,12 +282,10 @@ async fn a_replayed_letter_is_applied_once_by_the_sinks_that_refused_it() {
     .bind(score)
     .bind(&scored.player_id)
     .bind(&scored.game_id)
-    .execute(&pool)
+    .execute(&rig.pool)
     .await
     .expect("take the score out");
-    let mut redis_conn = crate::common::tally::redis_on(redis.port)
-        .await
-        .expect("redis");
+    let mut redis_conn = rig.redis().await;
     for board in ["alltime", "daily", "weekly"] {
         let _: f64 = redis::cmd("ZINCRBY")
             .arg(format!("leaderboard:{}:{board}", scored.game_id))
@@ -286,9 +302,9 @@ async fn a_replayed_letter_is_applied_once_by_the_sinks_that_refused_it() {
          RETURNING id",
     )
     .bind(serde_json::from_slice::<serde_json::Value>(&scored.to_record_value()).expect("json"))
-    .bind(&config.topics.player_events)
+    .bind(&rig.config.topics.player_events)
     .bind(scored.to_record_value())
-    .fetch_one(&pool)
+    .fetch_one(&rig.pool)
     .await
     .expect("letter");
 
@@ -298,32 +314,28 @@ async fn a_replayed_letter_is_applied_once_by_the_sinks_that_refused_it() {
         since: None,
     };
     for round in 0..2 {
-        let report = gamestream::ops::dlq::replay(&pool, &config, &selection, 10, false)
+        let report = gamestream::ops::dlq::replay(&rig.pool, &rig.config, &selection, 10, false)
             .await
             .expect("replay");
         assert_eq!(report.replayed, vec![letter], "round {round}");
         // The second time, as if the replay had crashed before marking the letter.
         sqlx::query("UPDATE dlq_events SET replayed_at = NULL WHERE id = $1")
             .bind(letter)
-            .execute(&pool)
+            .execute(&rig.pool)
             .await
             .expect("unmark");
     }
-    wait_caught_up(&config, &pool, redis.port, &mut daemon).await;
+    rig.caught_up().await;
 
     // Every store equals the events posted once: the leaderboards got the score back
     // once, statistics and `events` were not fed again.
-    let problems = check_stores(&pool, &mut redis_conn, &events, now).await;
+    let problems = check_stores(&rig.pool, &mut redis_conn, &events, now).await;
     let problems: Vec<String> = problems
         .into_iter()
         .filter(|p| !p.contains("dead letters"))
         .collect();
     assert!(problems.is_empty(), "stores differ: {problems:#?}");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&pool)
-        .await
-        .expect("events");
-    assert_eq!(rows, events.len() as i64);
+    assert_eq!(rig.events_rows().await, events.len() as i64);
     let skipped = metric(&http, port, "gamestream_dedupe_duplicates_total").await;
     assert!(
         skipped >= 1.0,
@@ -349,57 +361,31 @@ async fn wait_caught_up(
     }
 }
 
-/// The partitions `/ready` on `port` says this daemon holds.
-async fn held(port: u16) -> BTreeSet<i64> {
-    let url = format!("http://127.0.0.1:{port}/ready");
-    let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), reqwest::get(&url)).await
-    else {
-        return BTreeSet::new();
-    };
-    let body: serde_json::Value = reply.json().await.unwrap_or_default();
-    body["leases"]["partitions"]
-        .as_object()
-        .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
 /// Two daemons share the partitions; the one that owned some is killed and the other
 /// takes them over (its readers rebuild their windows from the log); resends to the
 /// survivor of events first sent to either count once.
 #[tokio::test]
 async fn resends_after_a_take_over_by_another_daemon_count_once() {
-    let pg = PrivatePostgres::start();
-    let redis = PrivateRedis::start();
-    let broker = PrivateBroker::start().await;
     let leases = [
         ("lease.ttl", "\"3s\"".to_owned()),
         ("lease.renew_interval", "\"1s\"".to_owned()),
     ];
-    let (env, overrides_a) = private_settings(&broker.address(), &pg, &redis, &leases);
-    let config = prepare_private(&pg, &env, &overrides_a).await;
-    let port_a = config.http.port;
+    let mut rig = Rig::start(&leases, "dedupe-a").await;
+    let port_a = rig.port();
     let port_b = crate::common::free_port();
-    let mut overrides_b = overrides_a.clone();
+    let mut overrides_b = rig.overrides.clone();
     overrides_b.push(("http.port".to_owned(), port_b.to_string()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut a = Daemon::start(
-        env.clone(),
-        overrides_a,
-        dir.path().join("a.log"),
-        "dedupe-a".to_owned(),
-    );
     let mut b = Daemon::start(
-        env,
+        rig.env.clone(),
         overrides_b,
-        dir.path().join("b.log"),
+        rig.dir.path().join("b.log"),
         "dedupe-b".to_owned(),
     );
-    assert!(a.wait_ready(port_a, WAIT).await, "a not ready: {:?}", a.log);
     assert!(b.wait_ready(port_b, WAIT).await, "b not ready: {:?}", b.log);
-    let partitions = config.topics.player_events_partitions as usize;
+    let partitions = rig.config.topics.player_events_partitions as usize;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (ha, hb) = (held(port_a).await, held(port_b).await);
+        let (ha, hb) = (held_partitions(port_a).await, held_partitions(port_b).await);
         if !ha.is_empty() && !hb.is_empty() && ha.len() + hb.len() == partitions {
             break;
         }
@@ -410,32 +396,18 @@ async fn resends_after_a_take_over_by_another_daemon_count_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let http = reqwest::Client::new();
+    let http = rig.http.clone();
     let now = Utc::now().trunc_subsecs(0);
-    let events: Vec<Event> = (0..400)
-        .map(|seq| {
-            let mut event = crate::common::tally::event_of(seq, 0, now);
-            event.event_id = Uuid::new_v4();
-            event
-        })
-        .collect();
+    let events = client_events(400, now);
     let (first_half, second_half) = events.split_at(events.len() / 2);
     post(&http, port_a, &first_half.iter().collect::<Vec<_>>()).await;
     post(&http, port_b, &second_half.iter().collect::<Vec<_>>()).await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&format!(
-            "postgres://gamestream@127.0.0.1:{}/gamestream",
-            pg.port
-        ))
-        .await
-        .expect("pool");
-    wait_caught_up(&config, &pool, redis.port, &mut b).await;
+    wait_caught_up(&rig.config, &rig.pool, rig.redis.port, &mut b).await;
 
     // a goes; b takes its partitions over once a's leases expire.
-    a.kill().await;
+    rig.daemon.kill().await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while held(port_b).await.len() != partitions {
+    while held_partitions(port_b).await.len() != partitions {
         assert!(
             tokio::time::Instant::now() < deadline,
             "b did not take a's partitions over within {WAIT:?}"
@@ -445,18 +417,11 @@ async fn resends_after_a_take_over_by_another_daemon_count_once() {
     // A fifth of all the events again, through b.
     let resent: Vec<&Event> = events.iter().step_by(5).collect();
     post(&http, port_b, &resent).await;
-    wait_caught_up(&config, &pool, redis.port, &mut b).await;
+    wait_caught_up(&rig.config, &rig.pool, rig.redis.port, &mut b).await;
 
-    let mut redis_conn = crate::common::tally::redis_on(redis.port)
-        .await
-        .expect("redis");
-    let problems = check_stores(&pool, &mut redis_conn, &events, now).await;
+    let problems = check_stores(&rig.pool, &mut rig.redis().await, &events, now).await;
     assert!(problems.is_empty(), "stores differ: {problems:#?}");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&pool)
-        .await
-        .expect("events");
-    assert_eq!(rows, events.len() as i64);
+    assert_eq!(rig.events_rows().await, events.len() as i64);
     assert!(b.unexpected_exits.is_empty(), "{:?}", b.unexpected_exits);
 }
 
@@ -465,26 +430,9 @@ async fn resends_after_a_take_over_by_another_daemon_count_once() {
 /// it again) while `events` keeps the first (its key is `event_id`). As the README says.
 #[tokio::test]
 async fn a_resend_after_the_window_is_counted_again_except_in_events() {
-    let pg = PrivatePostgres::start();
-    let redis = PrivateRedis::start();
-    let broker = PrivateBroker::start().await;
     let window = [("dedupe.window", "\"2s\"".to_owned())];
-    let (env, overrides) = private_settings(&broker.address(), &pg, &redis, &window);
-    let config = prepare_private(&pg, &env, &overrides).await;
-    let port = config.http.port;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::start(
-        env,
-        overrides,
-        dir.path().join("daemon.log"),
-        "window-a".to_owned(),
-    );
-    assert!(
-        daemon.wait_ready(port, WAIT).await,
-        "not ready: {:?}",
-        daemon.log
-    );
-    let http = reqwest::Client::new();
+    let mut rig = Rig::start(&window, "window-a").await;
+    let (http, port) = (rig.http.clone(), rig.port());
     let now = Utc::now().trunc_subsecs(0);
     let scored = |seq: usize, player: &str| {
         let mut event = crate::common::tally::event_of(seq, 0, now);
@@ -499,21 +447,13 @@ async fn a_resend_after_the_window_is_counted_again_except_in_events() {
     let after = scored(2, "after-window");
     post(&http, port, &[&within, &after]).await;
     post(&http, port, &[&within]).await; // at once: a duplicate
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&format!(
-            "postgres://gamestream@127.0.0.1:{}/gamestream",
-            pg.port
-        ))
-        .await
-        .expect("pool");
-    wait_caught_up(&config, &pool, redis.port, &mut daemon).await;
+    rig.caught_up().await;
     tokio::time::sleep(Duration::from_secs(3)).await; // past the 2 s window
     post(&http, port, &[&after]).await;
-    wait_caught_up(&config, &pool, redis.port, &mut daemon).await;
+    rig.caught_up().await;
 
     let total = |player: &'static str| {
-        let pool = pool.clone();
+        let pool = rig.pool.clone();
         async move {
             sqlx::query_scalar::<_, i64>(
                 "SELECT total_events FROM player_statistics WHERE player_id = $1",
@@ -530,9 +470,7 @@ async fn a_resend_after_the_window_is_counted_again_except_in_events() {
         "a resend within the window"
     );
     assert_eq!(total("after-window").await, 2, "a resend after the window");
-    let redis_conn = crate::common::tally::redis_on(redis.port)
-        .await
-        .expect("redis");
+    let redis_conn = rig.redis().await;
     let board = "leaderboard:window-game:alltime".to_owned();
     let score = |player: &'static str| {
         let board = board.clone();
@@ -548,9 +486,9 @@ async fn a_resend_after_the_window_is_counted_again_except_in_events() {
     };
     assert_eq!(score("within-window").await, 10.0);
     assert_eq!(score("after-window").await, 20.0);
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&pool)
-        .await
-        .expect("events");
-    assert_eq!(rows, 2, "`events` keeps the first of each id");
+    assert_eq!(
+        rig.events_rows().await,
+        2,
+        "`events` keeps the first of each id"
+    );
 }

@@ -96,16 +96,7 @@ impl Daemon {
 
     /// The partitions `/ready` says this daemon holds (empty if it does not answer).
     async fn held(&self) -> BTreeSet<i64> {
-        let url = format!("http://127.0.0.1:{}/ready", self.port);
-        let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), reqwest::get(&url)).await
-        else {
-            return BTreeSet::new();
-        };
-        let body: serde_json::Value = reply.json().await.unwrap_or_default();
-        body["leases"]["partitions"]
-            .as_object()
-            .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
-            .unwrap_or_default()
+        crate::common::held_partitions(self.port).await
     }
 
     /// The sum of a counter over its labels, from `/metrics`.

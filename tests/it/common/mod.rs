@@ -1053,3 +1053,18 @@ pub async fn scan_keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &s
         cursor = next;
     }
 }
+
+/// The partitions the daemon whose HTTP port is `port` holds, as its `/ready` says
+/// (empty while it does not answer).
+pub async fn held_partitions(port: u16) -> std::collections::BTreeSet<i64> {
+    let url = format!("http://127.0.0.1:{port}/ready");
+    let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), reqwest::get(&url)).await
+    else {
+        return Default::default();
+    };
+    let body: serde_json::Value = reply.json().await.unwrap_or_default();
+    body["leases"]["partitions"]
+        .as_object()
+        .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
+        .unwrap_or_default()
+}
