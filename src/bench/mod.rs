@@ -322,7 +322,6 @@ static BENCH_BASE_TIME: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> =
     std::sync::OnceLock::new();
 
 /// A realistic mix: 30% scores, many players and games, small `data` objects.
-
 pub fn bench_event(i: usize, players: usize, games: usize) -> Event {
     // A cheap deterministic scramble so players and games do not advance in lockstep.
     let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
