@@ -160,7 +160,12 @@ async fn preload_window(
             if r.offset < offset || r.offset >= next_offset {
                 continue;
             }
-            let key = dedupe_key(&mut scratch, &r.record.headers, r.record.value.as_deref());
+            let key = dedupe_key(&r.record.headers, || {
+                let value = r.record.value.as_deref()?;
+                scratch.clear();
+                scratch.extend_from_slice(value);
+                event::parse_record(&mut scratch).ok().map(|e| e.event_id)
+            });
             window.observe(r.offset, key, r.record.timestamp.timestamp_millis());
         }
         offset = last + 1;
@@ -181,25 +186,20 @@ async fn preload_window(
 const PRELOAD_FETCH_BYTES: i32 = 4 * 1024 * 1024;
 
 /// A record's duplicate key: the dead letter a replay republishes (header
-/// `dlq_replay_of`), else the event's `event_id` (header, else the value); `None` for a
-/// record that is not a valid event.
+/// `dlq_replay_of`), else the `event_id` of the event its value parses to; `None` for
+/// a record that is not a valid event. The reader passes the event it parsed anyway;
+/// rebuilding the window parses the value here.
 fn dedupe_key(
-    scratch: &mut Vec<u8>,
     headers: &std::collections::BTreeMap<String, Vec<u8>>,
-    value: Option<&[u8]>,
+    event_id: impl FnOnce() -> Option<uuid::Uuid>,
 ) -> Option<DedupeKey> {
-    if let Some(letter) = headers.get(REPLAY_HEADER) {
-        return std::str::from_utf8(letter)
+    match headers.get(REPLAY_HEADER) {
+        Some(letter) => std::str::from_utf8(letter)
             .ok()
             .and_then(|l| l.parse().ok())
-            .map(DedupeKey::Replay);
+            .map(DedupeKey::Replay),
+        None => event_id().map(DedupeKey::Event),
     }
-    let value = value?;
-    scratch.clear();
-    scratch.extend_from_slice(value);
-    event::parse_record(scratch)
-        .ok()
-        .map(|e| DedupeKey::Event(e.event_id))
 }
 
 /// The header `gamestream dlq replay` stamps on the records it republishes: the id of
@@ -523,15 +523,14 @@ impl ReaderState {
                 continue; // a fetch may start at the beginning of a stored record batch
             }
             next_offset = Some(r.offset + 1);
+            let parsed = parse(&mut self.scratch, r.record.key, r.record.value);
             if let Some(verdicts) = self.dedupe.as_mut() {
                 let key = if r.offset < verdicts.frontier {
                     None // judged already: the key is not needed
                 } else {
-                    dedupe_key(
-                        &mut self.scratch,
-                        &r.record.headers,
-                        r.record.value.as_deref(),
-                    )
+                    dedupe_key(&r.record.headers, || {
+                        parsed.as_ref().ok().map(|e| e.event_id)
+                    })
                 };
                 if verdicts.judge(r.offset, key, r.record.timestamp.timestamp_millis()) {
                     duplicates += 1;
@@ -558,7 +557,6 @@ impl ReaderState {
                 .get(REPLAY_FOR_HEADER)
                 .and_then(|target| std::str::from_utf8(target).ok())
                 .map(Box::from);
-            let parsed = parse(&mut self.scratch, r.record.key, r.record.value);
             records.push(ParsedRecord {
                 offset: r.offset,
                 parsed,

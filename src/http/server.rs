@@ -302,10 +302,20 @@ impl Drop for Registered {
     }
 }
 
-/// Serves `service` (the routes) on `listener` until `shutdown`, then answers the
-/// requests in progress and returns once every connection has closed.
-pub async fn run<S>(listener: TcpListener, service: S, limits: Limits, shutdown: Shutdown)
-where
+/// What the server serves: the warp routes as one cloneable service per connection.
+pub trait RouteService:
+    tower_service::Service<
+        hyper::Request<Incoming>,
+        Response = Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> RouteService for S where
     S: tower_service::Service<
             hyper::Request<Incoming>,
             Response = Response,
@@ -313,7 +323,15 @@ where
             Future: Send + 'static,
         > + Clone
         + Send
-        + 'static,
+        + 'static
+{
+}
+
+/// Serves `service` (the routes) on `listener` until `shutdown`, then answers the
+/// requests in progress and returns once every connection has closed.
+pub async fn run<S>(listener: TcpListener, service: S, limits: Limits, shutdown: Shutdown)
+where
+    S: RouteService,
 {
     let registry = Arc::new(Registry::default());
     let limits = Arc::new(limits);
@@ -436,14 +454,7 @@ async fn connection<S>(
     shutdown: Shutdown,
     registered: Registered,
 ) where
-    S: tower_service::Service<
-            hyper::Request<Incoming>,
-            Response = Response,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
+    S: RouteService,
 {
     // hyper's connection (buffers and all) is built once the first bytes arrive: a
     // silent connection costs a socket and this small task, not a parser.
@@ -480,14 +491,7 @@ async fn speak<S>(
     shutdown: Shutdown,
     registered: Registered,
 ) where
-    S: tower_service::Service<
-            hyper::Request<Incoming>,
-            Response = Response,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
+    S: RouteService,
 {
     let io = TokioIo::new(Tracked::new(stream, Arc::clone(&entry)));
     let service = Routes {
@@ -587,14 +591,7 @@ struct Routes<S> {
 
 impl<S> hyper::service::Service<hyper::Request<Incoming>> for Routes<S>
 where
-    S: tower_service::Service<
-            hyper::Request<Incoming>,
-            Response = Response,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
+    S: RouteService,
 {
     type Response = Response;
     type Error = Infallible;

@@ -335,14 +335,7 @@ async fn live_member_is_respected(protocol: &str) {
             "{group} is mirrored"
         );
     }
-    assert!(
-        eventually(MIRROR_TIMEOUT, || async {
-            ready(&server).await["group_offsets"][&occupied]["state"] == "live_members"
-        })
-        .await,
-        "/ready shows {occupied} with live members: {}",
-        ready(&server).await
-    );
+    assert_ready_state(&server, &occupied, "live_members").await;
     let answer = server.get("/ready").await;
     let body = answer.json();
     assert_eq!(
@@ -375,15 +368,20 @@ async fn live_member_is_respected(protocol: &str) {
         wait_group_at(&env, &occupied, &marks).await,
         "{occupied} is mirrored once its member left"
     );
+    assert_ready_state(&server, &occupied, "mirrored").await;
+    server.stop().await;
+}
+
+/// Waits until `/ready` shows `group` in `state` (`mirrored`, `live_members`, ...).
+async fn assert_ready_state(server: &TestServer, group: &str, state: &str) {
     assert!(
         eventually(MIRROR_TIMEOUT, || async {
-            ready(&server).await["group_offsets"][&occupied]["state"] == "mirrored"
+            ready(server).await["group_offsets"][group]["state"] == state
         })
         .await,
-        "/ready shows {occupied} mirrored again: {}",
-        ready(&server).await
+        "/ready does not show {group} as {state}: {}",
+        ready(server).await
     );
-    server.stop().await;
 }
 
 /// The partition of `__consumer_offsets` holding `group` (Kafka's

@@ -180,16 +180,46 @@ async fn stats_script_applies_once_and_fences() {
     remove_keys(&mut conn, &prefix).await;
 }
 
+/// A Redis connection, keys under a fresh prefix, the leaderboard sink's offsets hash
+/// (marked initialised), its script and the default period TTL.
+struct LeaderboardFixture {
+    conn: redis::aio::MultiplexedConnection,
+    prefix: String,
+    keys: RedisKeys,
+    offsets: String,
+    script: redis::Script,
+    ttl: Duration,
+}
+
+impl LeaderboardFixture {
+    async fn new(tag: &str) -> Self {
+        let mut conn = redis().await;
+        let prefix = format!("{tag}{}:", unique_id());
+        let keys = RedisKeys::new(prefix.clone());
+        let offsets = keys.offsets("leaderboard-manager-redis", "t");
+        mark_initialised(&mut conn, &offsets).await;
+        Self {
+            conn,
+            prefix,
+            keys,
+            offsets,
+            script: leaderboard::script(),
+            ttl: Duration::from_secs(35 * 86_400),
+        }
+    }
+}
+
 #[tokio::test]
 async fn leaderboard_script_rolls_the_current_boards_over() {
-    let mut conn = redis().await;
-    let prefix = format!("l{}:", unique_id());
-    let keys = RedisKeys::new(prefix.clone());
-    let offsets = keys.offsets("leaderboard-manager-redis", "t");
-    mark_initialised(&mut conn, &offsets).await;
-    let script = leaderboard::script();
+    let LeaderboardFixture {
+        mut conn,
+        prefix,
+        keys,
+        offsets,
+        script,
+        ttl,
+    } = LeaderboardFixture::new("l").await;
     let now = Utc::now();
-    let ttl = Duration::from_secs(35 * 86_400);
     let today = PeriodKey::of(Period::Daily, now);
     let undated = keys.leaderboard("g", Period::Daily);
     let dated = keys.leaderboard_of("g", today);
@@ -297,14 +327,15 @@ async fn zscore(conn: &mut redis::aio::MultiplexedConnection, key: &str, member:
 
 #[tokio::test]
 async fn leaderboard_script_refuses_a_score_past_the_exact_bound_before_writing() {
-    let mut conn = redis().await;
-    let prefix = format!("b{}:", unique_id());
-    let keys = RedisKeys::new(prefix.clone());
-    let offsets = keys.offsets("leaderboard-manager-redis", "t");
-    mark_initialised(&mut conn, &offsets).await;
-    let script = leaderboard::script();
+    let LeaderboardFixture {
+        mut conn,
+        prefix,
+        keys,
+        offsets,
+        script,
+        ttl,
+    } = LeaderboardFixture::new("b").await;
     let now = Utc::now();
-    let ttl = Duration::from_secs(35 * 86_400);
     let alltime = keys.leaderboard("g", Period::AllTime);
     let max = gamestream::event::MAX_EXACT_SCORE;
     let writer = conn.clone();
