@@ -64,6 +64,12 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::ops::offsets::OffsetsAction,
     },
+    /// Take over from the old pipeline: plan (read only), apply (adopt its offsets and
+    /// state), verify (compare the stores). The runbook is in the README.
+    Cutover {
+        #[command(subcommand)]
+        action: crate::ops::cutover::CutoverAction,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -138,8 +144,10 @@ pub fn main() -> ExitCode {
         }
     };
     // The operator tools print their results; the clients' info logs would drown them.
-    if matches!(cli.command, Command::Dlq { .. } | Command::Offsets { .. })
-        && std::env::var_os("RUST_LOG").is_none()
+    if matches!(
+        cli.command,
+        Command::Dlq { .. } | Command::Offsets { .. } | Command::Cutover { .. }
+    ) && std::env::var_os("RUST_LOG").is_none()
     {
         config.telemetry.log_level = OPS_LOG_LEVEL.to_owned();
     }
@@ -185,6 +193,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Loadgen(args) => Ok(crate::loadgen::command(args, &config).await),
         Command::Dlq { action } => Ok(crate::ops::dlq::command(action, &config).await),
         Command::Offsets { action } => Ok(crate::ops::offsets::command(action, &config).await),
+        Command::Cutover { action } => Ok(crate::ops::cutover::command(action, &config).await),
     };
     match result {
         Ok(exit) => exit.into(),

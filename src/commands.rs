@@ -12,7 +12,24 @@ use crate::sinks::{postgres, redis};
 pub async fn migrate(config: &Config) -> Result<Exit, StoreError> {
     let pool = postgres::connect(&config.postgres).await?;
     let before = postgres::schema_status(&pool).await?;
-    postgres::migrate(&pool).await?;
+    if let Some(adopted) = postgres::migrate(&pool).await? {
+        let per_million = if adopted.events > 0 {
+            format!(
+                ", {:.1} s per million events rows",
+                adopted.elapsed.as_secs_f64() * 1e6 / adopted.events as f64
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "database `{}`: adopted the old pipeline's tables ({} events rows, {} other rows) in {:.1} s{per_million}; \
+             next: `gamestream cutover plan`",
+            config.postgres.database,
+            adopted.events,
+            adopted.other_rows,
+            adopted.elapsed.as_secs_f64()
+        );
+    }
     match before {
         postgres::SchemaStatus::UpToDate => {
             println!("database `{}` is up to date", config.postgres.database)

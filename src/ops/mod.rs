@@ -6,11 +6,14 @@
 //! dlq replay   dlq_events ──claim (FOR UPDATE SKIP LOCKED)──► raw topic ──acked──► replayed_at, COMMIT
 //! offsets show sink_offsets + Redis offsets hashes + broker watermarks + partition_leases ──► table
 //! offsets reset  lease check ──► broker offset for earliest|latest|N|time ──► sink_offsets / Redis hash
+//! offsets rebuild  lease check ──► Redis offsets hash: marker off, rebuild requested
+//! cutover …      the old pipeline's groups, Postgres and Redis ──► plan / adopt / compare (cutover/mod.rs)
 //! ```
 //!
 //! Each command is a thin layer over Postgres, Redis and the broker; none of them needs a
 //! running daemon, and `offsets reset` refuses to run while one holds the partition.
 
+pub mod cutover;
 pub mod dlq;
 pub mod offsets;
 

@@ -25,6 +25,7 @@ use super::{OpsError, Result};
 use crate::catalogue::{self, Store};
 use crate::config::Config;
 use crate::kafka;
+use crate::sinks::redis::keys::{INITIALISED_FIELD, REBUILD_REQUESTED_FIELD};
 use crate::sinks::redis::{RedisKeys, offsets as redis_offsets};
 use crate::sinks::{postgres, redis};
 
@@ -43,6 +44,21 @@ pub enum OffsetsAction {
     Show(ShowArgs),
     /// Move a sink's committed offset; refused while a daemon holds the partition.
     Reset(ResetArgs),
+    /// Ask a Redis sink to rebuild its keys from its Postgres twin: deletes every key of
+    /// its store (`player_stats:*` or `leaderboard:*`) and copies Postgres's rows and
+    /// offsets, at the sink's next start (a running sink is restarted into it). The only
+    /// way to replace keys gamestream did not write; refused while a daemon holds a partition.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The Redis sink: stats-aggregator-redis or leaderboard-manager-redis.
+    #[arg(long)]
+    pub sink: String,
+    /// Ask even while a daemon holds partitions (its sink rebuilds at its next write).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +131,9 @@ pub async fn command(action: OffsetsAction, config: &Config) -> Exit {
         OffsetsAction::Reset(args) => {
             super::exit_code("offsets reset", reset_command(&args, config).await)
         }
+        OffsetsAction::Rebuild(args) => {
+            super::exit_code("offsets rebuild", rebuild_command(&args, config).await)
+        }
     }
 }
 
@@ -151,12 +170,15 @@ pub struct OffsetRow {
 
 /// The broker's bounds of one partition.
 #[derive(Debug, Clone, Copy)]
-struct Bounds {
-    earliest: i64,
-    high_watermark: i64,
+pub(super) struct Bounds {
+    pub(super) earliest: i64,
+    pub(super) high_watermark: i64,
 }
 
-async fn partition_clients(client: &Client, topic: &str) -> Result<Vec<PartitionClient>> {
+pub(super) async fn partition_clients(
+    client: &Client,
+    topic: &str,
+) -> Result<Vec<PartitionClient>> {
     let count = kafka::partition_count(client, topic).await?;
     let mut out = Vec::new();
     for partition in 0..count {
@@ -169,7 +191,7 @@ async fn partition_clients(client: &Client, topic: &str) -> Result<Vec<Partition
     Ok(out)
 }
 
-async fn bounds(pc: &PartitionClient) -> Result<Bounds> {
+pub(super) async fn bounds(pc: &PartitionClient) -> Result<Bounds> {
     let earliest = pc.get_offset(OffsetAt::Earliest).await?;
     let (_, high_watermark) = pc
         .fetch_records(earliest, 1..WATERMARK_FETCH_BYTES, WATERMARK_FETCH_WAIT_MS)
@@ -180,8 +202,35 @@ async fn bounds(pc: &PartitionClient) -> Result<Bounds> {
     })
 }
 
+/// Refuses (unless `force`) while a daemon holds a partition of `topic`; what it was
+/// going to do is `action` in the message.
+pub async fn refuse_while_held(
+    pool: &sqlx::PgPool,
+    topic: &str,
+    action: &str,
+    force: bool,
+) -> Result<()> {
+    let held = holders(pool, topic).await?;
+    if held.is_empty() {
+        return Ok(());
+    }
+    let who = held
+        .iter()
+        .map(|(p, owner)| format!("partition {p} held by `{owner}`"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if force {
+        tracing::warn!(holders = %who, "{action} while a daemon runs (--force)");
+        return Ok(());
+    }
+    Err(OpsError::Refused(format!(
+        "a gamestream daemon is running: {who}. Stop every daemon (or wait for its leases to \
+         expire) before you {action}"
+    )))
+}
+
 /// Live lease holders of `topic`, by partition.
-async fn holders(pool: &sqlx::PgPool, topic: &str) -> Result<BTreeMap<i32, String>> {
+pub(super) async fn holders(pool: &sqlx::PgPool, topic: &str) -> Result<BTreeMap<i32, String>> {
     let rows: Vec<(i32, String)> = sqlx::query_as(
         "SELECT partition, owner FROM partition_leases
          WHERE topic = $1 AND owner IS NOT NULL AND expires_at > now()",
@@ -502,6 +551,53 @@ async fn reset_command(args: &ResetArgs, config: &Config) -> Result<Exit> {
             args.sink
         );
     }
+    Ok(Exit::Success)
+}
+
+/// Marks a Redis sink's store for a rebuild: its offsets hash loses the marker that says
+/// its keys are complete and gains the request that lets the rebuild delete them.
+pub async fn request_rebuild(config: &Config, sink: &str, force: bool) -> Result<()> {
+    let spec = catalogue::find(sink).filter(|s| s.store == Store::Redis);
+    let Some(spec) = spec else {
+        return Err(OpsError::Usage(format!(
+            "`{sink}` is not a Redis sink; the Redis sinks are {}",
+            catalogue::in_store(Store::Redis)
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let topic = config.topics.player_events.as_str();
+    let pool = postgres::connect(&config.postgres).await?;
+    refuse_while_held(&pool, topic, "rebuild a Redis sink", force).await?;
+    let redis_pool = redis::connect(&config.redis).await?;
+    let mut conn = redis_pool.get().await.map_err(redis::RedisError::from)?;
+    let key = RedisKeys::new(config.redis.key_prefix.clone()).offsets(spec.name, topic);
+    ::redis::pipe()
+        .atomic()
+        .cmd("HDEL")
+        .arg(&key)
+        .arg(INITIALISED_FIELD)
+        .ignore()
+        .cmd("HSET")
+        .arg(&key)
+        .arg(REBUILD_REQUESTED_FIELD)
+        .arg(format!(
+            "{} (gamestream offsets rebuild)",
+            crate::event::rfc3339(Utc::now())
+        ))
+        .ignore()
+        .query_async::<()>(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn rebuild_command(args: &RebuildArgs, config: &Config) -> Result<Exit> {
+    request_rebuild(config, &args.sink, args.force).await?;
+    println!(
+        "{}: rebuild requested; the sink deletes its keys and copies its Postgres twin at its next start",
+        args.sink
+    );
     Ok(Exit::Success)
 }
 

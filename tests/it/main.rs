@@ -12,6 +12,7 @@ mod bad_input;
 mod bench_smoke;
 mod broker_outage;
 mod chaos;
+mod cutover;
 mod dedupe;
 mod deploy_manifests;
 mod failover;

@@ -11,4 +11,6 @@ pub mod snapshot;
 pub mod stats;
 
 pub use pool::{PgError, connect, connect_as, connect_options};
-pub use schema::{MIGRATOR, SchemaStatus, migrate, require_migrated, schema_status};
+pub use schema::{
+    Adopted, LEGACY_TABLES, MIGRATOR, SchemaStatus, migrate, require_migrated, schema_status,
+};

@@ -16,6 +16,13 @@ use crate::aggregate::{Period, PeriodKey};
 /// rebuild). Redis restarted without persistence, or flushed, has no such field.
 pub const INITIALISED_FIELD: &str = "initialised_at";
 
+/// Field of the offsets hash that allows a rebuild to delete the store's keys: set by
+/// `gamestream offsets rebuild` (an operator asked for one), or by a rebuild itself when
+/// it found the store empty (so that a rebuild cut short is resumed). Without it a sink
+/// that finds keys and no [`INITIALISED_FIELD`] leaves them alone: they were not written
+/// by gamestream (the old pipeline's, before `gamestream cutover apply`).
+pub const REBUILD_REQUESTED_FIELD: &str = "rebuild_requested_at";
+
 /// Builds key names with the configured prefix.
 #[derive(Debug, Clone)]
 pub struct RedisKeys {
@@ -27,6 +34,11 @@ impl RedisKeys {
         Self {
             prefix: prefix.into(),
         }
+    }
+
+    /// What every key starts with (`redis.key_prefix`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The CONTRACT statistics hash of a player.

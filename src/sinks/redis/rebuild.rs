@@ -16,7 +16,14 @@
 //! ```
 //!
 //! The Redis sink then resumes from the Postgres sink's offsets, which describe exactly
-//! the rows it copied, so nothing is missing and nothing counts twice. A sink running
+//! the rows it copied, so nothing is missing and nothing counts twice.
+//!
+//! A rebuild deletes only keys gamestream may delete: the store must be empty (Redis
+//! flushed or restarted without persistence), or a rebuild must have been asked for
+//! ([`REBUILD_REQUESTED_FIELD`], set by `gamestream offsets rebuild` or by a rebuild cut
+//! short). Keys without gamestream's offsets are the old pipeline's: the sink leaves
+//! them alone and retries until `gamestream cutover apply` adopts them (it writes the
+//! offsets hashes) or an operator asks for the rebuild. A sink running
 //! while Redis empties finds the marker gone at its next write (the script answers
 //! MISSING), stops, and is restarted into this path. Rebuilds are counted in
 //! `gamestream_redis_rebuilds_total{sink}` (a first start, with nothing in Postgres
@@ -29,7 +36,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use redis::aio::MultiplexedConnection;
 
-use super::keys::{INITIALISED_FIELD, RedisKeys};
+use super::keys::{INITIALISED_FIELD, REBUILD_REQUESTED_FIELD, RedisKeys};
 use super::pool::connection;
 use super::{RedisPool, leaderboard, offsets, stats};
 use crate::aggregate::{Period, PeriodKey};
@@ -157,20 +164,15 @@ async fn rebuild(
         from = source.postgres_sink,
         "Redis has no committed offsets for this sink; rebuilding it from Postgres"
     );
+    let offsets_key = keys.offsets(source.sink, source.topic);
+    let patterns = store_patterns(keys, source.store);
+    allow_wipe(conn, &offsets_key, &patterns, settings, source.sink).await?;
     let mut tx = snapshot::begin(pg).await?;
     let committed = snapshot::committed(&mut tx, source.postgres_sink, source.topic).await?;
-    let wiped = match source.store {
-        Store::Stats => wipe(conn, &keys.pattern("player_stats:"), settings).await?,
-        Store::Leaderboard => {
-            wipe(conn, &keys.pattern("leaderboard:"), settings).await?
-                + wipe(
-                    conn,
-                    &keys.pattern("gamestream:leaderboard-period:"),
-                    settings,
-                )
-                .await?
-        }
-    };
+    let mut wiped = 0;
+    for pattern in &patterns {
+        wiped += wipe(conn, pattern, settings).await?;
+    }
     let rows = match source.store {
         Store::Stats => copy_stats(conn, &mut tx, keys, settings, lock).await?,
         Store::Leaderboard => copy_scores(conn, &mut tx, keys, settings, lock).await?,
@@ -184,13 +186,7 @@ async fn rebuild(
     } else {
         "initialised: postgres had nothing yet"
     };
-    finish(
-        conn,
-        &keys.offsets(source.sink, source.topic),
-        &committed,
-        note,
-    )
-    .await?;
+    finish(conn, &offsets_key, &committed, note).await?;
     let elapsed = started.elapsed();
     if rebuilt {
         metrics::counter!("gamestream_redis_rebuilds_total", "sink" => source.sink).increment(1);
@@ -203,8 +199,83 @@ async fn rebuild(
     Ok(committed)
 }
 
-/// Deletes every key matching `pattern` (leftovers of a partial loss must not add to
-/// the copy). Returns how many.
+/// SCAN patterns of every key of a store.
+fn store_patterns(keys: &RedisKeys, store: Store) -> Vec<String> {
+    match store {
+        Store::Stats => vec![keys.pattern("player_stats:")],
+        Store::Leaderboard => vec![
+            keys.pattern("leaderboard:"),
+            keys.pattern("gamestream:leaderboard-period:"),
+        ],
+    }
+}
+
+/// Succeeds when the rebuild may delete the store's keys: a rebuild was asked for, or
+/// the store is empty (then the request is recorded, so that a rebuild cut short
+/// resumes). Keys in a store without gamestream's offsets are refused (transient: the
+/// sink retries until they are adopted or a rebuild is asked for).
+async fn allow_wipe(
+    conn: &mut MultiplexedConnection,
+    offsets_key: &str,
+    patterns: &[String],
+    settings: &RedisSinkSettings,
+    sink: &str,
+) -> Result<(), SinkError> {
+    let requested: bool = redis::cmd("HEXISTS")
+        .arg(offsets_key)
+        .arg(REBUILD_REQUESTED_FIELD)
+        .query_async(conn)
+        .await?;
+    if requested {
+        return Ok(());
+    }
+    for pattern in patterns {
+        if let Some(key) = first_key(conn, pattern, settings).await? {
+            return Err(SinkError::transient(format!(
+                "{sink}: Redis holds `{key}` (and perhaps more such keys) but no gamestream offsets \
+                 (`{offsets_key}`): keys gamestream did not write are never deleted. Adopt them \
+                 with `gamestream cutover apply` (the old pipeline's), or replace them with a copy \
+                 of Postgres with `gamestream offsets rebuild --sink {sink}`"
+            )));
+        }
+    }
+    redis::cmd("HSET")
+        .arg(offsets_key)
+        .arg(REBUILD_REQUESTED_FIELD)
+        .arg(format!("{} (found empty)", rfc3339(Utc::now())))
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// The first key matching `pattern`, if any.
+async fn first_key(
+    conn: &mut MultiplexedConnection,
+    pattern: &str,
+    settings: &RedisSinkSettings,
+) -> Result<Option<String>, SinkError> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(settings.rebuild_batch_size)
+            .query_async(conn)
+            .await?;
+        if let Some(key) = found.into_iter().next() {
+            return Ok(Some(key));
+        }
+        if next == 0 {
+            return Ok(None);
+        }
+        cursor = next;
+    }
+}
+
+/// Deletes every key matching `pattern` (leftovers of a rebuild cut short must not add
+/// to the copy). Returns how many.
 async fn wipe(
     conn: &mut MultiplexedConnection,
     pattern: &str,
@@ -288,15 +359,25 @@ async fn copy_scores(
             pending = 0;
         }
     }
-    for (key, at) in &expiries {
+    expire_boards(&mut pipe, &expiries, &markers);
+    flush(conn, &mut pipe, lock).await?;
+    Ok(count)
+}
+
+/// After [`leaderboard::rebuild_commands`] for every row: each dated and undated board's
+/// expiry, and the markers of the periods the undated boards hold, set once each.
+pub fn expire_boards(
+    pipe: &mut redis::Pipeline,
+    expiries: &BTreeMap<String, i64>,
+    markers: &BTreeMap<String, (String, i64)>,
+) {
+    for (key, at) in expiries {
         pipe.cmd("EXPIREAT").arg(key).arg(*at).ignore();
     }
-    for (marker, (label, at)) in &markers {
+    for (marker, (label, at)) in markers {
         pipe.cmd("SET").arg(marker).arg(label).ignore();
         pipe.cmd("EXPIREAT").arg(marker).arg(*at).ignore();
     }
-    flush(conn, &mut pipe, lock).await?;
-    Ok(count)
 }
 
 /// The oldest day and week whose dated keys are still within `ttl` at `now` (a period
@@ -326,7 +407,7 @@ async fn flush(
 }
 
 /// Marks the store complete: the offsets the copy corresponds to, plus the marker.
-async fn finish(
+pub async fn finish(
     conn: &mut MultiplexedConnection,
     offsets_key: &str,
     committed: &BTreeMap<i32, i64>,

@@ -83,6 +83,9 @@ pub struct TestEnv {
     pub pg: sqlx::PgPool,
 }
 
+/// The old pipeline's database as it exists today (beside the project root).
+pub const LEGACY_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/legacy/schema.sql");
+
 const NOT_UP: &str =
     "the local stack is not up: run `make test` (which starts it) or `deploy/local/stack.sh up`";
 
@@ -94,6 +97,22 @@ impl TestEnv {
 
     /// As [`TestEnv::new`], with extra settings (`("logger.batch_size", "10")`).
     pub async fn with_overrides(extra: &[(&str, &str)]) -> Self {
+        Self::build(extra, true).await
+    }
+
+    /// As [`TestEnv::with_overrides`], but the database is the old pipeline's: the
+    /// tables of `../shared/legacy/schema.sql`, empty and not migrated.
+    pub async fn legacy(extra: &[(&str, &str)]) -> Self {
+        let env = Self::build(extra, false).await;
+        let schema = std::fs::read_to_string(LEGACY_SCHEMA).expect("../shared/legacy/schema.sql");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(schema))
+            .execute(&env.pg)
+            .await
+            .expect("the old pipeline's schema applies");
+        env
+    }
+
+    async fn build(extra: &[(&str, &str)], migrate: bool) -> Self {
         let stack = Stack::from_env();
         let id = unique_id();
         let database = format!("gs_test_{id}");
@@ -137,7 +156,9 @@ impl TestEnv {
         let pg = postgres::connect(&config.postgres)
             .await
             .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
-        postgres::migrate(&pg).await.expect("migrations apply");
+        if migrate {
+            postgres::migrate(&pg).await.expect("migrations apply");
+        }
         let client = kafka::connect(&config.kafka)
             .await
             .unwrap_or_else(|e| panic!("{NOT_UP}: {e}"));
