@@ -402,10 +402,10 @@ pub struct StatsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderboardConfig {
-    /// How often the `leaderboards` top-N table is refreshed.
+    /// How often the `leaderboards` table (the all-time top N of each game) is refreshed.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
-    /// Entries per game and period in the `leaderboards` table.
+    /// Entries per game in the `leaderboards` table (all time only).
     pub top_n: u32,
     /// How long dated Redis boards live after their period ends.
     #[serde(with = "humantime_serde")]

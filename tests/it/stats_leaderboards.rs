@@ -201,6 +201,54 @@ async fn events_land_in_their_own_periods() {
     assert!(!this_week.contains_key("p-late") && !this_week.contains_key("p-ancient"));
 }
 
+/// Migration 20261203000001 deletes the daily and weekly rows of `leaderboards`, of every
+/// game (the refresh only rewrites the games it ranks), and keeps the all-time ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_keeps_all_time_rows_only() {
+    let env = TestEnv::new().await;
+    for (game, player, period) in [
+        ("never-played-again", "a", "daily"),
+        ("never-played-again", "b", "weekly"),
+        ("never-played-again", "c", "alltime"),
+        ("game-1", "d", "alltime"),
+    ] {
+        sqlx::query(
+            "INSERT INTO leaderboards (game_id, player_id, rank, score, period)
+             VALUES ($1, $2, 1, 5, $3)",
+        )
+        .bind(game)
+        .bind(player)
+        .bind(period)
+        .execute(&env.pg)
+        .await
+        .expect("row");
+    }
+    assert!(
+        gamestream::sinks::postgres::MIGRATOR
+            .iter()
+            .any(|m| m.version == 20261203000001),
+        "the migration is embedded"
+    );
+    sqlx::raw_sql(include_str!(
+        "../../migrations/20261203000001_leaderboards_alltime_only.sql"
+    ))
+    .execute(&env.pg)
+    .await
+    .expect("the migration runs (again)");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT player_id, period FROM leaderboards ORDER BY 1")
+            .fetch_all(&env.pg)
+            .await
+            .expect("rows");
+    assert_eq!(
+        rows,
+        [
+            ("c".to_owned(), "alltime".to_owned()),
+            ("d".to_owned(), "alltime".to_owned())
+        ]
+    );
+}
+
 /// Score of a test event built with an integer score.
 trait Points {
     fn score_points(&self) -> i64;
