@@ -122,6 +122,14 @@ pub async fn start(
 ) -> Result<Running, DaemonError> {
     let config = Arc::new(config);
     tracing::info!(mode = ?config.mode, brokers = %config.kafka.bootstrap_servers.join(","), "starting");
+    if config.kafka.credentials_in_clear() {
+        // The old consumers' default (CONTRACT): kept for compatibility, said out loud.
+        tracing::warn!(
+            protocol = "SASL_PLAINTEXT",
+            user = %config.kafka.username,
+            "Kafka SASL credentials and events go over plaintext; set KAFKA_SECURITY_PROTOCOL=SASL_SSL to encrypt them"
+        );
+    }
     let metrics = crate::telemetry::metrics_handle();
 
     let kafka = Arc::new(crate::kafka::connect(&config.kafka).await?);

@@ -21,7 +21,7 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     /// What is wrong, in words.
     pub error: String,
-    /// A short stable reason code (`malformed_json`, `missing_field`, `bad_score`, ...).
+    /// A short stable reason code (`malformed_json`, `missing_field`, `missing_score`, ...).
     pub kind: String,
     pub at: DateTime<Utc>,
 }

@@ -50,13 +50,23 @@ pub struct Event {
     pub score: Score,
 }
 
-/// What `data.score` holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `data.score` holds. A JSON number counts as its integer part, truncated toward
+/// zero as the old leaderboard manager's Python `int(score)` did (12.5 → 12, -12.5 → -12,
+/// 1e3 → 1000); anything else does not count.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Score {
+    /// No `score` key in `data`.
     Absent,
+    /// A number whose truncation fits 64 bits. Whether it fits every store
+    /// ([`MAX_EXACT_SCORE`]) is a rule of `player_score` events only ([`check_score`]).
     Integer(i64),
-    /// Present but not an integer (a string, a fraction, out of i64 range, ...).
-    NotAnInteger,
+    /// A number whose truncation does not fit 64 bits (1e30, 18446744073709551615): its
+    /// value as a double, for the refusal's message (which may round a large integer:
+    /// 18446744073709552000). JSON has no infinities or NaN.
+    Huge(f64),
+    /// Present but not a number: its JSON type (`a string`, `a boolean`, `null`, `an
+    /// array`, `an object`).
+    NotANumber(&'static str),
 }
 
 /// A client's submission, validated, before the server assigns ingest time (and the
@@ -105,10 +115,11 @@ pub enum EventError {
     BadTime { field: &'static str, value: String },
     #[error("`{field}` must fall within years 0001 to 9999 once converted to UTC, got {value:?}")]
     TimeOutOfRange { field: &'static str, value: String },
+    /// The number as stated (an integer) or as its double (beyond 64 bits).
     #[error(
-        "`data.score` of a player_score event must be between -{MAX_EXACT_SCORE} and {MAX_EXACT_SCORE} (2^53 - 1), got {0}"
+        "`data.score` of a player_score event must be between -{MAX_EXACT_SCORE} and {MAX_EXACT_SCORE} (2^53 - 1) once truncated to an integer, got {0}"
     )]
-    ScoreOutOfRange(i64),
+    ScoreOutOfRange(String),
     #[error("`event_id` must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e, got {0:?}")]
     BadEventId(String),
     #[error("duplicate key {0:?} in a JSON object: each key may appear once")]
@@ -489,27 +500,87 @@ impl<'v, 'a> Fields<'v, 'a> {
 /// sorted sets): a sum that would leave it is refused and its record dead-lettered.
 pub const MAX_EXACT_SCORE: i64 = (1 << 53) - 1;
 
-/// Refuses a leaderboard score no store can hold exactly.
-fn check_score(event_type: &str, score: Score) -> Result<()> {
-    match score {
-        Score::Integer(s)
-            if event_type == SCORE_EVENT_TYPE && s.unsigned_abs() > MAX_EXACT_SCORE as u64 =>
-        {
-            Err(EventError::ScoreOutOfRange(s))
+/// The dead-letter kind of a `player_score` event without a `data.score`.
+pub const MISSING_SCORE: &str = "missing_score";
+/// The dead-letter kind of a `player_score` event whose `data.score` is not a number.
+pub const SCORE_NOT_A_NUMBER: &str = "score_not_a_number";
+
+impl Score {
+    /// Why a `player_score` event with this score cannot count on the leaderboards: its
+    /// dead-letter kind and message; None when it counts. (A number past the exact bound
+    /// does not get this far: the parser refuses such an event, `score_out_of_range`, and
+    /// the stores refuse a sum past it.)
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        match self {
+            Score::Integer(_) => None,
+            Score::Absent => Some((
+                MISSING_SCORE,
+                "a player_score event needs a numeric `data.score`; it has none".to_owned(),
+            )),
+            Score::NotANumber(kind) => Some((
+                SCORE_NOT_A_NUMBER,
+                format!("`data.score` of a player_score event must be a number, got {kind}"),
+            )),
+            Score::Huge(_) => Some((
+                "score_out_of_range",
+                format!(
+                    "`data.score` of a player_score event must be between -{MAX_EXACT_SCORE} and {MAX_EXACT_SCORE} (2^53 - 1) once truncated to an integer, got {self}"
+                ),
+            )),
         }
+    }
+}
+
+/// Refuses a leaderboard score no store can hold exactly (the whole event: with its
+/// score cut or rounded it would be a different event). A score that is missing or not a
+/// number leaves the event valid: the leaderboard sink dead-letters it
+/// (`crate::actors::leaderboard::bad_score`), the other sinks count it. Other event types
+/// keep any `data.score`.
+fn check_score(event_type: &str, score: Score) -> Result<()> {
+    if event_type != SCORE_EVENT_TYPE {
+        return Ok(());
+    }
+    match score {
+        Score::Integer(s) if s.unsigned_abs() > MAX_EXACT_SCORE as u64 => {
+            Err(EventError::ScoreOutOfRange(s.to_string()))
+        }
+        Score::Huge(f) => Err(EventError::ScoreOutOfRange(huge_text(f))),
         _ => Ok(()),
     }
 }
 
+/// `data.score` as the leaderboards read it: a number truncated toward zero, like Python's
+/// `int()` of a float.
 fn score_of(value: &BorrowedValue<'_>) -> Score {
     if let Some(i) = value.as_i64() {
         return Score::Integer(i);
     }
-    match value.as_f64() {
-        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
-            Score::Integer(f as i64)
-        }
-        _ => Score::NotAnInteger,
+    // An integer past i64 (up to 2^64 - 1) or a fraction.
+    match value.as_u64().map(|u| u as f64).or_else(|| value.as_f64()) {
+        Some(f) => truncated(f),
+        None => Score::NotANumber(type_name(value)),
+    }
+}
+
+/// A double truncated toward zero, if that fits 64 bits. -2^63 is exact as a double and
+/// fits; 2^63 does not (`as` would saturate it to i64::MAX, a different number).
+fn truncated(f: f64) -> Score {
+    const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+    let t = f.trunc();
+    if (-TWO_POW_63..TWO_POW_63).contains(&t) {
+        Score::Integer(t as i64)
+    } else {
+        Score::Huge(f)
+    }
+}
+
+/// A double beyond 64 bits, as a refusal quotes it: every digit while that stays short
+/// (as JavaScript prints numbers below 1e21), else in exponent form.
+fn huge_text(f: f64) -> String {
+    if f.abs() < 1e21 {
+        format!("{f}")
+    } else {
+        format!("{f:e}")
     }
 }
 
@@ -614,7 +685,8 @@ impl fmt::Display for Score {
         match self {
             Score::Absent => f.write_str("absent"),
             Score::Integer(i) => write!(f, "{i}"),
-            Score::NotAnInteger => f.write_str("not an integer"),
+            Score::Huge(x) => f.write_str(&huge_text(*x)),
+            Score::NotANumber(kind) => write!(f, "not a number ({kind})"),
         }
     }
 }
@@ -762,33 +834,118 @@ mod tests {
         assert_eq!(err, EventError::NotUtf8(1));
     }
 
+    /// A submission of `event_type` whose data is `{"score": <score>}`.
+    fn scored(event_type: &str, score: &str) -> Result<Submission> {
+        sub(&format!(
+            r#"{{"event_type":"{event_type}","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":{{"score":{score}}}}}"#
+        ))
+    }
+
     #[test]
     fn scores() {
-        let t = |score: &str| {
-            sub(&format!(r#"{{"event_type":"player_score","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":{{"score":{score}}}}}"#)).expect("valid").score
-        };
+        let t = |score: &str| scored("player_score", score).expect("valid").score;
         assert_eq!(t("-7"), Score::Integer(-7));
         assert_eq!(t("10.0"), Score::Integer(10));
-        assert_eq!(t("10.5"), Score::NotAnInteger);
-        assert_eq!(t("\"10\""), Score::NotAnInteger);
-        assert_eq!(t("1e30"), Score::NotAnInteger);
         assert_eq!(MAX_EXACT_SCORE, 9_007_199_254_740_991);
         assert_eq!(t("9007199254740991"), Score::Integer(MAX_EXACT_SCORE));
         assert_eq!(t("-9007199254740991"), Score::Integer(-MAX_EXACT_SCORE));
-        let refused = |score: &str| {
-            sub(&format!(r#"{{"event_type":"player_score","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":{{"score":{score}}}}}"#)).expect_err("out of range")
+        assert_eq!(
+            sub(r#"{"event_type":"player_score","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":{"level":1}}"#)
+                .expect("valid")
+                .score,
+            Score::Absent
+        );
+    }
+
+    /// A number counts as Python's `int()` of it: truncated toward zero.
+    #[test]
+    fn fractional_scores_are_truncated_toward_zero() {
+        let t = |score: &str| scored("player_score", score).expect("valid").score;
+        for (json, want) in [
+            ("12.5", 12),
+            ("-12.5", -12),
+            ("12.999", 12),
+            ("-0.5", 0),
+            ("0.0", 0),
+            ("1e3", 1000),
+            ("-1E3", -1000),
+            ("2.5e1", 25),
+            ("1e-7", 0),
+            ("9007199254740991.0", MAX_EXACT_SCORE),
+            ("-4503599627370495.5", -4_503_599_627_370_495),
+        ] {
+            assert_eq!(t(json), Score::Integer(want), "{json}");
+        }
+    }
+
+    /// What is not a number is kept as its type, for the leaderboard's dead letter; the
+    /// event itself is valid.
+    #[test]
+    fn scores_that_are_not_numbers_are_named() {
+        let t = |score: &str| scored("player_score", score).expect("valid").score;
+        for (json, kind) in [
+            (r#""10""#, "a string"),
+            ("true", "a boolean"),
+            ("null", "null"),
+            ("[1]", "an array"),
+            (r#"{"v":1}"#, "an object"),
+        ] {
+            assert_eq!(t(json), Score::NotANumber(kind), "{json}");
+        }
+    }
+
+    #[test]
+    fn scores_beyond_the_exact_bound_are_refused_once_truncated() {
+        let refused = |score: &str| scored("player_score", score).expect_err(score);
+        let message = |got: &str| {
+            format!(
+                "`data.score` of a player_score event must be between -9007199254740991 and 9007199254740991 (2^53 - 1) once truncated to an integer, got {got}"
+            )
         };
+        for (json, got) in [
+            ("9007199254740992", "9007199254740992"),
+            ("-9007199254740992", "-9007199254740992"),
+            ("-9223372036854775808", "-9223372036854775808"),
+            ("9007199254740992.5", "9007199254740992"),
+            ("1e16", "10000000000000000"),
+            ("-1.5e18", "-1500000000000000000"),
+            ("9223372036854775807", "9223372036854775807"),
+            ("9223372036854775808", "9223372036854776000"),
+            ("18446744073709551615", "18446744073709552000"),
+            ("1e30", "1e30"),
+            ("-1.7976931348623157e308", "-1.7976931348623157e308"),
+        ] {
+            let err = refused(json);
+            assert_eq!(err.kind(), "score_out_of_range", "{json}");
+            assert_eq!(err.to_string(), message(got), "{json}");
+        }
+        // 2^63 - 1 as an integer is a valid i64 but not exact; as a double it is 2^63,
+        // past 64 bits: both are refused, neither saturated.
         assert_eq!(
-            refused("9007199254740992"),
-            EventError::ScoreOutOfRange(MAX_EXACT_SCORE + 1)
+            truncated(9_223_372_036_854_775_808.0),
+            Score::Huge(9.223_372_036_854_776e18)
         );
         assert_eq!(
-            refused("-9007199254740992"),
-            EventError::ScoreOutOfRange(-MAX_EXACT_SCORE - 1)
+            truncated(-9_223_372_036_854_775_808.0),
+            Score::Integer(i64::MIN)
         );
-        assert_eq!(refused("-9223372036854775808").kind(), "score_out_of_range");
-        // Another event type keeps any number in its data.
-        sub(r#"{"event_type":"x","player_id":"p","game_id":"g","timestamp":"2024-01-15T10:30:00Z","data":{"score":9223372036854775807}}"#).expect("valid");
+    }
+
+    /// Another event type keeps any `data.score`: it counts nowhere.
+    #[test]
+    fn other_event_types_keep_any_score() {
+        for score in [
+            "9223372036854775807",
+            "18446744073709551615",
+            "1e30",
+            "12.5",
+            r#""ten""#,
+            "null",
+        ] {
+            let event = scored("quest_completed", score).expect(score);
+            let mut record = event.accept(Utc::now()).to_record_value();
+            parse_record(&mut record).expect("its record reads back");
+        }
     }
 
     #[test]

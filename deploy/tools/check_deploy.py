@@ -839,6 +839,10 @@ def check_compose(rules: EnvRules, routes: set[str], p: Problems, binary_runs: l
     port = int(env.get("PORT", rules.defaults["http.port"]))
     p.check(any(str(m).split(":")[-1] == str(port) for m in gs.get("ports", [])),
             f"compose: gamestream publishes no port mapping to {port}")
+    networks = gs.get("networks") or {}
+    aliases = (networks.get("default") or {}).get("aliases", []) if isinstance(networks, dict) else []
+    p.check("event-ingestion" in aliases,
+            "compose: gamestream has no network alias event-ingestion (CONTRACT: clients post to event-ingestion:8080)")
     grace = parse_duration(env.get("GAMESTREAM_SHUTDOWN__GRACE_PERIOD", rules.defaults["shutdown.grace_period"]))
     p.check(parse_duration(gs.get("stop_grace_period", "10s")) > grace,
             f"compose: gamestream stop_grace_period must exceed shutdown.grace_period ({grace}s)")

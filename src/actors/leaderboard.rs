@@ -13,8 +13,10 @@
 //!                                    when Redis comes back empty)
 //! ```
 //!
-//! A `player_score` event whose `data.score` is missing or not an integer is
-//! dead-lettered once, by the Postgres sink (`consumer_service = leaderboard-manager`);
+//! A `player_score` event whose `data.score` is missing or not a number is
+//! dead-lettered once (`missing_score`, `score_not_a_number`), by the Postgres sink
+//! (`consumer_service = leaderboard-manager`); a fractional score counts as its
+//! truncation toward zero (12.5 → 12, -12.5 → -12), as the old manager's `int(score)`;
 //! the Redis sink passes over it. The `leaderboards` top-N table is not written here
 //! but by the [`LeaderboardRefresher`](super::leaderboard_refresher).
 
@@ -26,28 +28,22 @@ use super::leaderboard_refresher::RefresherMessage;
 use super::sink::{Rejection, SinkWriter, WriteBatch};
 use crate::aggregate::ScoreDelta;
 use crate::catalogue::{LEADERBOARD, LEADERBOARD_REDIS, SinkSpec};
-use crate::event::{Event, Score};
+use crate::event::Event;
 use crate::sinks::SinkError;
 use crate::sinks::postgres::{leaderboard as pg_leaderboard, offsets};
 use crate::sinks::redis::{RedisKeys, RedisPool, leaderboard as redis_leaderboard};
 use crate::sinks::redis::{RedisSinkSettings, RedisSinkStore, Store};
 
-/// Why a score event cannot count, if it cannot.
+/// Why a score event cannot count, if it cannot: `missing_score` or
+/// `score_not_a_number` ([`Score::problem`]). A fractional score counts as its truncation.
 pub fn bad_score(event: &Event) -> Option<Rejection> {
     if !event.is_score_event() {
         return None;
     }
-    match event.score {
-        Score::Integer(_) => None,
-        Score::Absent => Some(Rejection {
-            kind: "bad_score",
-            message: "a player_score event needs an integer `data.score`; it has none".to_owned(),
-        }),
-        Score::NotAnInteger => Some(Rejection {
-            kind: "bad_score",
-            message: "a player_score event needs an integer `data.score`; it is not an integer (a fraction, a string, or out of the 64-bit range)".to_owned(),
-        }),
-    }
+    event
+        .score
+        .problem()
+        .map(|(kind, message)| Rejection { kind, message })
 }
 
 /// Writes `leaderboard_scores`.
@@ -165,6 +161,7 @@ impl SinkWriter for LeaderboardRedisWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Score;
 
     fn event(event_type: &str, score: Score) -> Event {
         Event {
@@ -180,15 +177,41 @@ mod tests {
     }
 
     #[test]
-    fn only_score_events_without_an_integer_score_are_refused() {
+    fn only_score_events_without_a_numeric_score_are_refused() {
         assert_eq!(bad_score(&event("player_score", Score::Integer(3))), None);
         assert_eq!(
-            bad_score(&event("quest_completed", Score::NotAnInteger)),
+            bad_score(&event("quest_completed", Score::NotANumber("a string"))),
             None
         );
+        assert_eq!(bad_score(&event("quest_completed", Score::Absent)), None);
         let absent = bad_score(&event("player_score", Score::Absent)).expect("refused");
-        assert_eq!(absent.kind, "bad_score");
-        assert!(absent.message.contains("none"));
-        assert!(bad_score(&event("player_score", Score::NotAnInteger)).is_some());
+        assert_eq!(absent.kind, "missing_score");
+        assert_eq!(
+            absent.message,
+            "a player_score event needs a numeric `data.score`; it has none"
+        );
+        for (json_type, message) in [
+            (
+                "a string",
+                "`data.score` of a player_score event must be a number, got a string",
+            ),
+            (
+                "a boolean",
+                "`data.score` of a player_score event must be a number, got a boolean",
+            ),
+            (
+                "null",
+                "`data.score` of a player_score event must be a number, got null",
+            ),
+        ] {
+            let refused =
+                bad_score(&event("player_score", Score::NotANumber(json_type))).expect("refused");
+            assert_eq!(refused.kind, "score_not_a_number");
+            assert_eq!(refused.message, message);
+        }
+        // An event built by hand with a score beyond 64 bits is refused too, not counted.
+        let huge = bad_score(&event("player_score", Score::Huge(1e30))).expect("refused");
+        assert_eq!(huge.kind, "score_out_of_range");
+        assert!(huge.message.ends_with("got 1e30"), "{}", huge.message);
     }
 }

@@ -1,11 +1,16 @@
-//! `LeaderboardRefresher`: keeps the CONTRACT `leaderboards` table (top N of each game
-//! and current period, with ranks) in step with `leaderboard_scores`.
+//! `LeaderboardRefresher`: keeps the CONTRACT `leaderboards` table (the all-time top N
+//! of each game, with ranks) in step with `leaderboard_scores`.
 //!
 //! ```text
 //! LeaderboardPgWriter ──Changed(games)──► collect ──every refresh_interval──► refresh those games
-//! day or ISO week rolled over, or first tick after a start ─────────────────► refresh every game
+//! first tick after a start ─────────────────────────────────────────────────► refresh every game
 //! Drain (graceful stop, after the sinks flushed) ───────────────────────────► refresh, reply
 //! ```
+//!
+//! The table holds all-time boards only, as the old manager wrote it (CONTRACT), so that
+//! the operators' `SELECT * FROM leaderboards WHERE game_id = ... ORDER BY rank` reads
+//! one board; daily and weekly boards are served from `leaderboard_scores` and Redis (the
+//! query API), and nothing here depends on the day or week.
 //!
 //! The old manager rewrote the top 100 on every score event; here the table is
 //! derived, a few times a minute, from the complete scores, so it never disagrees with
@@ -19,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::aggregate::{Period, PeriodKey};
 use crate::sinks::postgres::leaderboard as pg_leaderboard;
 
 pub enum RefresherMessage {
@@ -45,11 +49,8 @@ pub struct RefresherState {
     /// Games changed since the last successful refresh.
     changed: BTreeSet<String>,
     /// Refresh every game next time: after a start (changes committed before a crash
-    /// were never refreshed) and when the day or week rolled over (every game's
-    /// current board changes then, played or not).
+    /// were never refreshed).
     everything: bool,
-    /// The current day and ISO week at the last refresh.
-    periods: Option<(PeriodKey, PeriodKey)>,
     timer: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -68,7 +69,6 @@ impl Actor for LeaderboardRefresher {
             top_n: args.top_n,
             changed: BTreeSet::new(),
             everything: true,
-            periods: None,
             timer: Some(myself.send_interval(args.refresh_interval, || RefresherMessage::Tick)),
         })
     }
@@ -105,23 +105,13 @@ impl Actor for LeaderboardRefresher {
 impl RefresherState {
     /// Refreshes what needs it; on failure keeps it pending for the next tick.
     async fn refresh(&mut self) {
-        let now = chrono::Utc::now();
-        let current = (
-            PeriodKey::of(Period::Daily, now),
-            PeriodKey::of(Period::Weekly, now),
-        );
-        if self.periods != Some(current) {
-            self.everything = true;
-        }
         if !self.everything && self.changed.is_empty() {
             return;
         }
         let games: Option<Vec<String>> =
             (!self.everything).then(|| self.changed.iter().cloned().collect());
         let started = Instant::now();
-        let result =
-            pg_leaderboard::refresh(&self.pg, current.0, current.1, games.as_deref(), self.top_n)
-                .await;
+        let result = pg_leaderboard::refresh(&self.pg, games.as_deref(), self.top_n).await;
         let elapsed = started.elapsed();
         match result {
             Ok(rows) => {
@@ -131,7 +121,6 @@ impl RefresherState {
                 tracing::debug!(games = games.as_ref().map_or(0, Vec::len), all = self.everything, rows, elapsed = ?elapsed, "leaderboards refreshed");
                 self.changed.clear();
                 self.everything = false;
-                self.periods = Some(current);
             }
             Err(e) => {
                 metrics::counter!("gamestream_leaderboard_refresh_errors_total").increment(1);

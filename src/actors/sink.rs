@@ -59,7 +59,7 @@ pub trait SinkWriter: Send + Sync + 'static {
         self.spec().name
     }
 
-    /// A valid event this sink can never apply (e.g. a score that is not an integer).
+    /// A valid event this sink can never apply (e.g. a score that is not a number).
     fn reject(&self, _event: &Event) -> Option<Rejection> {
         None
     }

@@ -83,8 +83,8 @@ pub struct Ranked {
 }
 
 /// The score this event adds to the leaderboards, if any: only `player_score` events
-/// with an integer `data.score` count (the others are dead-lettered by the Postgres
-/// leaderboard sink).
+/// with a numeric `data.score` count, as its truncation toward zero (the others are
+/// dead-lettered by the Postgres leaderboard sink).
 pub fn score_of(event: &Event) -> Option<i64> {
     match event.score {
         Score::Integer(score) if event.is_score_event() => Some(score),
@@ -205,7 +205,12 @@ mod tests {
             score_event("p1", "g", "2026-12-31T23:59:59Z", Score::Integer(10)),
             score_event("p1", "g", "2027-01-01T00:00:00Z", Score::Integer(5)),
             score_event("p2", "g", "2027-01-04T08:00:00Z", Score::Integer(-3)),
-            score_event("p1", "g", "2027-01-01T09:00:00Z", Score::NotAnInteger),
+            score_event(
+                "p1",
+                "g",
+                "2027-01-01T09:00:00Z",
+                Score::NotANumber("a string"),
+            ),
             level_up,
         ];
         let delta = ScoreDelta::of(&events).expect("no overflow");
@@ -335,7 +340,7 @@ mod tests {
             "p",
             "g",
             "2026-11-22T00:00:00Z",
-            Score::NotAnInteger,
+            Score::NotANumber("a string"),
         )];
         let delta = ScoreDelta::of(&events).expect("no overflow");
         assert!(delta.is_empty());

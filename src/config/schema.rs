@@ -148,13 +148,22 @@ pub enum SecurityProtocol {
 }
 
 impl KafkaConfig {
-    /// The protocol actually used: a username with PLAINTEXT means SASL_SSL, which is what
-    /// the old deployments did when they set only `KAFKA_USERNAME`/`KAFKA_PASSWORD`.
+    /// The protocol actually used: a username with PLAINTEXT (the default, so also "no
+    /// protocol set") means SASL_PLAINTEXT, which is how the old consumers connected when
+    /// their deployment set only `KAFKA_USERNAME`/`KAFKA_PASSWORD` (CONTRACT,
+    /// Environment: the cluster's port 9092 listener). Any other protocol is used as given.
     pub fn effective_protocol(&self) -> SecurityProtocol {
         match (self.security_protocol, self.username.is_empty()) {
-            (SecurityProtocol::Plaintext, false) => SecurityProtocol::SaslSsl,
+            (SecurityProtocol::Plaintext, false) => SecurityProtocol::SaslPlaintext,
             (protocol, _) => protocol,
         }
+    }
+
+    /// Whether SASL credentials go to the brokers unencrypted (SASL_PLAINTEXT, given or
+    /// implied by a username): SCRAM never sends the password itself, but the session,
+    /// events included, is readable on the wire. The daemon warns about it at start.
+    pub fn credentials_in_clear(&self) -> bool {
+        self.effective_protocol() == SecurityProtocol::SaslPlaintext
     }
 }
 
@@ -393,10 +402,10 @@ pub struct StatsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderboardConfig {
-    /// How often the `leaderboards` top-N table is refreshed.
+    /// How often the `leaderboards` table (the all-time top N of each game) is refreshed.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
-    /// Entries per game and period in the `leaderboards` table.
+    /// Entries per game in the `leaderboards` table (all time only).
     pub top_n: u32,
     /// How long dated Redis boards live after their period ends.
     #[serde(with = "humantime_serde")]
@@ -569,7 +578,37 @@ fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error>
 
 #[cfg(test)]
 mod tests {
+    use super::SecurityProtocol;
     use crate::config::test_support::load_with;
+
+    /// (protocol set, username) → the protocol used: the old consumers' defaults.
+    #[test]
+    fn a_username_without_a_protocol_means_sasl_plaintext() {
+        let protocol = |env: &[(&str, &str)]| {
+            let config = load_with(None, env, &[]).expect("valid");
+            (
+                config.kafka.effective_protocol(),
+                config.kafka.credentials_in_clear(),
+            )
+        };
+        assert_eq!(protocol(&[]), (SecurityProtocol::Plaintext, false));
+        let user = [("KAFKA_USERNAME", "u"), ("KAFKA_PASSWORD", "p")];
+        assert_eq!(protocol(&user), (SecurityProtocol::SaslPlaintext, true));
+        for (given, used, clear) in [
+            ("PLAINTEXT", SecurityProtocol::SaslPlaintext, true),
+            ("SASL_PLAINTEXT", SecurityProtocol::SaslPlaintext, true),
+            ("SASL_SSL", SecurityProtocol::SaslSsl, false),
+            ("sasl_ssl", SecurityProtocol::SaslSsl, false),
+        ] {
+            let env = [user[0], user[1], ("KAFKA_SECURITY_PROTOCOL", given)];
+            assert_eq!(protocol(&env), (used, clear), "{given}");
+        }
+        // TLS without a username stays TLS without SASL.
+        assert_eq!(
+            protocol(&[("KAFKA_SECURITY_PROTOCOL", "SSL")]),
+            (SecurityProtocol::Ssl, false)
+        );
+    }
 
     #[test]
     fn secrets_never_print() {

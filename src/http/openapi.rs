@@ -207,7 +207,7 @@ fn schemas() -> Value {
                 "player_id": id("The player; the Kafka key, so a player's events stay in order"),
                 "game_id": id("The game"),
                 "timestamp": {"type": "string", "format": "date-time", "description": "RFC 3339 event time, e.g. 2024-01-15T10:30:00Z; within years 0001 to 9999 once converted to UTC"},
-                "data": {"type": "object", "additionalProperties": true, "default": {}, "description": "Free-form; for player_score, an integer `score` (from -(2^53 - 1) to 2^53 - 1, i.e. ±9007199254740991, which every store holds exactly; a leaderboard sum past that bound is refused and the event dead-lettered) feeds the leaderboards"}
+                "data": {"type": "object", "additionalProperties": true, "default": {}, "description": "Free-form; for player_score, a numeric `score` feeds the leaderboards: a fraction counts as its integer part, truncated toward zero (12.5 counts 12, -12.5 counts -12), which must lie from -(2^53 - 1) to 2^53 - 1, i.e. ±9007199254740991, which every store holds exactly (beyond it the event is refused; a leaderboard sum past that bound is refused and the event dead-lettered). A player_score without a numeric `score` is accepted and stored, and dead-lettered by the leaderboard manager"}
             },
             "example": {"event_type": "player_score", "player_id": "player-123", "game_id": "game-456", "timestamp": "2024-01-15T10:30:00Z", "data": {"score": 1200}}
         },

@@ -12,6 +12,7 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::catalogue::{self, CONSUMERS, Store};
+use crate::event::{MISSING_SCORE, SCORE_NOT_A_NUMBER};
 
 /// `EventError::kind`: why a record or a request is not a valid event (the `reason` of
 /// `events_failed_total` and of the event logger's dead letters).
@@ -177,8 +178,10 @@ pub fn register_metrics() {
         metrics::counter!("gamestream_dead_letters_total", "consumer" => catalogue::LOGGER.consumer_service, "reason" => *reason)
             .increment(0);
     }
-    metrics::counter!("gamestream_dead_letters_total", "consumer" => catalogue::LEADERBOARD.consumer_service, "reason" => "bad_score")
-        .increment(0);
+    for reason in [MISSING_SCORE, SCORE_NOT_A_NUMBER] {
+        metrics::counter!("gamestream_dead_letters_total", "consumer" => catalogue::LEADERBOARD.consumer_service, "reason" => reason)
+            .increment(0);
+    }
     metrics::counter!("gamestream_supervisor_escalations_total").increment(0);
     metrics::counter!("http_client_aborted_connections_total").increment(0);
     describe_gauge!("http_connections_open", "Client connections open.");

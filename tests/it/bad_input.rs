@@ -54,6 +54,22 @@ fn good() -> Vec<u8> {
     with("data", Some(r#"{"score":7}"#))
 }
 
+/// A valid submission of game `fraction` whose `data` is `{"score": <score>}`.
+fn fraction(score: &str) -> Vec<u8> {
+    String::from_utf8(with("data", Some(&format!(r#"{{"score":{score}}}"#))))
+        .unwrap_or_default()
+        .replace(r#""game-1""#, r#""fraction""#)
+        .into_bytes()
+}
+
+/// The scores' rule at the bound, as a refusal says it.
+fn score_past_bound(got: &str) -> String {
+    format!(
+        "`data.score` of a player_score event must be between -9007199254740991 and \
+         9007199254740991 (2^53 - 1) once truncated to an integer, got {got}"
+    )
+}
+
 fn nested(depth: usize) -> Vec<u8> {
     with(
         "data",
@@ -74,6 +90,9 @@ struct Case {
     status: u16,
     /// The `error` of the answer; for a 200, `None`.
     error: Option<String>,
+    /// For a valid `player_score` event whose score cannot count: the leaderboard
+    /// manager's dead-letter kind (`missing_score`, `score_not_a_number`).
+    leaderboard_letter: Option<&'static str>,
 }
 
 fn case(name: &'static str, body: Vec<u8>, status: u16, error: Option<&str>) -> Case {
@@ -84,6 +103,15 @@ fn case(name: &'static str, body: Vec<u8>, status: u16, error: Option<&str>) -> 
         body,
         status,
         error: error.map(str::to_owned),
+        leaderboard_letter: None,
+    }
+}
+
+/// A valid `player_score` event whose score the leaderboard manager dead-letters as `kind`.
+fn uncounted(name: &'static str, body: Vec<u8>, kind: &'static str) -> Case {
+    Case {
+        leaderboard_letter: Some(kind),
+        ..case(name, body, 200, None)
     }
 }
 
@@ -147,12 +175,42 @@ fn matrix() -> Vec<Case> {
             400,
             Some("malformed JSON: values are nested deeper than 1024 levels"),
         ),
-        case("nesting 1000 deep is fine", nested(1000), 200, None),
+        uncounted("nesting 1000 deep is fine", nested(1000), "missing_score"),
         case(
             "number beyond f64",
             with("data", Some(r#"{"score":1e400}"#)),
             400,
             Some(BIG_NUMBER_AT_122),
+        ),
+        case("fractional score, truncated", fraction("12.5"), 200, None),
+        case("negative fractional score", fraction("-12.5"), 200, None),
+        case("score in exponent form", fraction("1e3"), 200, None),
+        uncounted(
+            "score a string",
+            with("data", Some(r#"{"score":"7"}"#)),
+            "score_not_a_number",
+        ),
+        uncounted(
+            "score a boolean",
+            with("data", Some(r#"{"score":true}"#)),
+            "score_not_a_number",
+        ),
+        uncounted(
+            "score null",
+            with("data", Some(r#"{"score":null}"#)),
+            "score_not_a_number",
+        ),
+        case(
+            "score past 2^53 - 1 once truncated",
+            with("data", Some(r#"{"score":9007199254740992.5}"#)),
+            400,
+            Some(&score_past_bound("9007199254740992")),
+        ),
+        case(
+            "score beyond 64 bits as a fraction",
+            with("data", Some(r#"{"score":-1.5e300}"#)),
+            400,
+            Some(&score_past_bound("-1.5e300")),
         ),
         case(
             "integer beyond 64 bits",
@@ -178,11 +236,10 @@ fn matrix() -> Vec<Case> {
             400,
             Some("`player_id` is required"),
         ),
-        case(
+        uncounted(
             "null data is the default",
             with("data", Some("null")),
-            200,
-            None,
+            "missing_score",
         ),
         case(
             "missing event_type",
@@ -240,7 +297,11 @@ fn matrix() -> Vec<Case> {
             413,
             Some("the request body is larger than the limit of 1048576 bytes"),
         ),
-        case("large field within the limit", oversized_field, 200, None),
+        uncounted(
+            "large field within the limit",
+            oversized_field,
+            "missing_score",
+        ),
         case(
             "player_id a number",
             with("player_id", Some("42")),
@@ -496,8 +557,9 @@ async fn the_same_records_on_the_topic_are_dead_lettered_with_their_reason() {
     running.stop().await;
     assert!(done && redis_done, "the partition stalled");
 
-    let letters: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT source_offset, error_kind, error_message FROM dlq_events ORDER BY source_offset",
+    let letters: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT source_offset, error_kind, error_message, consumer_service FROM dlq_events
+         ORDER BY source_offset",
     )
     .fetch_all(&env.pg)
     .await
@@ -511,34 +573,47 @@ async fn the_same_records_on_the_topic_are_dead_lettered_with_their_reason() {
     for (offset, c) in &refused {
         let found: Vec<_> = letters
             .iter()
-            .filter(|(o, _, _)| *o == *offset as i64)
+            .filter(|(o, _, _, _)| *o == *offset as i64)
             .collect();
         let want = c.error.as_deref().map(without_digits);
         match found.as_slice() {
-            [(_, _, message)] if Some(without_digits(message)) == want => {}
+            [(_, _, message, _)] if Some(without_digits(message)) == want => {}
             other => wrong.push(format!(
                 "{}: dead letters {other:?}, expected {want:?}",
                 c.name
             )),
         }
     }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    // Valid `player_score` events without an integer score are the leaderboard's
-    // dead letters (`bad_score`), by design; every other letter is a refused record's.
-    let (scores, others): (Vec<_>, Vec<_>) = letters.iter().partition(|l| l.1 == "bad_score");
-    assert_eq!(
-        others.len(),
-        refused.len(),
-        "one dead letter per refused record"
-    );
-    for (offset, _, _) in scores {
-        let case = &cases[*offset as usize];
-        assert_eq!(
-            case.status, 200,
-            "{}: bad_score on a refused record",
-            case.name
-        );
+    // A valid `player_score` event without a numeric score is the leaderboard's dead
+    // letter, of its kind, and only that; every other letter is a refused record's.
+    for (offset, c) in cases.iter().enumerate().filter(|(_, c)| c.status == 200) {
+        let found: Vec<(&str, &str)> = letters
+            .iter()
+            .filter(|l| l.0 == offset as i64)
+            .map(|l| (l.3.as_str(), l.1.as_str()))
+            .collect();
+        let want: Vec<(&str, &str)> = c
+            .leaderboard_letter
+            .map(|kind| ("leaderboard-manager", kind))
+            .into_iter()
+            .collect();
+        if found != want {
+            wrong.push(format!(
+                "{}: dead letters {found:?}, expected {want:?}",
+                c.name
+            ));
+        }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(
+        letters.len(),
+        refused.len()
+            + cases
+                .iter()
+                .filter(|c| c.leaderboard_letter.is_some())
+                .count(),
+        "one dead letter per refused record or uncountable score"
+    );
 
     let rows: Vec<(String, String)> = sqlx::query_as("SELECT player_id, game_id FROM events")
         .fetch_all(&env.pg)
@@ -571,4 +646,19 @@ async fn the_same_records_on_the_topic_are_dead_lettered_with_their_reason() {
     )
     .await;
     assert_eq!(board.get("player-0"), Some(&7), "{board:?}");
+    // Fractional scores count as their truncation toward zero: 12 - 12 + 1000.
+    let board = crate::common::analytics::zset(
+        &mut redis,
+        &format!("{prefix}leaderboard:fraction:alltime"),
+    )
+    .await;
+    assert_eq!(board.get("player-0"), Some(&1000), "{board:?}");
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT score FROM leaderboard_scores
+         WHERE game_id = 'fraction' AND period = 'alltime' AND player_id = 'player-0'",
+    )
+    .fetch_one(&env.pg)
+    .await
+    .expect("score row");
+    assert_eq!(stored, 1000);
 }

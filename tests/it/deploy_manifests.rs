@@ -2,8 +2,8 @@
 //! manifests and docker-compose set is one gamestream reads, and gamestream accepts the
 //! config file with that environment; probe paths answer on a running daemon and the
 //! ports match; the kustomize overlays render (prod with the KEDA component too, whose
-//! triggers read the consumer groups the daemon mirrors); the dashboard's metric list is
-//! current.
+//! triggers read the consumer groups the daemon mirrors), with Service `event-ingestion`
+//! on port 8080 over the ingest pods (CONTRACT); the dashboard's metric list is current.
 //!
 //! `deploy/validate.sh` checks much more (schemas, promtool, wiring); this test keeps
 //! the essentials in `make test`, so a renamed setting or route breaks the build.
@@ -356,6 +356,197 @@ fn kustomize_overlays_render() {
             overlay == "prod",
             "{overlay}: HPA in prod only"
         );
+    }
+}
+
+/// The documents of a rendered overlay, each as its non-blank lines.
+fn documents(rendered: &str) -> Vec<Vec<String>> {
+    let mut docs = vec![Vec::new()];
+    for line in rendered.lines() {
+        if line == "---" {
+            docs.push(Vec::new());
+        } else if !line.trim().is_empty() {
+            docs.last_mut()
+                .expect("one document at least")
+                .push(line.to_owned());
+        }
+    }
+    docs.retain(|d| !d.is_empty());
+    docs
+}
+
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn top_indent(lines: &[String]) -> usize {
+    lines.iter().map(|l| indent(l)).min().unwrap_or(0)
+}
+
+/// The lines under `key:` among the least indented of `lines`: a mapping, or a sequence
+/// (kustomize writes a sequence's `- ` at its key's indentation).
+fn block(lines: &[String], key: &str) -> Vec<String> {
+    let top = top_indent(lines);
+    let header = format!("{key}:");
+    let Some(at) = lines
+        .iter()
+        .position(|l| indent(l) == top && l.trim() == header)
+    else {
+        return Vec::new();
+    };
+    lines[at + 1..]
+        .iter()
+        .take_while(|l| indent(l) > top || l.trim_start().starts_with("- "))
+        .take_while(|l| indent(l) >= top)
+        .cloned()
+        .collect()
+}
+
+/// The items of a sequence block, each as a mapping (its `- ` turned into indentation).
+fn items(lines: &[String]) -> Vec<Vec<String>> {
+    let top = top_indent(lines);
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for line in lines {
+        match line.trim_start().strip_prefix("- ") {
+            Some(rest) if indent(line) == top => {
+                out.push(vec![format!("{}{rest}", " ".repeat(top + 2))]);
+            }
+            _ => {
+                if let Some(item) = out.last_mut() {
+                    item.push(line.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `key: value` scalars among the least indented of `lines`.
+fn scalars(lines: &[String]) -> BTreeMap<String, String> {
+    let top = top_indent(lines);
+    lines
+        .iter()
+        .filter(|l| indent(l) == top)
+        .filter_map(|l| l.trim().split_once(": "))
+        .map(|(k, v)| (k.to_owned(), unquote(v)))
+        .collect()
+}
+
+/// What keeps CONTRACT clients from reaching the daemon in a rendered overlay: Service
+/// `event-ingestion` in namespace `gamemetrics`, on port 8080, targeting the daemon's
+/// container port and selecting the Deployment's pods (which run HTTP ingestion).
+fn event_ingestion_problems(docs: &[Vec<String>]) -> Vec<String> {
+    let named = |kind: &str, name: &str| -> Vec<&Vec<String>> {
+        docs.iter()
+            .filter(|d| {
+                scalars(d).get("kind").map(String::as_str) == Some(kind)
+                    && scalars(&block(d, "metadata"))
+                        .get("name")
+                        .map(String::as_str)
+                        == Some(name)
+            })
+            .collect()
+    };
+    let mut problems = Vec::new();
+    let (deployment, service) = match (
+        named("Deployment", "gamestream").as_slice(),
+        named("Service", "event-ingestion").as_slice(),
+    ) {
+        ([deployment], [service]) => ((*deployment).clone(), (*service).clone()),
+        (deployments, services) => {
+            return vec![format!(
+                "{} Deployment gamestream and {} Service event-ingestion, expected one each",
+                deployments.len(),
+                services.len()
+            )];
+        }
+    };
+    let namespace = scalars(&block(&service, "metadata"))
+        .get("namespace")
+        .cloned();
+    if namespace.as_deref() != Some("gamemetrics") {
+        problems.push(format!(
+            "Service event-ingestion is in namespace {namespace:?}"
+        ));
+    }
+    let template = block(&block(&deployment, "spec"), "template");
+    let pod_labels = scalars(&block(&block(&template, "metadata"), "labels"));
+    let container_ports: BTreeMap<String, String> =
+        items(&block(&block(&template, "spec"), "containers"))
+            .iter()
+            .filter(|c| scalars(c).get("name").map(String::as_str) == Some("gamestream"))
+            .flat_map(|c| items(&block(c, "ports")))
+            .map(|p| scalars(&p))
+            .filter_map(|p| Some((p.get("name")?.clone(), p.get("containerPort")?.clone())))
+            .collect();
+    let daemon = container_port().to_string();
+    let spec = block(&service, "spec");
+    let reaches_daemon = items(&block(&spec, "ports"))
+        .iter()
+        .map(|p| scalars(p))
+        .any(|p| {
+            let target = p.get("targetPort").cloned().unwrap_or_default();
+            p.get("port").map(String::as_str) == Some("8080")
+                && (target == daemon || container_ports.get(&target) == Some(&daemon))
+        });
+    if !reaches_daemon {
+        problems.push(format!(
+            "Service event-ingestion has no port 8080 to the daemon's port {daemon} \
+             (container ports {container_ports:?})"
+        ));
+    }
+    let selector = scalars(&block(&spec, "selector"));
+    if selector.is_empty() || selector.iter().any(|(k, v)| pod_labels.get(k) != Some(v)) {
+        problems.push(format!(
+            "Service event-ingestion selects {selector:?}, not the pods ({pod_labels:?})"
+        ));
+    }
+    problems
+}
+
+/// CONTRACT clients post to Service `event-ingestion` on port 8080 in namespace
+/// `gamemetrics`: every overlay renders it, beside `gamestream`, over the ingest pods. The
+/// check is shown to fail on a render without it, on another port, or selecting no pod.
+#[test]
+fn clients_reach_the_daemon_through_service_event_ingestion() {
+    for overlay in ["dev", "prod"] {
+        let docs = documents(&render(&deploy().join("k8s/overlays").join(overlay)));
+        let problems = event_ingestion_problems(&docs);
+        assert!(problems.is_empty(), "{overlay}: {problems:#?}");
+        let is_it = |d: &Vec<String>| d.iter().any(|l| l == "  name: event-ingestion");
+        let without: Vec<_> = docs.iter().filter(|d| !is_it(d)).cloned().collect();
+        let edited = |from: &str, to: &str| -> Vec<Vec<String>> {
+            docs.iter()
+                .map(|d| {
+                    d.iter()
+                        .map(|l| {
+                            if is_it(d) && l.trim() == from {
+                                l.replace(from, to)
+                            } else {
+                                l.clone()
+                            }
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        for (what, broken) in [
+            ("without it", without),
+            ("on port 80", edited("port: 8080", "port: 80")),
+            (
+                "targeting port 9090",
+                edited("targetPort: http", "targetPort: 9090"),
+            ),
+            (
+                "selecting other pods",
+                edited("component: consumer", "component: ingestion"),
+            ),
+        ] {
+            assert!(
+                !event_ingestion_problems(&broken).is_empty(),
+                "{overlay}: the check passes a render {what}"
+            );
+        }
     }
 }
 

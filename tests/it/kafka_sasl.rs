@@ -3,7 +3,8 @@
 //! whose TLS listener is signed by a CA `kafka.sh tls` generated for the test.
 //!
 //! The contract's environment (`KAFKA_USERNAME`, `KAFKA_PASSWORD`,
-//! `KAFKA_SECURITY_PROTOCOL`, and the CA file setting) connects, creates topics,
+//! `KAFKA_SECURITY_PROTOCOL`, and the CA file setting; credentials without a protocol
+//! are SASL_PLAINTEXT, as the old consumers had it) connects, creates topics,
 //! produces and reads back; a wrong password, no credentials, an untrusted certificate
 //! and a missing CA are each refused with an error that names the cause, and no error
 //! shows the password.
@@ -100,6 +101,19 @@ async fn sasl_plaintext_scram_connects_and_wrong_credentials_are_refused() {
         ],
     ))
     .await;
+    // The old consumers' environment: credentials and no protocol mean SASL_PLAINTEXT
+    // (CONTRACT, Environment), so it connects to this listener as it is.
+    let old_environment = config_with(
+        &address,
+        &[
+            ("KAFKA_USERNAME", USER),
+            ("KAFKA_PASSWORD", PASSWORD),
+            // A topic of its own: the round trip counts what it produced.
+            ("KAFKA_TOPIC_PLAYER_EVENTS", "old.environment.raw"),
+        ],
+    );
+    assert!(old_environment.kafka.credentials_in_clear());
+    round_trip(&old_environment).await;
 
     let wrong = refusal(&config_with(
         &address,

@@ -246,7 +246,7 @@ async fn leaderboard_script_rolls_the_current_boards_over() {
             now - chrono::Duration::days(3),
             Score::Integer(7),
         ),
-        event("r", "player_score", now, Score::NotAnInteger),
+        event("r", "player_score", now, Score::NotANumber("a string")),
     ];
     let delta = ScoreDelta::of(&events).expect("no overflow");
     let plan = leaderboard::plan(&keys, &delta, now, ttl);

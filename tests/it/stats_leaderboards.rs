@@ -201,6 +201,257 @@ async fn events_land_in_their_own_periods() {
     assert!(!this_week.contains_key("p-late") && !this_week.contains_key("p-ancient"));
 }
 
+/// A record of game `compat` with `data` as given: the pipeline reads the score from it.
+fn with_data(player: &str, event_type: &str, data: &str) -> Event {
+    Event {
+        game_id: "compat".to_owned(),
+        event_type: event_type.to_owned(),
+        data: data.to_owned(),
+        score: Score::Absent,
+        ..scored(player, Utc::now(), 0)
+    }
+}
+
+/// As the old leaderboard manager's `int(score)`: a fractional score counts as its
+/// truncation toward zero, event by event, in both stores; a score that is not a number,
+/// or none, is dead-lettered by the leaderboard manager with its own kind while the
+/// statistics count the event; one past ±(2^53 - 1) once truncated is not a valid event.
+/// And the `leaderboards` table holds all-time rows only (CONTRACT): the daily and weekly
+/// rows an earlier version wrote are gone after a refresh, and the operators' query reads
+/// one board.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_count_as_python_int_and_leaderboards_hold_all_time_only() {
+    let env = TestEnv::with_overrides(&SETTINGS).await;
+    for (player, period) in [("stale-daily", "daily"), ("stale-weekly", "weekly")] {
+        sqlx::query(
+            "INSERT INTO leaderboards (game_id, player_id, rank, score, period)
+             VALUES ('compat', $1, 1, 99, $2)",
+        )
+        .bind(player)
+        .bind(period)
+        .execute(&env.pg)
+        .await
+        .expect("a row an earlier version wrote");
+    }
+    let score = |player: &str, data: &str| with_data(player, "player_score", data);
+    let events = [
+        score("p-half", r#"{"score":12.5}"#),
+        score("p-negative-half", r#"{"score":-12.5}"#),
+        score("p-exponent", r#"{"score":1e3}"#),
+        // Truncated one by one: 8 + 5 + 0, not int(14.6).
+        score("p-sum", r#"{"score":8.7}"#),
+        score("p-sum", r#"{"score":5}"#),
+        score("p-sum", r#"{"score":0.9}"#),
+        score("p-string", r#"{"score":"10"}"#),
+        score("p-boolean", r#"{"score":true}"#),
+        score("p-null", r#"{"score":null}"#),
+        score("p-missing", r#"{"level":3}"#),
+        score("p-huge", r#"{"score":1e30}"#),
+        score("p-past-bound", r#"{"score":9007199254740992.0}"#),
+        with_data("p-other", "quest_completed", r#"{"score":"ten"}"#),
+    ];
+    produce(&env, &events).await;
+    let shutdown = Shutdown::new();
+    let running = daemon::start(env.config.clone(), false, shutdown.clone())
+        .await
+        .expect("daemon starts");
+    let mut redis = env.redis().await;
+    let caught_up = wait_all_caught_up(&env, &mut redis, Duration::from_secs(60)).await;
+    // The operators' query, once the refresh has run: one board, all time, ranked, of
+    // truncated scores.
+    let row = |rank: i32, player: &str, score: i64| {
+        ("alltime".to_owned(), rank, player.to_owned(), score)
+    };
+    let want_table = [
+        row(1, "p-exponent", 1000),
+        row(2, "p-sum", 13),
+        row(3, "p-half", 12),
+        row(4, "p-negative-half", -12),
+    ];
+    let operators_query = || async {
+        sqlx::query_as::<_, (String, i32, String, i64)>(
+            "SELECT period, rank, player_id, score FROM leaderboards
+             WHERE game_id = 'compat' ORDER BY rank LIMIT 10",
+        )
+        .fetch_all(&env.pg)
+        .await
+        .expect("the operators' query")
+    };
+    let refreshed = eventually(Duration::from_secs(30), || async {
+        operators_query().await == want_table
+    })
+    .await;
+    shutdown.trigger();
+    running.stop().await;
+    assert!(caught_up, "the sinks did not catch up");
+    assert!(refreshed, "leaderboards: {:?}", operators_query().await);
+
+    let want: std::collections::BTreeMap<String, i64> = [
+        ("p-exponent", 1000),
+        ("p-sum", 13),
+        ("p-half", 12),
+        ("p-negative-half", -12),
+    ]
+    .map(|(p, s)| (p.to_owned(), s))
+    .into();
+    let prefix = &env.config.redis.key_prefix;
+    for (period, key) in [
+        ("alltime", "alltime".to_owned()),
+        ("daily", day_key(Utc::now())),
+        ("weekly", week_key(Utc::now())),
+    ] {
+        let stored: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT player_id, score FROM leaderboard_scores
+             WHERE game_id = 'compat' AND period = $1 AND period_key = $2",
+        )
+        .bind(period)
+        .bind(&key)
+        .fetch_all(&env.pg)
+        .await
+        .expect("scores");
+        assert_eq!(
+            stored
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            want,
+            "Postgres {period} {key}"
+        );
+        let board = zset(&mut redis, &format!("{prefix}leaderboard:compat:{period}")).await;
+        assert_eq!(board, want, "Redis {period}");
+    }
+
+    let letters: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT original_event->>'player_id', consumer_service, error_kind, error_message
+         FROM dlq_events ORDER BY 1",
+    )
+    .fetch_all(&env.pg)
+    .await
+    .expect("dead letters");
+    let not_a_number =
+        |got: &str| format!("`data.score` of a player_score event must be a number, got {got}");
+    let out_of_range = |got: &str| {
+        format!(
+            "`data.score` of a player_score event must be between -9007199254740991 and \
+             9007199254740991 (2^53 - 1) once truncated to an integer, got {got}"
+        )
+    };
+    let letter = |player: &str, consumer: &str, kind: &str, message: String| {
+        (
+            player.to_owned(),
+            consumer.to_owned(),
+            kind.to_owned(),
+            message,
+        )
+    };
+    let lb = "leaderboard-manager";
+    assert_eq!(
+        letters,
+        [
+            letter(
+                "p-boolean",
+                lb,
+                "score_not_a_number",
+                not_a_number("a boolean")
+            ),
+            letter(
+                "p-huge",
+                "event-logger",
+                "score_out_of_range",
+                out_of_range("1e30")
+            ),
+            letter(
+                "p-missing",
+                lb,
+                "missing_score",
+                "a player_score event needs a numeric `data.score`; it has none".to_owned()
+            ),
+            letter("p-null", lb, "score_not_a_number", not_a_number("null")),
+            letter(
+                "p-past-bound",
+                "event-logger",
+                "score_out_of_range",
+                out_of_range("9007199254740992")
+            ),
+            letter(
+                "p-string",
+                lb,
+                "score_not_a_number",
+                not_a_number("a string")
+            ),
+        ]
+    );
+    // Events whose score does not count are still events: stored and counted.
+    let counted: Vec<(String, i64)> =
+        sqlx::query_as("SELECT player_id, total_events::int8 FROM player_statistics ORDER BY 1")
+            .fetch_all(&env.pg)
+            .await
+            .expect("statistics");
+    let players: Vec<&str> = counted.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        players,
+        [
+            "p-boolean",
+            "p-exponent",
+            "p-half",
+            "p-missing",
+            "p-negative-half",
+            "p-null",
+            "p-other",
+            "p-string",
+            "p-sum",
+        ]
+    );
+    assert_eq!(counted.iter().map(|(_, n)| n).sum::<i64>(), 11);
+}
+
+/// Migration 20261203000001 deletes the daily and weekly rows of `leaderboards`, of every
+/// game (the refresh only rewrites the games it ranks), and keeps the all-time ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_keeps_all_time_rows_only() {
+    let env = TestEnv::new().await;
+    for (game, player, period) in [
+        ("never-played-again", "a", "daily"),
+        ("never-played-again", "b", "weekly"),
+        ("never-played-again", "c", "alltime"),
+        ("game-1", "d", "alltime"),
+    ] {
+        sqlx::query(
+            "INSERT INTO leaderboards (game_id, player_id, rank, score, period)
+             VALUES ($1, $2, 1, 5, $3)",
+        )
+        .bind(game)
+        .bind(player)
+        .bind(period)
+        .execute(&env.pg)
+        .await
+        .expect("row");
+    }
+    assert!(
+        gamestream::sinks::postgres::MIGRATOR
+            .iter()
+            .any(|m| m.version == 20261203000001),
+        "the migration is embedded"
+    );
+    sqlx::raw_sql(include_str!(
+        "../../migrations/20261203000001_leaderboards_alltime_only.sql"
+    ))
+    .execute(&env.pg)
+    .await
+    .expect("the migration runs (again)");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT player_id, period FROM leaderboards ORDER BY 1")
+            .fetch_all(&env.pg)
+            .await
+            .expect("rows");
+    assert_eq!(
+        rows,
+        [
+            ("c".to_owned(), "alltime".to_owned()),
+            ("d".to_owned(), "alltime".to_owned())
+        ]
+    );
+}
+
 /// Score of a test event built with an integer score.
 trait Points {
     fn score_points(&self) -> i64;

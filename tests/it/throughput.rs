@@ -20,7 +20,6 @@ use gamestream::actors::leaderboard::{LeaderboardPgWriter, LeaderboardRedisWrite
 use gamestream::actors::leaderboard_refresher::{LeaderboardRefresher, RefresherArgs};
 use gamestream::actors::sink::{SinkRecord, SinkWriter, WriteBatch};
 use gamestream::actors::stats::{StatsPgWriter, StatsRedisWriter};
-use gamestream::aggregate::{Period, PeriodKey};
 use gamestream::event::Event;
 use gamestream::sinks::OffsetCommit;
 use gamestream::sinks::redis::RedisKeys;
@@ -163,17 +162,11 @@ async fn sink_writers_throughput() {
         scores_batch,
     );
 
-    let now = Utc::now();
     let started = Instant::now();
-    let rows = gamestream::sinks::postgres::leaderboard::refresh(
-        &env.pg,
-        PeriodKey::of(Period::Daily, now),
-        PeriodKey::of(Period::Weekly, now),
-        None,
-        config.leaderboard.top_n,
-    )
-    .await
-    .expect("refresh");
+    let rows =
+        gamestream::sinks::postgres::leaderboard::refresh(&env.pg, None, config.leaderboard.top_n)
+            .await
+            .expect("refresh");
     println!(
         "leaderboards refresh (all games)   {:>6.0} ms   ({rows} rows written)",
         started.elapsed().as_secs_f64() * 1000.0

@@ -1,9 +1,11 @@
 //! `leaderboard_scores` (every player's score in every period: the system of record)
-//! and the CONTRACT `leaderboards` table (the top N of each game and current period).
+//! and the CONTRACT `leaderboards` table (the all-time top N of each game, as the old
+//! leaderboard manager wrote it; daily and weekly boards are in `leaderboard_scores`,
+//! Redis and the query API only).
 //!
 //! ```text
 //! sink write:  BEGIN; upsert leaderboard_scores (score += Σ) FROM UNNEST; offsets::commit; COMMIT
-//! refresh:     BEGIN; advisory lock; rank current periods per game ─► upsert top N,
+//! refresh:     BEGIN; advisory lock; rank all time per game ─► upsert top N,
 //!              delete what fell out; COMMIT                    (every refresh_interval)
 //! ```
 
@@ -133,18 +135,17 @@ async fn upsert(conn: &mut PgConnection, delta: &ScoreDelta<'_>) -> Result<bool,
     Ok(crossed > 0)
 }
 
-/// Rewrites the `leaderboards` rows of `games` (all games when None) from the current
-/// day, ISO week and all time of `leaderboard_scores`: the top `top_n` of each game and
-/// period, ranked 1.. by score (ties: player id descending, as Redis's `ZRANGE REV`).
-/// The all-time boards are read off `idx_leaderboard_scores_alltime_top` (their cost
-/// does not grow with the number of players), the current day and week from their
-/// primary-key ranges. Rows that did not change are not touched; rows that fell out are
-/// deleted (including yesterday's daily rows of a game nobody played today). Returns
-/// rows changed.
+/// Rewrites the `leaderboards` rows of `games` (all games when None) from the all-time
+/// scores of `leaderboard_scores`: the top `top_n` of each game, `period = 'alltime'`,
+/// ranked 1.. by score (ties: player id descending, as Redis's `ZRANGE REV`), so that the
+/// operators' `SELECT * FROM leaderboards WHERE game_id = ... ORDER BY rank` reads one
+/// board (CONTRACT). The boards are read off `idx_leaderboard_scores_alltime_top` (their
+/// cost does not grow with the number of players). Rows that did not change are not
+/// touched; rows that fell out are deleted, and so is any daily or weekly row of those
+/// games (an earlier version wrote them; migration 20261203000001 deletes the rest).
+/// Returns rows changed.
 pub async fn refresh(
     pool: &PgPool,
-    day: PeriodKey,
-    week: PeriodKey,
     games: Option<&[String]>,
     top_n: u32,
 ) -> Result<u64, sqlx::Error> {
@@ -161,34 +162,19 @@ pub async fn refresh(
     };
     let changed: i64 = sqlx::query_scalar(
         "WITH games AS (
-             SELECT DISTINCT game_id FROM UNNEST($3::text[]) AS g(game_id)
+             SELECT DISTINCT game_id FROM UNNEST($1::text[]) AS g(game_id)
          ), top AS (
-             SELECT game_id, player_id, score, period,
-                    row_number() OVER (PARTITION BY game_id, period
-                                       ORDER BY score DESC, player_id COLLATE \"C\" DESC) AS rank
-             FROM (
-                 -- All time: off the partial index, in ranking order.
-                 SELECT g.game_id, t.player_id, t.score, 'alltime' AS period
-                 FROM games g
-                 CROSS JOIN LATERAL (
-                     SELECT s.player_id, s.score FROM leaderboard_scores s
-                     WHERE s.game_id = g.game_id AND s.period = 'alltime'
-                     ORDER BY s.score DESC, s.player_id COLLATE \"C\" DESC
-                     LIMIT $4
-                 ) t
-                 UNION ALL
-                 -- Today and this week: the period's primary-key range, top-N sorted.
-                 SELECT g.game_id, t.player_id, t.score, p.period
-                 FROM games g
-                 CROSS JOIN (VALUES ('daily', $1), ('weekly', $2)) AS p(period, period_key)
-                 CROSS JOIN LATERAL (
-                     SELECT s.player_id, s.score FROM leaderboard_scores s
-                     WHERE s.game_id = g.game_id AND s.period = p.period
-                       AND s.period_key = p.period_key
-                     ORDER BY s.score DESC, s.player_id COLLATE \"C\" DESC
-                     LIMIT $4
-                 ) t
-             ) candidates
+             -- Off the partial index, in ranking order.
+             SELECT g.game_id, t.player_id, t.score, 'alltime' AS period,
+                    row_number() OVER (PARTITION BY g.game_id
+                                       ORDER BY t.score DESC, t.player_id COLLATE \"C\" DESC) AS rank
+             FROM games g
+             CROSS JOIN LATERAL (
+                 SELECT s.player_id, s.score FROM leaderboard_scores s
+                 WHERE s.game_id = g.game_id AND s.period = 'alltime'
+                 ORDER BY s.score DESC, s.player_id COLLATE \"C\" DESC
+                 LIMIT $2
+             ) t
          ), upserted AS (
              INSERT INTO leaderboards AS l (game_id, player_id, rank, score, period, updated_at)
              SELECT game_id, player_id, rank, score, period, now() FROM top
@@ -206,8 +192,6 @@ pub async fn refresh(
          )
          SELECT (SELECT count(*) FROM upserted) + (SELECT count(*) FROM deleted)",
     )
-    .bind(day.to_string())
-    .bind(week.to_string())
     .bind(&games)
     .bind(i64::from(top_n))
     .fetch_one(&mut *tx)
