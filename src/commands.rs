@@ -11,6 +11,9 @@ use crate::sinks::{postgres, redis};
 /// `gamestream migrate`.
 pub async fn migrate(config: &Config) -> Result<Exit, StoreError> {
     let pool = postgres::connect(&config.postgres).await?;
+    if config.shadow.enabled {
+        postgres::refuse_legacy(&pool, &config.postgres.database).await?;
+    }
     let before = postgres::schema_status(&pool).await?;
     if let Some(adopted) = postgres::migrate(&pool).await? {
         let per_million = if adopted.events > 0 {

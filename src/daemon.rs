@@ -137,6 +137,9 @@ pub async fn start(
     let member: Arc<str> = Arc::from(crate::leases::member_id(&config.lease.member_id));
     let (pg, redis_pool) = if config.mode.consumes() {
         let pg = postgres::connect_as(&config.postgres, &member).await?;
+        if config.shadow.enabled {
+            postgres::refuse_legacy(&pg, &config.postgres.database).await?;
+        }
         if migrate {
             postgres::migrate(&pg).await?;
         } else {

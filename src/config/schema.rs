@@ -30,6 +30,7 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub lease: LeaseConfig,
     pub group_offsets: GroupOffsetsConfig,
+    pub shadow: ShadowConfig,
     pub shutdown: ShutdownConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -466,6 +467,17 @@ pub struct GroupOffsetsConfig {
     /// Put before each group's name (`event-logger-group`, ...): empty in production; a
     /// test or a second installation sharing the cluster uses its own.
     pub group_prefix: String,
+}
+
+/// Shadow mode: consuming next to the live old consumers, into stores of its own, so
+/// that operators compare the two before switching (README, "Cut-over").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// When on: the pipeline only (`mode = "consume"`), Redis keys behind a non-empty
+    /// `redis.key_prefix`, no commits to the old consumer groups (`group_offsets.mirror`
+    /// off), and `migrate` and `cutover` refuse a database of the old pipeline.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -180,6 +180,7 @@ impl Config {
         if self.group_offsets.interval < std::time::Duration::from_secs(1) {
             problems.push("`group_offsets.interval` must be at least 1s".to_owned());
         }
+        self.validate_shadow(&mut problems);
         self.validate_http(&mut problems);
         if self.consumer.fetch_max_bytes < 1024 {
             problems.push("`consumer.fetch_max_bytes` must be at least 1024".to_owned());
@@ -196,6 +197,28 @@ impl Config {
 pub const MIN_API_KEY_CHARS: usize = 16;
 
 impl Config {
+    /// Shadow mode must not touch what the live old pipeline owns.
+    fn validate_shadow(&self, problems: &mut Vec<String>) {
+        if !self.shadow.enabled {
+            return;
+        }
+        if self.mode != Mode::Consume {
+            problems.push(
+                "`shadow.enabled` needs `mode = \"consume\"` (GAMESTREAM_MODE=consume): the old ingestion service keeps taking the events".to_owned(),
+            );
+        }
+        if self.redis.key_prefix.is_empty() {
+            problems.push(
+                "`shadow.enabled` needs a `redis.key_prefix` (e.g. \"shadow:\") so that the shadow's keys stay apart from the old pipeline's".to_owned(),
+            );
+        }
+        if self.group_offsets.mirror {
+            problems.push(
+                "`shadow.enabled` needs `group_offsets.mirror = false`: the old consumer groups belong to the live consumers".to_owned(),
+            );
+        }
+    }
+
     fn validate_http(&self, problems: &mut Vec<String>) {
         let http = &self.http;
         for (index, key) in http.api_keys.iter().enumerate() {
@@ -256,6 +279,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use crate::config::test_support::load_with;
+
+    #[test]
+    fn shadow_mode_names_what_it_needs() {
+        let err = load_with(None, &[], &[("shadow.enabled", "true")]).expect_err("invalid");
+        let text = err.to_string();
+        for setting in [
+            "mode = \"consume\"",
+            "redis.key_prefix",
+            "group_offsets.mirror = false",
+        ] {
+            assert!(text.contains(setting), "names {setting}: {text}");
+        }
+        let config = load_with(
+            None,
+            &[],
+            &[
+                ("shadow.enabled", "true"),
+                ("mode", "\"consume\""),
+                ("redis.key_prefix", "\"shadow:\""),
+                ("group_offsets.mirror", "false"),
+            ],
+        )
+        .expect("a complete shadow configuration is valid");
+        assert!(config.shadow.enabled);
+    }
 
     #[test]
     fn missing_required_values_are_named() {

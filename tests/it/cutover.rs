@@ -51,6 +51,8 @@ fn old_event(i: usize) -> Event {
 /// Where each old consumer group stopped, per partition (the next offset).
 struct Cuts {
     logger: BTreeMap<i32, i64>,
+    /// Records the logger wrote past its commit (an unclean stop), per partition.
+    logged_past_commit: i64,
     stats: BTreeMap<i32, i64>,
     leaderboard: BTreeMap<i32, i64>,
 }
@@ -58,10 +60,11 @@ struct Cuts {
 impl Cuts {
     /// Different prefixes per group; on partition 0 the logger is behind the
     /// leaderboard manager, elsewhere ahead of it (both offset gaps of `apply`).
-    fn of(marks: &BTreeMap<i32, i64>) -> Self {
+    fn of(marks: &BTreeMap<i32, i64>, logged_past_commit: i64) -> Self {
         let cut = |f: fn(i32, i64) -> i64| marks.iter().map(|(&p, &hw)| (p, f(p, hw))).collect();
         Self {
             logger: cut(|p, hw| if p == 0 { hw / 4 } else { hw * 3 / 5 }),
+            logged_past_commit,
             stats: cut(|_, hw| hw * 2 / 5),
             leaderboard: cut(|_, hw| hw / 2),
         }
@@ -80,8 +83,14 @@ async fn play_old_pipeline(env: &TestEnv, records: &[(i32, i64, Event)], cuts: &
             .map(|(_, _, e)| e)
             .collect::<Vec<_>>()
     };
-    // The raw event logger: one row per event, UTC clock times in TIMESTAMP columns.
-    for e in below(&cuts.logger) {
+    // The raw event logger: one row per event, UTC clock times in TIMESTAMP columns;
+    // after an unclean stop, a few rows past what it committed.
+    let logged: BTreeMap<i32, i64> = cuts
+        .logger
+        .iter()
+        .map(|(&p, &cut)| (p, cut + cuts.logged_past_commit))
+        .collect();
+    for e in below(&logged) {
         sqlx::query(
             "INSERT INTO events (event_id, event_type, player_id, game_id, event_timestamp, ingested_at, data)
              VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
@@ -204,8 +213,9 @@ async fn play_old_pipeline(env: &TestEnv, records: &[(i32, i64, Event)], cuts: &
 }
 
 /// The old pipeline's stream: produced, read back with partitions and offsets, applied
-/// in part by the played consumers.
-async fn old_pipeline(env: &TestEnv) -> (Vec<Event>, Cuts) {
+/// in part by the played consumers (the logger `logged_past_commit` records past its
+/// commit in each partition).
+async fn old_pipeline(env: &TestEnv, logged_past_commit: i64) -> (Vec<Event>, Cuts) {
     let events: Vec<Event> = (0..OLD_EVENTS).map(old_event).collect();
     let records: Vec<RawRecord> = events.iter().map(RawRecord::of).collect();
     produce_raw(&env.config, &env.config.topics.player_events, &records).await;
@@ -217,7 +227,7 @@ async fn old_pipeline(env: &TestEnv) -> (Vec<Event>, Cuts) {
         stream.push((p, offset, event));
         marks.insert(p, offset + 1);
     }
-    let cuts = Cuts::of(&marks);
+    let cuts = Cuts::of(&marks, logged_past_commit);
     play_old_pipeline(env, &stream, &cuts).await;
     (events, cuts)
 }
@@ -239,7 +249,8 @@ async fn run(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_old_pipeline_is_taken_over_without_counting_twice() {
     let env = TestEnv::legacy(&SETTINGS).await;
-    let (mut all, cuts) = old_pipeline(&env).await;
+    // The logger stopped uncleanly: 3 rows past its commit in each partition.
+    let (mut all, cuts) = old_pipeline(&env, 3).await;
 
     let (code, out, err) = run(&env, &["migrate"]).await;
     assert_eq!(code, 0, "migrate: {out}{err}");
@@ -255,6 +266,10 @@ async fn the_old_pipeline_is_taken_over_without_counting_twice() {
         assert!(plan.contains(group), "the plan names {group}: {plan}");
     }
     assert!(!plan.contains("BLOCKER"), "{plan}");
+    assert!(
+        plan.contains("UNCLEAN STOP: 3 record(s) past the commit already in `events`"),
+        "the plan tells the unclean stop's window: {plan}"
+    );
     let seeded: i64 = sqlx::query_scalar("SELECT count(*) FROM sink_offsets")
         .fetch_one(&env.pg)
         .await
@@ -315,7 +330,7 @@ async fn the_old_pipeline_is_taken_over_without_counting_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_twice_changes_nothing_the_second_time() {
     let env = TestEnv::legacy(&SETTINGS).await;
-    old_pipeline(&env).await;
+    old_pipeline(&env, 0).await;
     assert_eq!(run(&env, &["migrate"]).await.0, 0);
     let (code, out, err) = run(&env, &["cutover", "apply"]).await;
     assert_eq!(code, 0, "first apply: {out}{err}");
@@ -546,4 +561,151 @@ async fn a_redis_sink_leaves_keys_it_did_not_write() {
         .expect("exists");
     assert!(!exists, "the asked-for rebuild replaced the foreign key");
     assert_stores_match(&env, &mut redis, &Expected::of(&events), PERIOD_TTL).await;
+}
+
+/// Shadow mode consumes next to the live old pipeline into a database and Redis keys of
+/// its own: the old keys and the old groups' offsets stay as they were, and the live
+/// database is never adopted by a shadow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_consumes_beside_the_live_pipeline_and_touches_nothing_of_it() {
+    let env = TestEnv::legacy(&SETTINGS).await;
+    old_pipeline(&env, 0).await;
+    let prefix = env.config.redis.key_prefix.clone();
+    let shadow_prefix = format!("{prefix}shadow:");
+    let shadow_settings = [
+        "--set",
+        "shadow.enabled=true",
+        "--set",
+        "group_offsets.mirror=false",
+    ];
+    let prefix_setting = format!("redis.key_prefix=\"{shadow_prefix}\"");
+
+    // Pointed at the live database by mistake: refused, nothing adopted.
+    let mut args: Vec<&str> = shadow_settings.to_vec();
+    args.extend(["--set", &prefix_setting, "migrate"]);
+    let (code, out, err) = run(&env, &args).await;
+    assert_ne!(code, 0, "a shadow must not adopt the live database: {out}");
+    assert!(err.contains("shadow.enabled"), "{err}");
+    let history: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&env.pg)
+        .await
+        .expect("history");
+    assert!(!history, "the live database was left as it was");
+
+    // Its own database and key prefix.
+    let mut redis = env.redis().await;
+    let old_hashes = hashes(&mut redis, &format!("{prefix}player_stats:*")).await;
+    let client = kafka::connect(&env.config.kafka).await.expect("kafka");
+    let groups =
+        gamestream::kafka::group_offsets::mirrored_groups(&env.config.group_offsets.group_prefix);
+    let all_partitions: std::collections::BTreeSet<i32> = (0..16).collect();
+    let mut old_offsets = Vec::new();
+    for g in &groups {
+        old_offsets.push(
+            gamestream::kafka::group_offsets::fetch(
+                &client.group_client(g.name.clone()),
+                &env.config.topics.player_events,
+                &all_partitions,
+            )
+            .await
+            .expect("offsets"),
+        );
+    }
+    let shadow_db = format!("{}_shadow", env.database);
+    crate::common::create_database(&env.stack, &shadow_db).await;
+    let mut overrides = env.overrides.clone();
+    overrides.extend([
+        ("shadow.enabled".to_owned(), "true".to_owned()),
+        ("group_offsets.mirror".to_owned(), "false".to_owned()),
+        (
+            "redis.key_prefix".to_owned(),
+            format!("\"{shadow_prefix}\""),
+        ),
+    ]);
+    let shadow = gamestream::config::load(&gamestream::config::Sources {
+        file: None,
+        env: env.stack.env(&shadow_db),
+        overrides,
+    })
+    .expect("the shadow's configuration is valid");
+    let shadow_pg = gamestream::sinks::postgres::connect(&shadow.postgres)
+        .await
+        .expect("shadow database");
+    let shutdown = Shutdown::new();
+    let running = daemon::start(shadow.clone(), true, shutdown.clone())
+        .await
+        .expect("the shadow starts");
+    let marks = crate::common::high_watermarks(&env.config, &env.config.topics.player_events).await;
+    let caught_up = crate::common::eventually(CATCH_UP, || {
+        let mut redis = redis.clone();
+        let (pg, marks, shadow_prefix) = (&shadow_pg, marks.clone(), shadow_prefix.clone());
+        let topic = env.config.topics.player_events.clone();
+        async move {
+            crate::common::analytics::stores_at_marks(
+                pg,
+                &mut redis,
+                &shadow_prefix,
+                &topic,
+                &marks,
+            )
+            .await
+        }
+    })
+    .await;
+    shutdown.trigger();
+    running.stop().await;
+    assert!(caught_up, "the shadow consumed the whole stream");
+    let shadow_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&shadow_pg)
+        .await
+        .expect("count");
+    assert_eq!(
+        shadow_events, OLD_EVENTS as i64,
+        "the shadow logged every event once"
+    );
+    let shadow_total: i64 =
+        sqlx::query_scalar("SELECT sum(total_events)::int8 FROM player_statistics")
+            .fetch_one(&shadow_pg)
+            .await
+            .expect("sum");
+    assert_eq!(shadow_total, OLD_EVENTS as i64);
+    shadow_pg.close().await;
+
+    assert_eq!(
+        hashes(&mut redis, &format!("{prefix}player_stats:*")).await,
+        old_hashes,
+        "the old pipeline's hashes are untouched"
+    );
+    for (g, before) in groups.iter().zip(&old_offsets) {
+        let now = gamestream::kafka::group_offsets::fetch(
+            &client.group_client(g.name.clone()),
+            &env.config.topics.player_events,
+            &all_partitions,
+        )
+        .await
+        .expect("offsets");
+        assert_eq!(&now, before, "{}: the shadow committed nothing", g.name);
+    }
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{shadow_db}\" WITH (FORCE)"
+    )))
+    .execute(&env.pg)
+    .await;
+}
+
+/// Every hash matching `pattern`, whole.
+async fn hashes(
+    redis: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for key in scan_keys(redis, pattern).await {
+        let hash: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(redis)
+            .await
+            .expect("hgetall");
+        out.insert(key, hash);
+    }
+    out
 }

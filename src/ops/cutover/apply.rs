@@ -145,7 +145,7 @@ pub async fn apply(
     }
     summary.alltime_scores = scores.len();
 
-    let (left_out, added) = offset_gap(config, topic, &seeds).await?;
+    let (left_out, added) = offset_gap(config, &survey, &seeds).await?;
     summary.gap_events_left_out = left_out.len();
     summary.gap_events_added = added.len();
     for p in &survey.periods {
@@ -327,24 +327,30 @@ async fn import_stats(tx: &mut PgConnection, stats: &[PlayerStats]) -> Result<()
     Ok(())
 }
 
-/// Where the logger's and the leaderboard manager's offsets differ, the score events
-/// between them: those `events` holds that the leaderboard sinks will apply (left out of
-/// the rebuild), and those the old manager applied that `events` does not hold yet (added).
+/// Where `events` ends (the logger's offset, plus what it wrote past it before an
+/// unclean stop) and the leaderboard manager's offset differ, the score events between
+/// them: those `events` holds that the leaderboard sinks will apply (left out of the
+/// rebuild), and those the old manager applied that `events` does not hold yet (added).
 async fn offset_gap(
     config: &Config,
-    topic: &str,
+    survey: &Survey,
     seeds: &Seeds,
 ) -> Result<(HashSet<Uuid>, Vec<import::GapEvent>)> {
     let logger = &seeds[catalogue::LOGGER.name];
     let manager = &seeds[catalogue::LEADERBOARD.name];
+    let logged_past = survey
+        .group_of(catalogue::LOGGER.name)
+        .and_then(|g| g.applied_past_commit.clone())
+        .unwrap_or_default();
     let client = kafka::connect(&config.kafka).await?;
     let mut left_out = HashSet::new();
     let mut added = Vec::new();
-    for pc in partition_clients(&client, topic).await? {
+    for pc in partition_clients(&client, &survey.topic).await? {
         let p = pc.partition();
         let (Some(&l), Some(&m)) = (logger.get(&p), manager.get(&p)) else {
             continue;
         };
+        let l = l + logged_past.get(&p).copied().unwrap_or(0);
         let (from, to) = (l.min(m), l.max(m));
         for (_, event) in import::read_range(&pc, from, to).await? {
             if !event.is_score_event() {

@@ -88,6 +88,16 @@ pub struct VerifyArgs {
 
 /// Runs a `cutover` subcommand.
 pub async fn command(action: CutoverAction, config: &Config) -> Exit {
+    if config.shadow.enabled {
+        return super::exit_code(
+            "cutover",
+            Err(super::OpsError::Usage(
+                "`shadow.enabled` is on: a shadow compares, it does not take over; run `cutover` \
+                 with the configuration of the switch (shadow off, the live database)"
+                    .to_owned(),
+            )),
+        );
+    }
     match action {
         CutoverAction::Plan(args) => {
             super::exit_code("cutover plan", plan_command(&args, config).await)

@@ -12,5 +12,6 @@ pub mod stats;
 
 pub use pool::{PgError, connect, connect_as, connect_options};
 pub use schema::{
-    Adopted, LEGACY_TABLES, MIGRATOR, SchemaStatus, migrate, require_migrated, schema_status,
+    Adopted, LEGACY_TABLES, MIGRATOR, SchemaStatus, migrate, refuse_legacy, require_migrated,
+    schema_status,
 };

@@ -31,6 +31,13 @@ pub enum PgError {
         "database `{database}` is not migrated ({detail}): run `gamestream migrate` first, or start with `gamestream serve --migrate`"
     )]
     NotMigrated { database: String, detail: String },
+    /// Neither empty, nor gamestream's, nor the old pipeline's whole schema.
+    #[error("database `{database}`: {detail}")]
+    Unrecognised { database: String, detail: String },
+    #[error(
+        "database `{database}` is the old pipeline's and `shadow.enabled` is on: a shadow consumes into a database of its own (DB_NAME / `postgres.database`); turn shadow mode off to adopt this one"
+    )]
+    ShadowOnLegacy { database: String },
 }
 
 /// Connection options from the configuration (never from `PG*` env vars or `.pgpass`,

@@ -55,6 +55,22 @@ pub async fn migrate(pool: &PgPool) -> Result<Option<Adopted>, PgError> {
     Ok(adopted)
 }
 
+/// Refuses the old pipeline's database (its tables, no migration history): a shadow
+/// (`shadow.enabled`) must never adopt the live database.
+pub async fn refuse_legacy(pool: &PgPool, database: &str) -> Result<(), PgError> {
+    let legacy: bool =
+        sqlx::query_scalar("SELECT to_regclass($1) IS NULL AND to_regclass('events') IS NOT NULL")
+            .bind(MIGRATOR.table_name.as_ref())
+            .fetch_one(pool)
+            .await?;
+    if legacy {
+        return Err(PgError::ShadowOnLegacy {
+            database: database.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Converts the old pipeline's tables into migration 1's, if this is its database.
 async fn adopt_legacy(pool: &PgPool) -> Result<Option<Adopted>, PgError> {
     let mut conn = pool.acquire().await?;
@@ -88,7 +104,7 @@ async fn adopt_locked(conn: &mut sqlx::PgConnection) -> Result<Option<Adopted>, 
         .filter(|t| !present.iter().any(|p| p == t))
         .collect();
     if !missing.is_empty() {
-        return Err(PgError::NotMigrated {
+        return Err(PgError::Unrecognised {
             database: current_database(conn).await?,
             detail: format!(
                 "it has the old pipeline's table(s) {} but not {}, and no migration history: \
