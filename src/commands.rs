@@ -15,7 +15,8 @@ pub async fn migrate(config: &Config) -> Result<Exit, StoreError> {
         postgres::refuse_legacy(&pool, &config.postgres.database).await?;
     }
     let before = postgres::schema_status(&pool).await?;
-    if let Some(adopted) = postgres::migrate(&pool).await? {
+    let adopted = postgres::migrate(&pool).await?;
+    if let Some(adopted) = &adopted {
         let per_million = if adopted.events > 0 {
             format!(
                 ", {:.1} s per million events rows",
@@ -38,10 +39,11 @@ pub async fn migrate(config: &Config) -> Result<Exit, StoreError> {
             println!("database `{}` is up to date", config.postgres.database)
         }
         postgres::SchemaStatus::Pending(versions) => {
+            // An adoption stands in for the first migration.
             println!(
                 "database `{}`: applied {} migration(s)",
                 config.postgres.database,
-                versions.len()
+                versions.len() - usize::from(adopted.is_some())
             )
         }
     }
