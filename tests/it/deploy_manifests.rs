@@ -359,6 +359,30 @@ fn kustomize_overlays_render() {
     }
 }
 
+/// `deploy/validate.sh`'s semantic checks (env, probes, ports, wiring, the dashboard's
+/// layout and metrics, alerts), which need only Python: a dashboard panel laid over
+/// another, or a metric the dashboard reads that the daemon no longer exports, fails
+/// `make test`, not only the longer validate.sh.
+#[test]
+fn the_semantic_deploy_checks_pass() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let tool = deploy().join("tools/check_deploy.py");
+    for step in ["render", "check"] {
+        let run = Command::new("python3")
+            .arg(&tool)
+            .arg(step)
+            .arg(out.path())
+            .output()
+            .expect("python3");
+        assert!(
+            run.status.success(),
+            "check_deploy.py {step} failed:\n{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+}
+
 /// The documents of a rendered overlay, each as its non-blank lines.
 fn documents(rendered: &str) -> Vec<Vec<String>> {
     let mut docs = vec![Vec::new()];
