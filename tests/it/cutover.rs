@@ -362,6 +362,13 @@ async fn apply_twice_changes_nothing_the_second_time() {
     }
     let before = snapshot(&env).await;
     assert_eq!(before.1.len(), 2, "both Redis sinks marked: {:?}", before.1);
+    // No daemon has applied the records past the old commits yet: verify sees it.
+    let (code, out, err) = run(&env, &["cutover", "verify", "--show", "3"]).await;
+    assert_eq!(code, 1, "verify exits 1 on differences: {out}{err}");
+    assert!(
+        out.contains("... and "),
+        "at most 3 differences listed: {out}"
+    );
     let (code, out, err) = run(&env, &["cutover", "apply"]).await;
     assert_eq!(code, 0, "second apply: {out}{err}");
     assert!(out.contains("already adopted: nothing changed"), "{out}");
