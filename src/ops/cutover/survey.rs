@@ -376,6 +376,17 @@ impl Survey {
                 if let Some(n) = g.past_commit.get(&p.partition) {
                     let _ = write!(out, ", {n} record(s) to apply");
                 }
+                if let Some(expired) = g
+                    .offsets
+                    .get(&p.partition)
+                    .map(|o| p.earliest - o)
+                    .filter(|n| *n > 0)
+                {
+                    let _ = write!(
+                        out,
+                        ", EXPIRED: {expired} record(s) Kafka deleted before the group applied them"
+                    );
+                }
                 if let Some(n) = g
                     .applied_past_commit
                     .as_ref()
