@@ -2,13 +2,15 @@
 //! hardware itself allows.
 //!
 //! ```text
+//! per workload (uniform; with --skew also Zipf over --skew-players)       workload.rs
 //! prefill N events ─► limits: raw fetch (rskafka, records/s)          limits.rs
 //!                             COPY (same rows, identically indexed table, rows/s)
 //!                  ─► throughput: `gamestream serve --mode consume` as a child, timed
-//!                     until every sink committed the end offsets; its peak RSS  throughput.rs
-//!                  ─► latency: a child in `all` mode, POST /api/v1/events at a fixed
-//!                     rate, request → row visible in `events`: p50/p95/p99   latency.rs
-//!                  ─► table and JSON                                        report.rs
+//!                     until every sink committed the end offsets; its peak RSS,
+//!                     its CPU and the stores' CPU per event (/proc)   throughput.rs, cpu.rs
+//!                  ─► latency (uniform only): a child in `all` mode, POST /api/v1/events
+//!                     at a fixed rate, request → row visible in `events`   latency.rs
+//! ─► table and JSON, each workload next to its own COPY limit             report.rs
 //! ```
 //!
 //! Everything runs against the configured services in a scratch database and scratch
@@ -16,10 +18,12 @@
 //! Output: a table, and JSON (`--json FILE`) for comparing commits. A smoke run (a few
 //! thousand events, every phase) is `tests/it/bench_smoke.rs`.
 
+pub mod cpu;
 pub mod latency;
 pub mod limits;
 pub mod report;
 pub mod throughput;
+pub mod workload;
 
 use crate::exit::Exit;
 use std::collections::BTreeMap;
@@ -33,7 +37,8 @@ use crate::kafka;
 use crate::sinks::StoreError;
 use crate::sinks::error::from_store_errors;
 use crate::sinks::postgres;
-pub use report::{BenchReport, LatencyReport, Percentiles, RowCounts};
+pub use report::{BenchReport, LatencyReport, Percentiles, RowCounts, WorkloadReport};
+pub use workload::Players;
 
 /// Options of `gamestream bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,9 +46,19 @@ pub struct BenchArgs {
     /// Events to pre-fill the raw topic with.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: usize,
-    /// Distinct players in the generated events.
+    /// Distinct players in the generated events (the uniform workload: every player
+    /// equally active).
     #[arg(long, default_value_t = 20_000)]
     pub players: usize,
+    /// Also measure throughput on a skewed workload, next to the uniform one: players
+    /// drawn from a Zipf distribution with this exponent (1.1 without a value), so that
+    /// a few percent of the players send most events, as in a real game.
+    #[arg(long, value_name = "EXPONENT", num_args = 0..=1, default_missing_value = "1.1",
+          value_parser = parse_exponent)]
+    pub skew: Option<f64>,
+    /// Distinct players of the skewed workload.
+    #[arg(long, default_value_t = 200_000)]
+    pub skew_players: usize,
     /// Distinct games in the generated events.
     #[arg(long, default_value_t = 100)]
     pub games: usize,
@@ -80,6 +95,15 @@ pub struct BenchArgs {
     pub traceparent_sampled: Option<f64>,
 }
 
+fn parse_exponent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(s),
+        _ => Err(format!(
+            "`{text}` is not a positive Zipf exponent (e.g. 1.1)"
+        )),
+    }
+}
+
 fn parse_fraction(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
@@ -99,15 +123,43 @@ pub enum BenchError {
 
 from_store_errors!(BenchError);
 
-/// Runs the benchmark.
+/// Runs the benchmark: the uniform workload (throughput, then latency), and with
+/// `--skew` the skewed one (throughput), each on scratch names of its own.
 pub async fn run(config: &Config, args: &BenchArgs) -> Result<Exit, BenchError> {
-    let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-    let scratch = Scratch::create(config, &id, args.partitions).await?;
-    let report = measure(config, &scratch, args).await;
-    if !args.keep {
-        scratch.remove(config).await;
+    let load_average_start = report::load_average();
+    let mut workloads = vec![Players::uniform(args.players)];
+    if let Some(exponent) = args.skew {
+        workloads.push(Players::zipf(args.skew_players, exponent));
     }
-    let report = report?;
+    let mut measured = Vec::with_capacity(workloads.len());
+    let mut latency = None;
+    for (n, players) in workloads.iter().enumerate() {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let scratch = Scratch::create(config, &id, args.partitions).await?;
+        let with_latency = n == 0 && !args.latency_duration.is_zero();
+        let result = measure(&scratch, args, players, with_latency).await;
+        if !args.keep {
+            scratch.remove(config).await;
+        }
+        let (workload, workload_latency) = result?;
+        measured.push(workload);
+        latency = latency.or(workload_latency);
+    }
+    let mut measured = measured.into_iter();
+    let Some(uniform) = measured.next() else {
+        unreachable!("the uniform workload is always measured");
+    };
+    let report = BenchReport {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average_start,
+        load_average_end: report::load_average(),
+        events: args.events,
+        partitions: args.partitions,
+        uniform,
+        skewed: measured.next(),
+        tracing: report::TracingSetup::from_env(config, args.traceparent_sampled),
+        latency,
+    };
     report::print_table(&report);
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).unwrap_or_default();
@@ -249,20 +301,24 @@ impl Scratch {
     }
 }
 
+/// One workload on its scratch names: pre-fill, the limits, the pipeline, and (the
+/// first workload only) the latency phase.
 async fn measure(
-    base: &Config,
     scratch: &Scratch,
     args: &BenchArgs,
-) -> Result<BenchReport, BenchError> {
-    // The children inherit this process's environment (connections, OTEL_* variables);
-    // `base` is read here only to report the trace setup they got.
+    players: &Players,
+    with_latency: bool,
+) -> Result<(WorkloadReport, Option<LatencyReport>), BenchError> {
+    // The children inherit this process's environment (connections, OTEL_* variables).
     let load_average_start = report::load_average();
     let events: Vec<Event> = (0..args.events)
-        .map(|i| bench_event(i, args.players, args.games))
+        .map(|i| bench_event_for(i, players, args.games))
         .collect();
     eprintln!(
-        "bench: pre-filling {} events over {} partitions",
+        "bench: {} workload: pre-filling {} events of {} players over {} partitions",
+        players.name(),
         events.len(),
+        players.count(),
         args.partitions
     );
     let started = Instant::now();
@@ -277,33 +333,40 @@ async fn measure(
 
     eprintln!("bench: pipeline");
     let run = throughput::run_pipeline(scratch, args).await?;
-    let latency = if args.latency_duration.is_zero() {
-        None
-    } else {
+    let load_average_end = report::load_average();
+    let latency = if with_latency {
         eprintln!(
             "bench: latency at {} events/s for {:?}",
             args.latency_rate, args.latency_duration
         );
         Some(latency::run(scratch, args).await?)
+    } else {
+        None
     };
     let rows = scratch.row_counts().await?;
     let n = args.events as f64;
     let slowest = run.sink_seconds.values().copied().fold(0.0, f64::max);
     let pipeline_rate = if slowest > 0.0 { n / slowest } else { 0.0 };
-    Ok(BenchReport {
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        load_average_start,
-        load_average_end: report::load_average(),
-        events: args.events,
-        partitions: args.partitions,
+    let sink_events_per_sec: BTreeMap<String, f64> = run
+        .sink_seconds
+        .iter()
+        .map(|(k, s)| (k.clone(), n / s))
+        .collect();
+    let workload = WorkloadReport {
+        workload: players.name(),
+        players: players.count(),
+        zipf_exponent: players.exponent(),
+        top_percent_share: players.top_percent_share(),
+        workload_load_average_start: load_average_start,
+        workload_load_average_end: load_average_end,
         prefill_events_per_sec: prefill_rate,
         raw_fetch_records_per_sec: raw_fetch,
         copy_rows_per_sec: copy,
-        sink_events_per_sec: run
-            .sink_seconds
+        sink_ratio_to_copy: sink_events_per_sec
             .iter()
-            .map(|(k, s)| (k.clone(), n / s))
+            .map(|(k, rate)| (k.clone(), rate / copy))
             .collect(),
+        sink_events_per_sec,
         sink_seconds: run.sink_seconds,
         sink_committed_offsets: run.sink_committed,
         end_offsets: run.end_offsets,
@@ -311,18 +374,24 @@ async fn measure(
         ratio_to_copy: pipeline_rate / copy,
         ratio_to_raw_fetch: pipeline_rate / raw_fetch,
         daemon_peak_rss_mb: run.peak_rss_mb,
-        tracing: report::TracingSetup::from_env(base, args.traceparent_sampled),
-        latency,
+        cpu: run.cpu,
         rows,
-    })
+    };
+    Ok((workload, latency))
 }
 
 /// The time the generated events start from, fixed once per run.
 static BENCH_BASE_TIME: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> =
     std::sync::OnceLock::new();
 
-/// A realistic mix: 30% scores, many players and games, small `data` objects.
+/// A realistic mix: 30% scores, many players and games, small `data` objects; every
+/// player equally active.
 pub fn bench_event(i: usize, players: usize, games: usize) -> Event {
+    bench_event_for(i, &Players::uniform(players), games)
+}
+
+/// The `i`-th event of a workload whose players are drawn from `players`.
+pub fn bench_event_for(i: usize, players: &Players, games: usize) -> Event {
     // A cheap deterministic scramble so players and games do not advance in lockstep.
     let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let kinds = [
@@ -358,7 +427,7 @@ pub fn bench_event(i: usize, players: usize, games: usize) -> Event {
     Event {
         event_id: uuid::Uuid::new_v4(),
         event_type,
-        player_id: format!("player-{}", (h >> 16) as usize % players.max(1)),
+        player_id: format!("player-{}", players.pick(i, h)),
         game_id: format!("game-{}", (h >> 40) as usize % games.max(1)),
         timestamp: base + chrono::Duration::milliseconds(i as i64 * 7),
         ingested_at: base + chrono::Duration::milliseconds(i as i64 * 7 + 3),

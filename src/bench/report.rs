@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::cpu::CpuReport;
 use crate::config::Config;
 use crate::loadgen::percentile;
 use crate::telemetry::traces::TraceSettings;
@@ -56,12 +57,39 @@ pub struct BenchReport {
     pub load_average_end: [f64; 3],
     pub events: usize,
     pub partitions: i32,
+    /// The uniform workload (its fields at the top level of the JSON, as before
+    /// workloads were added).
+    #[serde(flatten)]
+    pub uniform: WorkloadReport,
+    /// With `--skew`: the skewed workload, measured after the uniform one.
+    pub skewed: Option<WorkloadReport>,
+    /// Whether the daemon exported traces, and how the pre-filled records were traced.
+    pub tracing: TracingSetup,
+    /// None with `--latency-duration 0`.
+    pub latency: Option<LatencyReport>,
+}
+
+/// The throughput phase of one workload, next to the limits measured on its own rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadReport {
+    /// "uniform" or "zipf EXPONENT".
+    pub workload: String,
+    /// Distinct players the events were drawn from.
+    pub players: usize,
+    pub zipf_exponent: Option<f64>,
+    /// The share of events sent by the most active 1% of the players.
+    pub top_percent_share: f64,
+    /// `/proc/loadavg` before the pre-fill and after the pipeline of this workload.
+    pub workload_load_average_start: [f64; 3],
+    pub workload_load_average_end: [f64; 3],
     pub prefill_events_per_sec: f64,
     pub raw_fetch_records_per_sec: f64,
     pub copy_rows_per_sec: f64,
     /// Seconds from daemon start until each sink committed the end of every partition.
     pub sink_seconds: BTreeMap<String, f64>,
     pub sink_events_per_sec: BTreeMap<String, f64>,
+    /// Each sink's events/s over this workload's plain COPY rows/s.
+    pub sink_ratio_to_copy: BTreeMap<String, f64>,
     /// Per sink, the sum over partitions of the next offsets it committed.
     pub sink_committed_offsets: BTreeMap<String, i64>,
     /// Sum over partitions of the topic's end offsets (what every sink must reach).
@@ -71,11 +99,10 @@ pub struct BenchReport {
     pub ratio_to_copy: f64,
     pub ratio_to_raw_fetch: f64,
     pub daemon_peak_rss_mb: f64,
-    /// Whether the daemon exported traces, and how the pre-filled records were traced.
-    pub tracing: TracingSetup,
-    /// None with `--latency-duration 0`.
-    pub latency: Option<LatencyReport>,
-    /// Rows in the scratch tables at the end (both phases).
+    /// CPU of the daemon and of each store's processes over the pipeline phase.
+    pub cpu: CpuReport,
+    /// Rows in the scratch tables at the end (pipeline and, for the first workload,
+    /// latency phase).
     pub rows: RowCounts,
 }
 
@@ -150,61 +177,95 @@ pub fn print_table(r: &BenchReport) {
         r.load_average_end[2],
     );
     println!("traces: {}", r.tracing.describe());
-    let row = |name: &str, value: String| println!("{name:<40} {value:>14}");
-    row("measure", "value".to_owned());
-    row(
-        "prefill (events/s)",
-        format!("{:.0}", r.prefill_events_per_sec),
-    );
-    row(
-        "limit: raw fetch (records/s)",
-        format!("{:.0}", r.raw_fetch_records_per_sec),
-    );
-    row(
-        "limit: plain COPY (rows/s)",
-        format!("{:.0}", r.copy_rows_per_sec),
-    );
-    for (sink, rate) in &r.sink_events_per_sec {
-        row(&format!("sink {sink} (events/s)"), format!("{rate:.0}"));
+    let workloads: Vec<&WorkloadReport> = std::iter::once(&r.uniform).chain(&r.skewed).collect();
+    let row = |name: &str, value: &dyn Fn(&WorkloadReport) -> String| {
+        let values: String = workloads
+            .iter()
+            .map(|w| format!(" {:>16}", value(w)))
+            .collect();
+        println!("{name:<48}{values}");
+    };
+    row("measure (workload)", &|w| w.workload.clone());
+    row("players", &|w| w.players.to_string());
+    row("events from the top 1% of players", &|w| {
+        format!("{:.0}%", w.top_percent_share * 100.0)
+    });
+    row("load average (1 min) before/after", &|w| {
+        format!(
+            "{:.2}/{:.2}",
+            w.workload_load_average_start[0], w.workload_load_average_end[0]
+        )
+    });
+    row("prefill (events/s)", &|w| {
+        format!("{:.0}", w.prefill_events_per_sec)
+    });
+    row("limit: raw fetch (records/s)", &|w| {
+        format!("{:.0}", w.raw_fetch_records_per_sec)
+    });
+    row("limit: plain COPY (rows/s)", &|w| {
+        format!("{:.0}", w.copy_rows_per_sec)
+    });
+    for sink in r.uniform.sink_events_per_sec.keys() {
+        row(&format!("sink {sink} (events/s, ×COPY)"), &|w| {
+            let rate = w.sink_events_per_sec.get(sink).copied().unwrap_or(0.0);
+            let ratio = w.sink_ratio_to_copy.get(sink).copied().unwrap_or(0.0);
+            format!("{rate:.0} ({ratio:.2})")
+        });
     }
-    row(
-        "pipeline, all sinks (events/s)",
-        format!("{:.0}", r.pipeline_events_per_sec),
-    );
-    row("ratio to COPY limit", format!("{:.2}", r.ratio_to_copy));
-    row(
-        "ratio to raw fetch limit",
-        format!("{:.2}", r.ratio_to_raw_fetch),
-    );
-    row(
-        "daemon peak RSS (MB)",
-        format!("{:.1}", r.daemon_peak_rss_mb),
-    );
+    row("pipeline, all sinks (events/s)", &|w| {
+        format!("{:.0}", w.pipeline_events_per_sec)
+    });
+    row("ratio to COPY limit", &|w| {
+        format!("{:.2}", w.ratio_to_copy)
+    });
+    row("ratio to raw fetch limit", &|w| {
+        format!("{:.2}", w.ratio_to_raw_fetch)
+    });
+    row("daemon peak RSS (MB)", &|w| {
+        format!("{:.1}", w.daemon_peak_rss_mb)
+    });
+    row("CPU µs/event: daemon", &|w| {
+        format!("{:.2}", w.cpu.daemon_us_per_event)
+    });
+    let stores: std::collections::BTreeSet<&String> = workloads
+        .iter()
+        .flat_map(|w| w.cpu.store_us_per_event.keys())
+        .collect();
+    for store in stores {
+        row(&format!("CPU µs/event: {store}"), &|w| {
+            let us = w.cpu.store_us_per_event.get(store).copied().unwrap_or(0.0);
+            format!("{us:.2}")
+        });
+    }
+    row("pipeline wall (s)", &|w| {
+        format!("{:.1}", w.cpu.wall_seconds)
+    });
+    row("rows in events", &|w| w.rows.events.to_string());
     if let Some(l) = &r.latency {
-        row(
+        let line = |name: &str, value: String| println!("{name:<48} {value:>16}");
+        line(
             "latency: rate target/achieved (ev/s)",
             format!("{:.0}/{:.0}", l.target_rate, l.achieved_rate),
         );
-        row(
+        line(
             "latency: sent/accepted/seen",
             format!("{}/{}/{}", l.sent, l.accepted, l.samples),
         );
         let p = l.percentiles_ms;
-        row("latency HTTP→Postgres p50 (ms)", format!("{:.1}", p.p50));
-        row("latency HTTP→Postgres p95 (ms)", format!("{:.1}", p.p95));
-        row("latency HTTP→Postgres p99 (ms)", format!("{:.1}", p.p99));
-        row("latency HTTP→Postgres max (ms)", format!("{:.1}", p.max));
+        line("latency HTTP→Postgres p50 (ms)", format!("{:.1}", p.p50));
+        line("latency HTTP→Postgres p95 (ms)", format!("{:.1}", p.p95));
+        line("latency HTTP→Postgres p99 (ms)", format!("{:.1}", p.p99));
+        line("latency HTTP→Postgres max (ms)", format!("{:.1}", p.max));
         let h = l.http_percentiles_ms;
-        row(
+        line(
             "latency HTTP answer p50/p99 (ms)",
             format!("{:.1}/{:.1}", h.p50, h.p99),
         );
-        row(
+        line(
             "latency: poll interval/cycle (ms)",
             format!("{:.1}/{:.1}", l.poll_interval_ms, l.mean_poll_cycle_ms),
         );
     }
-    row("rows in events", r.rows.events.to_string());
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! events ─► produce to the scratch topic (murmur2 partitions, as our producer does)
 //! `gamestream serve` (child, scratch names) ─► poll sink_offsets (Postgres sinks) and
 //!     the Redis offsets hash (Redis sinks) every POLL until each reaches the end of
-//!     every partition; sample the child's VmHWM meanwhile ─► SIGTERM
+//!     every partition; sample the child's VmHWM meanwhile; the child's and the
+//!     stores' CPU (cpu.rs) from its start until then ─► SIGTERM
 //! ```
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 
 use super::BenchError;
+use super::cpu::{self, CpuReport, Stores};
 use super::{BenchArgs, Scratch};
 use crate::catalogue::{self, Store};
 use crate::config::Mode;
@@ -36,6 +38,8 @@ pub(super) struct PipelineRun {
     /// Sum of the partitions' end offsets.
     pub end_offsets: i64,
     pub peak_rss_mb: f64,
+    /// The daemon's and the stores' CPU from its start until the last sink finished.
+    pub cpu: CpuReport,
 }
 
 /// Produces `events` to the scratch raw topic, keyed and partitioned as our producer does;
@@ -161,6 +165,8 @@ pub(super) async fn run_pipeline(
     args: &BenchArgs,
 ) -> Result<PipelineRun, BenchError> {
     let ends = end_offsets(scratch).await?;
+    let stores = stores(scratch);
+    let stores_before = stores.snapshot();
     let started = Instant::now();
     let mut child = daemon(scratch, Mode::Consume, 0)?;
     let pid = child.id().unwrap_or(0);
@@ -201,16 +207,47 @@ pub(super) async fn run_pipeline(
         tokio::time::sleep(POLL).await;
     }
     peak_rss_kb = peak_rss_kb.max(rss_kb(pid, "VmHWM:"));
+    let wall = started.elapsed().as_secs_f64();
+    let daemon_ticks = cpu::process_ticks(pid);
+    let stores_after = stores.snapshot();
     stop(child).await;
+    let events = ends.iter().map(|(_, end)| end).sum::<i64>();
+    let cpu = CpuReport::of(
+        daemon_ticks,
+        &stores_before,
+        &stores_after,
+        usize::try_from(events).unwrap_or(0),
+        wall,
+    );
     Ok(PipelineRun {
         sink_seconds: done,
         sink_committed: committed
             .into_iter()
             .map(|(sink, offsets)| (sink, offsets.values().sum()))
             .collect(),
-        end_offsets: ends.iter().map(|(_, end)| end).sum(),
+        end_offsets: events,
         peak_rss_mb: peak_rss_kb as f64 / 1024.0,
+        cpu,
     })
+}
+
+/// The stores whose processes run on this machine, found by the ports the daemon
+/// connects to.
+fn stores(scratch: &Scratch) -> Stores {
+    let config = &scratch.config;
+    let mut ports = vec![
+        ("postgres", config.postgres.port),
+        ("redis", config.redis.port),
+    ];
+    for server in &config.kafka.bootstrap_servers {
+        if let Some(port) = server.rsplit(':').next().and_then(|p| p.parse().ok()) {
+            ports.push(("kafka", port));
+        }
+    }
+    Stores {
+        ports,
+        pg_database: config.postgres.database.clone(),
+    }
 }
 
 /// A `/proc/PID/status` field in kB (0 where unavailable).

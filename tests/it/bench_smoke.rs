@@ -1,7 +1,7 @@
-//! `gamestream bench` in smoke mode (a few thousand events, every phase) on the local
-//! stack, checking counts, never times: every sink reached the end offsets, every
-//! accepted latency event was seen in Postgres, and the tables hold exactly what was
-//! sent. Plus the COPY-limit table's shape against the real `events` table.
+//! `gamestream bench` in smoke mode (a few thousand events, every phase, both
+//! workloads) on the local stack, checking counts, never times: every sink reached the
+//! end offsets, every accepted latency event was seen in Postgres, the tables hold
+//! exactly what was sent, and the CPU of the daemon and of each store was measured. Plus the COPY-limit table's shape against the real `events` table.
 //!
 //! ```text
 //! cargo nextest run --test it bench_smoke::
@@ -25,6 +25,8 @@ async fn smoke_run_counts_every_event_in_every_sink() {
         .envs(stack.env(&stack.pg_admin_db))
         .args(["bench", "--events", &EVENTS.to_string()])
         .args(["--players", "300", "--games", "10", "--timeout", "3m"])
+        // The skewed workload too, on few players (the flag's default exponent).
+        .args(["--skew", "--skew-players", "1000"])
         .args(["--latency-rate", &LATENCY_RATE.to_string()])
         .args(["--latency-duration", &format!("{LATENCY_SECONDS}s")])
         .arg("--json")
@@ -77,6 +79,50 @@ async fn smoke_run_counts_every_event_in_every_sink() {
     let total = EVENTS as i64 + sent as i64;
     assert_eq!(report["rows"]["events"], total, "one row per event");
     assert_eq!(report["rows"]["statistics_total_events"], total);
+    assert_eq!(report["workload"], "uniform");
+    assert_cpu_measured(&report);
+
+    // The skewed workload: its own scratch names, every event in every sink, and most
+    // events from a few players.
+    let skewed = &report["skewed"];
+    assert_eq!(skewed["workload"], "zipf 1.1", "{report:#}");
+    assert_eq!(skewed["players"], 1000);
+    assert!(
+        skewed["top_percent_share"]
+            .as_f64()
+            .is_some_and(|share| share > 0.3),
+        "{skewed}"
+    );
+    assert_eq!(skewed["end_offsets"], EVENTS);
+    for sink in catalogue::names() {
+        assert_eq!(skewed["sink_committed_offsets"][sink], EVENTS, "{sink}");
+        assert!(skewed["sink_ratio_to_copy"][sink].as_f64().is_some());
+    }
+    assert_eq!(skewed["rows"]["events"], EVENTS);
+    assert_eq!(skewed["rows"]["statistics_total_events"], EVENTS);
+    assert_cpu_measured(skewed);
+    assert!(
+        stdout.contains("zipf 1.1"),
+        "the table has both workloads: {stdout}"
+    );
+}
+
+/// The daemon's CPU per event, and the stack's stores found by their ports (the stack
+/// runs on this machine).
+fn assert_cpu_measured(workload: &serde_json::Value) {
+    let cpu = &workload["cpu"];
+    assert!(
+        cpu["daemon_us_per_event"]
+            .as_f64()
+            .is_some_and(|us| us > 0.0),
+        "{cpu}"
+    );
+    for store in ["postgres", "redis", "kafka"] {
+        assert!(
+            cpu["store_us_per_event"][store].as_f64().is_some(),
+            "{store}: {cpu}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,11 +1,12 @@
-//! The batching producer on its own, against the real broker: batching, offsets,
-//! extensible headers, the in-flight bound, and the flush on close.
+//! The batching producer on its own, against the real broker: batching, a lone record
+//! sent at once, offsets, extensible headers, the in-flight bound (on a private broker
+//! that is frozen), and the flush on close.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::TestEnv;
 use crate::common::ingest::consume_all;
+use crate::common::{PrivateBroker, TestEnv};
 use gamestream::config::Config;
 use gamestream::event::{Event, parse_submission};
 use gamestream::kafka::{
@@ -73,6 +74,32 @@ async fn concurrent_publishes_share_produce_requests() {
 }
 
 #[tokio::test]
+async fn a_lone_record_is_sent_at_once_whatever_the_linger() {
+    // `linger` bounds only a wait behind in-flight requests: with nothing in flight a
+    // record goes at once. A record that waited for this linger would get a Timeout.
+    let env = TestEnv::with_overrides(&[
+        ("producer.linger", "\"1h\""),
+        ("producer.publish_timeout", "\"60s\""),
+    ])
+    .await;
+    let (producer, tasks) = producer(&env.config).await;
+    let mut offsets = Vec::new();
+    for i in 0..3 {
+        // One after another, each alone on an idle producer (the first one also waits
+        // for the idempotent producer's id).
+        let offset = producer
+            .publish(&event("lone", i))
+            .await
+            .expect("acknowledged without waiting for the linger");
+        offsets.push(offset);
+    }
+    assert_eq!(offsets, [0, 1, 2], "one partition, one record per request");
+    assert_eq!(producer.in_flight_bytes(), 0, "nothing left waiting");
+    tasks.close().await;
+    assert_eq!(consume_all(&env.config).await.len(), 3);
+}
+
+#[tokio::test]
 async fn offsets_are_per_partition_and_headers_can_be_extended() {
     let env = TestEnv::new().await;
     let (producer, tasks) = producer(&env.config).await;
@@ -118,47 +145,57 @@ async fn offsets_are_per_partition_and_headers_can_be_extended() {
 
 #[tokio::test]
 async fn the_in_flight_bound_fails_fast_and_close_flushes_what_is_queued() {
-    // A long linger keeps accepted records queued, holding their bytes.
+    // Records hold their bytes until the broker answers: a private broker, frozen. The
+    // first record is in flight (waiting for the broker), the second queued behind it
+    // (a long linger: it waits for the first), together above half the bound.
+    let broker = PrivateBroker::start().await;
+    let bootstrap = format!("\"{}\"", broker.address());
     let env = TestEnv::with_overrides(&[
-        ("producer.linger", "\"60s\""),
-        ("producer.max_in_flight_bytes", "2000"),
+        ("kafka.bootstrap_servers", &bootstrap),
+        ("producer.linger", "\"1h\""),
+        ("producer.max_in_flight_bytes", "3000"),
         ("producer.publish_timeout", "\"120s\""),
     ])
     .await;
     let (producer, tasks) = producer(&env.config).await;
-    let first = event("p-1", 1000);
-    let waiting = {
-        let producer = producer.clone();
-        let first = first.clone();
-        tokio::spawn(async move { producer.publish(&first).await })
-    };
+    broker.freeze();
+    let (first, second) = (event("p-1", 1000), event("p-1", 1000));
+    let waiting: Vec<_> = [&first, &second]
+        .into_iter()
+        .map(|e| {
+            let (producer, e) = (producer.clone(), e.clone());
+            tokio::spawn(async move { producer.publish(&e).await })
+        })
+        .collect();
     assert!(
         crate::common::eventually(Duration::from_secs(5), || async {
-            producer.in_flight_bytes() > 1000
+            producer.in_flight_bytes() > 2000
         })
         .await,
-        "the first record holds its bytes"
+        "both records hold their bytes"
     );
     let started = std::time::Instant::now();
-    let second = producer.publish(&event("p-2", 1000)).await;
-    assert_eq!(second, Err(ProduceError::Overloaded { limit: 2000 }));
+    let third = producer.publish(&event("p-2", 1000)).await;
+    assert_eq!(third, Err(ProduceError::Overloaded { limit: 3000 }));
     assert!(
-        started.elapsed() < Duration::from_millis(100),
+        started.elapsed() < Duration::from_secs(1),
         "refused at once, not after a wait"
     );
     assert!(matches!(
-        producer.publish(&event("p-3", 3000)).await,
+        producer.publish(&event("p-3", 4000)).await,
         Err(ProduceError::TooLarge { .. })
     ));
 
-    // Closing sends the queued record without waiting for the linger, and answers it.
-    let started = std::time::Instant::now();
+    // Once the broker answers, the queued record follows the first (not after the
+    // linger), and closing waits for both answers.
+    broker.thaw();
     tasks.close().await;
-    let offset = waiting
-        .await
-        .expect("task")
-        .expect("the queued record was flushed and acknowledged");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let mut offsets = Vec::new();
+    for task in waiting {
+        let offset = task.await.expect("task").expect("flushed and acknowledged");
+        offsets.push(offset);
+    }
+    assert_eq!(offsets, [0, 1], "in order, behind each other");
     assert_eq!(producer.in_flight_bytes(), 0);
     assert_eq!(
         producer.publish(&event("p-4", 0)).await,
@@ -166,10 +203,13 @@ async fn the_in_flight_bound_fails_fast_and_close_flushes_what_is_queued() {
     );
 
     let consumed = consume_all(&env.config).await;
-    assert_eq!(consumed.len(), 1);
+    let stored: Vec<(i64, String)> = consumed.iter().map(|r| (r.offset, r.event_id())).collect();
     assert_eq!(
-        (consumed[0].offset, consumed[0].event_id()),
-        (offset, first.event_id.to_string())
+        stored,
+        [
+            (0, first.event_id.to_string()),
+            (1, second.event_id.to_string())
+        ]
     );
 }
 

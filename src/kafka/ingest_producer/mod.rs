@@ -4,15 +4,16 @@
 //! publish(record) ─► partition_for_key(player_id) ─► acquire in-flight bytes ─┐ (or Overloaded)
 //!                                                                             ▼
 //!   PartitionWorker p0 ◄── queue ◄──────────────────────────────────── one queue per partition
-//!     │ collects records for `linger` (or until the batch is full)
+//!     │ sends at once when nothing is in flight; batches only behind in-flight requests
 //!     └─► PartitionClient::produce (acks = all) ─► offsets ─► each caller's oneshot
 //! ```
 //!
-//! Concurrent callers share broker round-trips: every record waits at most `linger` for
-//! others bound to the same partition, and up to `max_in_flight_requests` produce
-//! requests per partition are outstanding at once. A caller is answered only once the
-//! broker acknowledged its record (rskafka produces with `acks = -1`), so an `Ok`
-//! offset is durable.
+//! Concurrent callers share broker round-trips without a timer: a record for an idle
+//! partition is sent at once, and records arriving while that partition's requests are
+//! out wait for them (at most `linger`) and go together; up to `max_in_flight_requests`
+//! produce requests per partition are outstanding at once (see `worker.rs`). A caller
+//! is answered only once the broker acknowledged its record (rskafka produces with
+//! `acks = -1`), so an `Ok` offset is durable.
 //!
 //! Memory is bounded by a semaphore of bytes: a record holds its permits from the
 //! moment it is accepted until its produce request has finished (acknowledged, failed or

@@ -2,9 +2,22 @@
 //! produce requests.
 //!
 //! ```text
-//! queue ─► Batch (until linger elapsed, or full) ─► produce request ─► replies
-//!            ▲ keeps filling while all `max_in_flight_requests` slots are busy
+//! queue ─► Batch ─► produce request ─► replies
+//!   nothing of the partition in flight: the batch goes at once (the record, and
+//!     whatever else was already queued: no timer, no wait)
+//!   requests in flight: the batch fills behind them, and goes when they have all
+//!     finished, or once it waited `linger` (into a free slot of
+//!     `max_in_flight_requests`), or when it is full
 //! ```
+//!
+//! So a lone record costs one broker round trip and no linger, and under load the
+//! batches grow by themselves with the broker's round trip: what arrives while a
+//! request is out shares the next one (Nagle's algorithm, not a fixed timer).
+//! `linger = 0` sends a batch whenever a slot is free. The idempotent producer's rules
+//! ([`Sequencer::may_dispatch`](super::sequence::Sequencer::may_dispatch)) come on
+//! top: a ready batch still waits while a batch is retried or an epoch's first batch
+//! is unconfirmed, and sequences are taken in dispatch order, so none of this changes
+//! what the broker sees.
 //!
 //! The worker owns its [`PartitionConnection`]: an rskafka `PartitionClient` created on
 //! first use and recreated after any failed or timed-out request, or after sitting idle
@@ -145,6 +158,37 @@ impl Batch {
         self.bytes += pending.bytes();
         self.pendings.push(pending);
     }
+
+    /// Starts an empty batch with `pending`. Returns whether it has already waited long
+    /// enough behind in-flight requests (`linger` 0) and, if not, when it has.
+    fn start(&mut self, pending: Pending, settings: &WorkerSettings) -> (bool, Option<Instant>) {
+        debug_assert!(self.is_empty(), "a batch starts empty");
+        self.push(pending);
+        if settings.linger.is_zero() {
+            (true, None)
+        } else {
+            (false, Some(Instant::now() + settings.linger))
+        }
+    }
+
+    /// Whether the batch should go out as soon as a request slot is free (and the
+    /// idempotent producer allows): at once when nothing of the partition is in flight;
+    /// behind in-flight requests only once it has waited `linger`, is full, or must
+    /// make room (closing, or a request that did not fit is waiting).
+    fn ready(&self, settings: &WorkerSettings, now: &Dispatch) -> bool {
+        !self.is_empty()
+            && (now.in_flight == 0 || now.lingered || now.flushing || self.is_full(settings))
+    }
+}
+
+/// What the dispatch decision ([`Batch::ready`]) looks at besides the batch.
+struct Dispatch {
+    /// Produce requests of the partition not yet finished.
+    in_flight: usize,
+    /// The batch has waited `linger` behind them.
+    lingered: bool,
+    /// Everything held must go: closing, or a request that did not fit waits.
+    flushing: bool,
 }
 
 /// Metric handles of one partition, registered once rather than looked up per batch.
@@ -235,42 +279,34 @@ impl PartitionWorker {
         // A request that did not fit the current batch; it starts the next one.
         let mut carry: Option<Pending> = None;
         let mut in_flight = JoinSet::new();
-        // When the current batch's linger ends (set by its first record).
+        // When the current batch's wait behind in-flight requests ends (set by its first
+        // record; only counted while something is in flight).
         let mut linger_until: Option<Instant> = None;
         let mut lingered = false;
         let mut intake_open = true;
         let mut closing = false;
         loop {
-            let ready = !batch.is_empty()
-                && (lingered || closing || carry.is_some() || batch.is_full(&settings));
             // An idempotent partition sends nothing new while it retries a batch, or
             // before its epoch's first batch is confirmed (see `super::sequence`).
             let may_dispatch = self
                 .idempotence
                 .as_ref()
                 .is_none_or(|idempotence| idempotence.lock().may_dispatch());
+            let ready = batch.ready(
+                &settings,
+                &Dispatch {
+                    in_flight: in_flight.len(),
+                    lingered,
+                    flushing: closing || carry.is_some(),
+                },
+            );
             if ready && may_dispatch && in_flight.len() < settings.max_in_flight_requests {
-                let full = std::mem::take(&mut batch);
-                // Prepared here, not in the task: an idempotent batch takes its sequence
-                // numbers in the order batches are dispatched.
-                if let Some(prepared) = prepare(full, &settings, &self.metrics) {
-                    let sequence = self.idempotence.as_ref().map(|idempotence| {
-                        let id = idempotence.lock().assign(prepared.records.len());
-                        (Arc::clone(idempotence), id)
-                    });
-                    in_flight.spawn(produce(
-                        Arc::clone(&self.connection),
-                        Arc::clone(&settings),
-                        Arc::clone(&self.metrics),
-                        prepared,
-                        sequence,
-                    ));
-                }
-                lingered = false;
-                linger_until = None;
+                self.dispatch(std::mem::take(&mut batch), &mut in_flight);
+                (lingered, linger_until) = (false, None);
                 if let Some(pending) = carry.take() {
-                    linger_until = Some(Instant::now() + settings.linger);
-                    batch.push(pending);
+                    (lingered, linger_until) = batch.start(pending, &settings);
+                    // What queued meanwhile joins it before it is looked at again.
+                    carry = self.take_queued(&mut batch);
                 }
                 continue;
             }
@@ -287,9 +323,13 @@ impl PartitionWorker {
                 received = self.queue.recv(), if can_take => match received {
                     Some(pending) if batch.fits(&pending, &settings) => {
                         if batch.is_empty() {
-                            linger_until = Some(Instant::now() + settings.linger);
+                            (lingered, linger_until) = batch.start(pending, &settings);
+                        } else {
+                            batch.push(pending);
                         }
-                        batch.push(pending);
+                        // Whatever else is already queued goes in the same request: a
+                        // burst is one request, not one per record.
+                        carry = self.take_queued(&mut batch);
                     }
                     Some(pending) => carry = Some(pending),
                     None => intake_open = false,
@@ -305,6 +345,42 @@ impl PartitionWorker {
             }
         }
         tracing::debug!(partition = self.partition, "producer worker stopped");
+    }
+
+    /// Moves what is already queued into `batch` without waiting, until it is full; the
+    /// first request that does not fit is returned (it starts the next batch).
+    fn take_queued(&mut self, batch: &mut Batch) -> Option<Pending> {
+        while !batch.is_full(&self.settings) {
+            let Ok(pending) = self.queue.try_recv() else {
+                // Empty, or closed: `recv` reports the close on the next turn.
+                return None;
+            };
+            if !batch.fits(&pending, &self.settings) {
+                return Some(pending);
+            }
+            batch.push(pending);
+        }
+        None
+    }
+
+    /// Sends `batch` in a task of its own.
+    fn dispatch(&self, batch: Batch, in_flight: &mut JoinSet<()>) {
+        // Prepared here, not in the task: an idempotent batch takes its sequence
+        // numbers in the order batches are dispatched.
+        let Some(prepared) = prepare(batch, &self.settings, &self.metrics) else {
+            return;
+        };
+        let sequence = self.idempotence.as_ref().map(|idempotence| {
+            let id = idempotence.lock().assign(prepared.records.len());
+            (Arc::clone(idempotence), id)
+        });
+        in_flight.spawn(produce(
+            Arc::clone(&self.connection),
+            Arc::clone(&self.settings),
+            Arc::clone(&self.metrics),
+            prepared,
+            sequence,
+        ));
     }
 }
 
@@ -1008,6 +1084,73 @@ mod tests {
     fn broken_connection() -> Error {
         let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "broker went away");
         Error::Request(RequestError::Poisoned(Arc::new(RequestError::IO(io))))
+    }
+
+    fn settings(linger: Duration) -> WorkerSettings {
+        let in_flight = Arc::new(Semaphore::new(1 << 20));
+        WorkerSettings {
+            topic: "player.events.raw".to_owned(),
+            linger,
+            max_batch_records: 3,
+            max_batch_bytes: 1 << 20,
+            max_in_flight_requests: 4,
+            publish_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(2),
+            idempotence: true,
+            compression: Compression::NoCompression,
+            in_flight,
+            max_in_flight_bytes: 1 << 20,
+        }
+    }
+
+    fn pending(settings: &WorkerSettings, records: usize) -> Pending {
+        let record = ProducerRecord {
+            key: b"p".to_vec(),
+            value: b"{}".to_vec(),
+            headers: Default::default(),
+            timestamp: chrono::Utc::now(),
+        };
+        let permit = Arc::clone(&settings.in_flight)
+            .try_acquire_many_owned(100)
+            .expect("permits");
+        Pending::new(vec![record; records], permit, oneshot::channel().0)
+    }
+
+    fn now(in_flight: usize, lingered: bool, flushing: bool) -> Dispatch {
+        Dispatch {
+            in_flight,
+            lingered,
+            flushing,
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_at_once_when_nothing_is_in_flight_else_waits_behind() {
+        let settings = settings(Duration::from_secs(3600));
+        let mut batch = Batch::default();
+        assert!(!batch.ready(&settings, &now(0, true, true)), "empty");
+        let (lingered, until) = batch.start(pending(&settings, 1), &settings);
+        assert!(
+            !lingered && until.is_some(),
+            "a linger to wait behind requests"
+        );
+        // Nothing in flight: at once, whatever the linger.
+        assert!(batch.ready(&settings, &now(0, false, false)));
+        // Behind an in-flight request: it fills, until it waited the linger, must make
+        // room, or is full.
+        assert!(!batch.ready(&settings, &now(1, false, false)));
+        assert!(batch.ready(&settings, &now(1, true, false)));
+        assert!(batch.ready(&settings, &now(4, false, true)));
+        batch.push(pending(&settings, 2));
+        assert!(batch.ready(&settings, &now(1, false, false)), "full");
+    }
+
+    #[test]
+    fn without_a_linger_a_batch_goes_whenever_a_slot_is_free() {
+        let settings = settings(Duration::ZERO);
+        let mut batch = Batch::default();
+        assert_eq!(batch.start(pending(&settings, 1), &settings), (true, None));
+        assert!(batch.ready(&settings, &now(3, true, false)));
     }
 
     #[test]

@@ -789,6 +789,13 @@ impl PrivateBroker {
         }
     }
 
+    /// Undoes [`Self::freeze`] (SIGCONT): the broker answers what waited meanwhile.
+    pub fn thaw(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(tokio::process::Child::id) {
+            signal(pid, "-CONT");
+        }
+    }
+
     /// Kills the broker with SIGKILL (like a crash) and waits until it is gone.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
