@@ -11,6 +11,7 @@ use crate::aggregate::stats::PlayerStats;
 use crate::event::{self, Event, Score};
 use crate::ops::Result;
 use crate::sinks::redis::RedisKeys;
+use crate::sinks::redis::keys::scan_step;
 
 /// Keys per SCAN step and values per pipelined read.
 pub(super) const REDIS_BATCH: usize = 1_000;
@@ -22,14 +23,7 @@ pub(super) async fn scan(conn: &mut impl ConnectionLike, pattern: &str) -> Resul
     let mut cursor: u64 = 0;
     let mut keys = Vec::new();
     loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(REDIS_BATCH)
-            .query_async(conn)
-            .await?;
+        let (next, found) = scan_step(conn, cursor, pattern, REDIS_BATCH).await?;
         keys.extend(found);
         if next == 0 {
             return Ok(keys);

@@ -23,6 +23,24 @@ pub const INITIALISED_FIELD: &str = "initialised_at";
 /// by gamestream (the old pipeline's, before `gamestream cutover apply`).
 pub const REBUILD_REQUESTED_FIELD: &str = "rebuild_requested_at";
 
+/// One SCAN step over the keys matching `pattern` (see [`RedisKeys::pattern`]) from
+/// `cursor`: the next cursor (0 at the end) and the keys found, which may be none.
+pub async fn scan_step(
+    conn: &mut impl redis::aio::ConnectionLike,
+    cursor: u64,
+    pattern: &str,
+    count: usize,
+) -> redis::RedisResult<(u64, Vec<String>)> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await
+}
+
 /// Builds key names with the configured prefix.
 #[derive(Debug, Clone)]
 pub struct RedisKeys {

@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use redis::aio::MultiplexedConnection;
 
-use super::keys::{INITIALISED_FIELD, REBUILD_REQUESTED_FIELD, RedisKeys};
+use super::keys::{INITIALISED_FIELD, REBUILD_REQUESTED_FIELD, RedisKeys, scan_step};
 use super::pool::connection;
 use super::{RedisPool, leaderboard, offsets, stats};
 use crate::aggregate::{Period, PeriodKey};
@@ -256,14 +256,7 @@ async fn first_key(
 ) -> Result<Option<String>, SinkError> {
     let mut cursor: u64 = 0;
     loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(settings.rebuild_batch_size)
-            .query_async(conn)
-            .await?;
+        let (next, found) = scan_step(conn, cursor, pattern, settings.rebuild_batch_size).await?;
         if let Some(key) = found.into_iter().next() {
             return Ok(Some(key));
         }
@@ -284,14 +277,7 @@ async fn wipe(
     let mut cursor: u64 = 0;
     let mut deleted = 0;
     loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(settings.rebuild_batch_size)
-            .query_async(conn)
-            .await?;
+        let (next, found) = scan_step(conn, cursor, pattern, settings.rebuild_batch_size).await?;
         if !found.is_empty() {
             deleted += found.len() as u64;
             redis::cmd("UNLINK")
