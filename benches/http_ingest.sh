@@ -120,11 +120,16 @@ fresh_stack() {
             broker=$!
             ;;
     esac
+    local topics=0
     for _ in $(seq 50); do
-        "$bin" topics create >/dev/null 2>&1 && break
-        sleep 0.2
+        if "$bin" topics create >>"$work/topics.log" 2>&1 &&
+            "$bin" topics list 2>>"$work/topics.log" | grep -q player.events.raw; then
+            topics=1
+            break
+        fi
+        sleep 0.5
     done
-    "$bin" topics list 2>/dev/null | grep -q player.events.raw || die "no topics on the broker (logs in $work)"
+    ((topics == 1)) || { tail -n 20 "$work/topics.log" >&2; die "no topics on the broker"; }
     RUST_LOG=${RUST_LOG:-warn} "$bin" serve --mode ingest --port "$HTTP_PORT" >>"$work/gamestream.log" 2>&1 &
     server=$!
     for _ in $(seq 50); do
