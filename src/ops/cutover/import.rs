@@ -1,17 +1,17 @@
 //! Reading the old pipeline's state: its Redis keys, records of the raw topic, and the
 //! score rule the old leaderboard manager applied.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use redis::aio::ConnectionLike;
 use rskafka::client::partition::PartitionClient;
 
 use crate::aggregate::stats::PlayerStats;
 use crate::event::{self, Event, Score};
 use crate::ops::Result;
-use crate::sinks::redis::RedisKeys;
 use crate::sinks::redis::keys::scan_step;
+use crate::sinks::redis::{RedisKeys, stats};
 
 /// Keys per SCAN step and values per pipelined read.
 pub(super) const REDIS_BATCH: usize = 1_000;
@@ -58,7 +58,7 @@ pub(super) async fn read_stats(
         for player in chunk {
             pipe.hgetall(keys.player_stats(player));
         }
-        let hashes: Vec<BTreeMap<String, String>> = pipe.query_async(conn).await?;
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(conn).await?;
         for (player, hash) in chunk.iter().zip(hashes) {
             if !hash.is_empty() {
                 out.push((stats_of(player, &hash), hash.get("last_event").cloned()));
@@ -68,37 +68,9 @@ pub(super) async fn read_stats(
     Ok(out)
 }
 
-/// One old `player_stats:{id}` hash as statistics. Counters that are not integers are
-/// left out (the old code only ever wrote integers with HINCRBY).
-pub(super) fn stats_of(player_id: &str, hash: &BTreeMap<String, String>) -> PlayerStats {
-    let event_breakdown: BTreeMap<String, i64> = hash
-        .iter()
-        .filter_map(|(field, value)| {
-            let event_type = field.strip_prefix("event_")?;
-            Some((event_type.to_owned(), value.parse().ok()?))
-        })
-        .collect();
-    let total_events = hash
-        .get("total_events")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| event_breakdown.values().sum());
-    PlayerStats {
-        player_id: player_id.to_owned(),
-        total_events,
-        event_breakdown,
-        last_event: hash.get("last_event").and_then(|t| parse_time(t)),
-    }
-}
-
-/// A time as the old consumers wrote it: RFC 3339, or Python's `isoformat()` of a naive
-/// UTC time (no offset).
-pub(super) fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
-        .ok()
-        .map(|t| t.and_utc())
+/// One old `player_stats:{id}` hash as statistics (the sinks' own reader).
+pub(super) fn stats_of(player_id: &str, hash: &HashMap<String, String>) -> PlayerStats {
+    stats::from_fields(player_id, hash)
 }
 
 /// The games that have an all-time board in Redis.
@@ -215,7 +187,7 @@ mod tests {
 
     #[test]
     fn old_hashes_become_statistics() {
-        let hash = BTreeMap::from([
+        let hash = HashMap::from([
             ("total_events".to_owned(), "5".to_owned()),
             ("event_player_score".to_owned(), "3".to_owned()),
             ("event_quest_completed".to_owned(), "2".to_owned()),
@@ -232,12 +204,13 @@ mod tests {
             stats.last_event.map(|t| t.to_rfc3339()),
             Some("2026-11-30T10:00:00.250+00:00".to_owned())
         );
-        let no_total = BTreeMap::from([("event_x".to_owned(), "4".to_owned())]);
+        let no_total = HashMap::from([("event_x".to_owned(), "4".to_owned())]);
         assert_eq!(stats_of("p", &no_total).total_events, 4);
     }
 
     #[test]
     fn times_in_either_form() {
+        let parse_time = stats::parse_time;
         assert!(parse_time("2026-11-30T10:00:00Z").is_some());
         assert!(parse_time("2026-11-30T10:00:00+00:00").is_some());
         assert!(parse_time("2026-11-30T10:00:00").is_some());

@@ -7,7 +7,7 @@
 //!                                                     ─► advance offsets ─► OK
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionLike;
@@ -147,22 +147,36 @@ pub async fn read(
 }
 
 /// A hash's fields as statistics; a field that is not a number counts as 0.
-fn from_fields(player_id: &str, fields: &HashMap<String, String>) -> PlayerStats {
+/// A player's hash as statistics. Also reads the old pipeline's hashes (`gamestream
+/// cutover`): a missing `total_events` is the breakdown's sum, and `last_event` may be
+/// Python's `isoformat()` of a naive UTC time.
+pub fn from_fields(player_id: &str, fields: &HashMap<String, String>) -> PlayerStats {
     let number = |v: &String| v.parse::<i64>().unwrap_or_default();
+    let event_breakdown: BTreeMap<String, i64> = fields
+        .iter()
+        .filter_map(|(field, value)| {
+            Some((field.strip_prefix("event_")?.to_owned(), number(value)))
+        })
+        .collect();
     PlayerStats {
         player_id: player_id.to_owned(),
-        total_events: fields.get(TOTAL_FIELD).map(number).unwrap_or_default(),
-        event_breakdown: fields
-            .iter()
-            .filter_map(|(field, value)| {
-                Some((field.strip_prefix("event_")?.to_owned(), number(value)))
-            })
-            .collect(),
-        last_event: fields
-            .get(LAST_EVENT_FIELD)
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc)),
+        total_events: fields
+            .get(TOTAL_FIELD)
+            .map(number)
+            .unwrap_or_else(|| event_breakdown.values().sum()),
+        event_breakdown,
+        last_event: fields.get(LAST_EVENT_FIELD).and_then(|t| parse_time(t)),
     }
+}
+
+/// A time as a hash holds it: RFC 3339, or (written by the old pipeline) a naive UTC time.
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 #[cfg(test)]
