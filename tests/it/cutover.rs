@@ -16,7 +16,9 @@ use gamestream::event::{Event, Score};
 use gamestream::kafka;
 use gamestream::shutdown::Shutdown;
 
-use crate::common::analytics::{Expected, assert_stores_match, mixed_event, wait_all_caught_up};
+use crate::common::analytics::{
+    Expected, assert_stores_match, hgetall, mixed_event, wait_all_caught_up,
+};
 use crate::common::tally::Daemon;
 use crate::common::{RawRecord, TestEnv, consume_all, produce_raw, scan_keys};
 
@@ -350,11 +352,7 @@ async fn apply_twice_changes_nothing_the_second_time() {
         let prefix = &env.config.redis.key_prefix;
         let mut markers = Vec::new();
         for key in scan_keys(&mut redis, &format!("{prefix}gamestream:offsets:*")).await {
-            let hash: BTreeMap<String, String> = redis::cmd("HGETALL")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await
-                .expect("hgetall");
+            let hash = hgetall(&mut redis, &key).await;
             markers.push(format!("{key} {hash:?}"));
         }
         markers.sort();
@@ -707,11 +705,7 @@ async fn hashes(
 ) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for key in scan_keys(redis, pattern).await {
-        let hash: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(redis)
-            .await
-            .expect("hgetall");
+        let hash = hgetall(redis, &key).await;
         out.insert(key, hash);
     }
     out
