@@ -7,6 +7,9 @@
 //!   events (the `logger.batch_size` range)?
 //! - `aggregate`: what do the stats and leaderboard deltas of a batch cost, for 1k and
 //!   5k events (`stats.buffer_size`, `leaderboard.batch_size`)?
+//! - `time_text`: what does writing a time as the stores keep it cost (a Redis hash's
+//!   `last_event`, once per player per write; a daily board's key, once per score event),
+//!   next to chrono's `format` with the same pattern, which it replaced?
 //! - `produce_batch`: what does the copy cost that each produce attempt sends (kept so
 //!   that a batch the broker refused can be sent again), next to building the records
 //!   from events, for a full batch (`producer.max_batch_records`, 2,000)?
@@ -24,7 +27,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use gamestream::aggregate::{ScoreDelta, StatsDelta};
+use gamestream::aggregate::stats::last_event_text;
+use gamestream::aggregate::{Period, PeriodKey, ScoreDelta, StatsDelta};
 use gamestream::bench::bench_event;
 use gamestream::event::{Event, parse_record};
 use gamestream::kafka::{ProducerRecord, murmur2, partition_for_key};
@@ -176,6 +180,46 @@ fn aggregate(c: &mut Criterion) {
     group.finish();
 }
 
+fn time_text(c: &mut Criterion) {
+    let mut group = c.benchmark_group("time_text");
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        events(1_000).iter().map(|e| e.timestamp).collect();
+    group.throughput(Throughput::Elements(times.len() as u64));
+    group.bench_function("last_event_text", |b| {
+        b.iter(|| {
+            times
+                .iter()
+                .map(|t| last_event_text(*t).len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("last_event_strftime_reference", |b| {
+        b.iter(|| {
+            times
+                .iter()
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string().len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("day_key", |b| {
+        b.iter(|| {
+            times
+                .iter()
+                .map(|t| PeriodKey::of(Period::Daily, *t).to_string().len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("day_key_strftime_reference", |b| {
+        b.iter(|| {
+            times
+                .iter()
+                .map(|t| t.date_naive().format("%Y-%m-%d").to_string().len())
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+}
+
 fn produce_batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("produce_batch");
     let n = 2_000;
@@ -215,6 +259,6 @@ pub fn settings() -> Criterion {
 criterion_group! {
     name = benches;
     config = settings();
-    targets = parse, partitioner, copy_payload, aggregate, produce_batch
+    targets = parse, partitioner, copy_payload, aggregate, time_text, produce_batch
 }
 criterion_main!(benches);

@@ -193,6 +193,17 @@ impl fmt::Display for PeriodKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PeriodKey::AllTime => f.write_str(ALLTIME_KEY),
+            // By hand, not `format("%Y-%m-%d")`, which interprets its pattern per call
+            // (once per score event and board); `%Y` signs a year outside 0..=9999.
+            PeriodKey::Day(date) if (0..=9999).contains(&date.year()) => {
+                write!(
+                    f,
+                    "{:04}-{:02}-{:02}",
+                    date.year(),
+                    date.month(),
+                    date.day()
+                )
+            }
             PeriodKey::Day(date) => write!(f, "{}", date.format("%Y-%m-%d")),
             PeriodKey::Week { year, week } => write!(f, "{year:04}-W{week:02}"),
         }
@@ -215,6 +226,17 @@ mod tests {
             PeriodKey::of(Period::Daily, t).to_string(),
             PeriodKey::of(Period::Weekly, t).to_string(),
         )
+    }
+
+    #[test]
+    fn a_day_key_is_what_the_strftime_pattern_gives() {
+        for days in (-800_000..3_000_000).step_by(997) {
+            let date = NaiveDate::from_num_days_from_ce_opt(days).expect("a date");
+            assert_eq!(
+                PeriodKey::Day(date).to_string(),
+                date.format("%Y-%m-%d").to_string()
+            );
+        }
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! delta is added once.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, Timelike, Utc};
 
 use crate::event::Event;
 
@@ -98,9 +99,31 @@ pub struct PlayerStats {
 /// sub-second digits, so that two values compare as text the way they compare as times
 /// (the Lua script keeps the greater one without parsing dates).
 pub fn last_event_text(t: DateTime<Utc>) -> String {
-    t.trunc_subsecs(LAST_EVENT_SUBSEC_DIGITS)
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
+    let t = t.trunc_subsecs(LAST_EVENT_SUBSEC_DIGITS);
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // Outside four digits `%Y` adds a sign; rare enough for the general path.
+        return t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    }
+    // Written out by hand: chrono's `format` interprets the pattern on every call, which
+    // was ~7% of the daemon's CPU draining a backlog (one call per player per write).
+    // chrono keeps a leap second as second 59 with nanoseconds past 1e9; `%S` prints
+    // it as 60 and the fraction past 1e9.
+    let (second, nanos) = match t.nanosecond() {
+        n if n >= 1_000_000_000 => (t.second() + 1, n - 1_000_000_000),
+        n => (t.second(), n),
+    };
+    let mut text = String::with_capacity(27);
+    let _ = write!(
+        text,
+        "{year:04}-{:02}-{:02}T{:02}:{:02}:{second:02}.{:06}Z",
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        nanos / 1_000,
+    );
+    text
 }
 
 #[cfg(test)]
@@ -154,6 +177,33 @@ mod tests {
             "2026-11-22T10:00:00.123456Z",
             "truncated to microseconds, as Postgres stores it"
         );
+    }
+
+    #[test]
+    fn last_event_text_is_what_the_strftime_pattern_gives() {
+        let pattern = |t: DateTime<Utc>| {
+            t.trunc_subsecs(LAST_EVENT_SUBSEC_DIGITS)
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string()
+        };
+        let mut times: Vec<DateTime<Utc>> = [
+            "2026-11-22T10:00:00Z",
+            "2026-11-22T10:00:00.5Z",
+            "0001-01-01T00:00:00.000001Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2016-12-31T23:59:60.25Z",
+        ]
+        .iter()
+        .map(|t| DateTime::parse_from_rfc3339(t).expect("time").to_utc())
+        .collect();
+        times.extend((0..2000).map(|i| {
+            DateTime::from_timestamp(1_700_000_000 + i * 86_413, (i as u32) * 499_997)
+                .expect("time")
+        }));
+        times.push(DateTime::from_timestamp(-62_200_000_000, 0).expect("a negative year"));
+        for t in times {
+            assert_eq!(last_event_text(t), pattern(t), "{t:?}");
+        }
     }
 
     #[test]
