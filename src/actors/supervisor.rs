@@ -125,6 +125,8 @@ struct Children {
     /// Partitions being taken over (claims under way), with their lease epoch.
     claiming: BTreeMap<i32, i64>,
     leases: ActorRef<LeaseMessage>,
+    /// The topic's partition count, last read: the readers' budgets are shared by them.
+    partitions: i32,
     /// Refreshes the `leaderboards` table; drained after the sinks.
     refresher: ActorRef<RefresherMessage>,
 }
@@ -414,6 +416,7 @@ impl SupervisorState {
             readers: BTreeMap::new(),
             claiming: BTreeMap::new(),
             leases,
+            partitions,
             refresher,
         });
         Ok(())
@@ -528,7 +531,8 @@ impl SupervisorState {
             return Ok(());
         }
         let count = crate::kafka::partition_count(&self.ctx.kafka, &self.topic).await?;
-        if let Some(children) = &self.children {
+        if let Some(children) = &mut self.children {
+            children.partitions = count;
             children.leases.cast(LeaseMessage::PartitionCount(count))?;
         }
         Ok(())
@@ -620,6 +624,8 @@ impl SupervisorState {
                 return;
             }
         };
+        // The readers share the budgets, so memory does not grow with the partitions.
+        let share = config.consumer.partition_share(children.partitions);
         let args = ReaderArgs {
             start,
             topic: Arc::clone(&self.topic),
@@ -629,9 +635,9 @@ impl SupervisorState {
                 .iter()
                 .map(|group| (group.name, group.shard_for(partition)))
                 .collect(),
-            max_in_flight_records: config.consumer.max_in_flight_records,
+            max_in_flight_records: share.max_in_flight_records,
             detach_after: config.consumer.detach_after,
-            fetch_max_bytes: config.consumer.fetch_max_bytes,
+            fetch_max_bytes: share.fetch_max_bytes,
             fetch_max_wait: config.consumer.fetch_max_wait,
             backoff: Backoff::new(
                 config.consumer.retry_initial_backoff,

@@ -354,10 +354,18 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
+    /// Most bytes of one fetch of one partition.
     pub fetch_max_bytes: i32,
+    /// Bytes of fetches shared by the topic's partitions: a partition's fetches are
+    /// `fetch_max_bytes`, or this over the partition count when that is less.
+    pub fetch_budget_bytes: i64,
     #[serde(with = "humantime_serde")]
     pub fetch_max_wait: Duration,
+    /// Most records of one partition handed to a sink and not yet acknowledged.
     pub max_in_flight_records: usize,
+    /// Records in flight shared by the topic's partitions: a partition's credit is
+    /// `max_in_flight_records`, or this over the partition count when that is less.
+    pub in_flight_budget_records: usize,
     /// How long a sink may be out of credit before readers leave it behind.
     #[serde(with = "humantime_serde")]
     pub detach_after: Duration,
@@ -365,6 +373,36 @@ pub struct ConsumerConfig {
     pub retry_initial_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+}
+
+/// Least credit and fetch size a partition gets however many partitions share the
+/// budgets: below them a reader would fetch too little per round trip to keep up.
+pub const MIN_PARTITION_CREDIT: usize = 100;
+pub const MIN_PARTITION_FETCH_BYTES: i32 = 64 * 1024;
+
+/// What one partition reader may hold: its credit in records and its fetch size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionShare {
+    pub max_in_flight_records: usize,
+    pub fetch_max_bytes: i32,
+}
+
+impl ConsumerConfig {
+    /// A partition's share of the budgets when the topic has `partitions` partitions,
+    /// so that the readers of a daemon hold at most about `in_flight_budget_records`
+    /// records and `fetch_budget_bytes` of fetches however many partitions it reads
+    /// (each share is at least the `MIN_PARTITION_*` floor, and at most the
+    /// per-partition settings).
+    pub fn partition_share(&self, partitions: i32) -> PartitionShare {
+        let n = partitions.max(1);
+        let credit = (self.in_flight_budget_records / n as usize).max(MIN_PARTITION_CREDIT);
+        let fetch = (self.fetch_budget_bytes / i64::from(n))
+            .clamp(i64::from(MIN_PARTITION_FETCH_BYTES), i64::from(i32::MAX));
+        PartitionShare {
+            max_in_flight_records: self.max_in_flight_records.min(credit),
+            fetch_max_bytes: self.fetch_max_bytes.min(fetch as i32),
+        }
+    }
 }
 
 /// The raw event logger's batching and parallelism.
@@ -590,8 +628,48 @@ fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error>
 
 #[cfg(test)]
 mod tests {
-    use super::SecurityProtocol;
+    use super::{PartitionShare, SecurityProtocol};
     use crate::config::test_support::load_with;
+
+    /// The defaults keep 3 partitions at the per-partition settings; more partitions
+    /// share the budgets, down to the floors.
+    #[test]
+    fn partitions_share_the_budgets() {
+        let consumer = load_with(None, &[], &[]).expect("valid").consumer;
+        let share = |n| consumer.partition_share(n);
+        let whole = PartitionShare {
+            max_in_flight_records: 5000,
+            fetch_max_bytes: 1_048_576,
+        };
+        assert_eq!(share(1), whole);
+        assert_eq!(share(3), whole);
+        assert_eq!(
+            share(12),
+            PartitionShare {
+                max_in_flight_records: 1250,
+                fetch_max_bytes: 262_144
+            }
+        );
+        assert_eq!(
+            share(48),
+            PartitionShare {
+                max_in_flight_records: 312,
+                fetch_max_bytes: 65_536
+            }
+        );
+        assert_eq!(
+            share(1000),
+            PartitionShare {
+                max_in_flight_records: super::MIN_PARTITION_CREDIT,
+                fetch_max_bytes: super::MIN_PARTITION_FETCH_BYTES
+            }
+        );
+        assert_eq!(share(0), whole, "no partitions read yet: one share");
+        // A per-partition setting below the floor is kept.
+        let mut small = consumer.clone();
+        small.fetch_max_bytes = 32_768;
+        assert_eq!(small.partition_share(48).fetch_max_bytes, 32_768);
+    }
 
     /// (protocol set, username) → the protocol used: the old consumers' defaults.
     #[test]

@@ -121,6 +121,10 @@ impl Config {
                 "consumer.max_in_flight_records",
                 self.consumer.max_in_flight_records,
             ),
+            (
+                "consumer.in_flight_budget_records",
+                self.consumer.in_flight_budget_records,
+            ),
             ("logger.batch_size", self.logger.batch_size),
             ("logger.writers", self.logger.writers),
             ("stats.buffer_size", self.stats.buffer_size),
@@ -184,6 +188,12 @@ impl Config {
         self.validate_http(&mut problems);
         if self.consumer.fetch_max_bytes < 1024 {
             problems.push("`consumer.fetch_max_bytes` must be at least 1024".to_owned());
+        }
+        if self.consumer.fetch_budget_bytes < i64::from(self.consumer.fetch_max_bytes.max(1024)) {
+            problems.push(
+                "`consumer.fetch_budget_bytes` must be at least `consumer.fetch_max_bytes` (one partition's fetch)"
+                    .to_owned(),
+            );
         }
         if problems.is_empty() {
             Ok(())
