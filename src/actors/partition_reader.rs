@@ -43,6 +43,9 @@ use crate::event::{self, EventError};
 use crate::retry::Backoff;
 use crate::telemetry::traces;
 
+/// At most this many records of one fetch are timed into the delivery histogram.
+const DELIVERY_SAMPLES_PER_FETCH: usize = 64;
+
 pub enum ReaderMessage {
     /// Fetch the next records, if credits allow. The number is the fetch loop's token:
     /// a message of an older loop (a stale timer) is ignored, so one loop runs at a time.
@@ -247,6 +250,12 @@ pub struct ReaderState {
     dedupe: Option<Verdicts>,
     /// This reader as its sinks see it: where their acks go.
     ack_to: AckTo,
+    /// The offset after the newest record fetched so far: records before it were
+    /// delivered once already (a catch-up fetch), so their delivery is not timed again.
+    delivered_up_to: i64,
+    /// `gamestream_reader_delivery_latency_seconds`: a record's Kafka timestamp (the
+    /// HTTP accept, `ingested_at`) to its first fetch.
+    delivery: metrics::Histogram,
 }
 
 /// The duplicate window and the verdicts given so far.
@@ -372,6 +381,8 @@ impl Actor for PartitionReader {
             token: 0,
             scratch: Vec::new(),
             dedupe,
+            delivered_up_to: next_offset,
+            delivery: metrics::histogram!("gamestream_reader_delivery_latency_seconds", "partition" => label),
         })
     }
 
@@ -567,6 +578,7 @@ impl ReaderState {
         let Some(next_offset) = next_offset else {
             return Ok(());
         };
+        self.time_delivery(&records, next_offset);
         let max = self.max_in_flight_records;
         if let Some(verdicts) = self.dedupe.as_mut() {
             verdicts.skipped.increment(duplicates);
@@ -595,6 +607,26 @@ impl ReaderState {
         }
         self.forget_judged();
         Ok(())
+    }
+
+    /// Records, for records fetched for the first time (evenly sampled), the time from
+    /// their HTTP accept (`ingested_at`, the Kafka timestamp the ingest producer gives
+    /// them) to now: the broker's part of the end-to-end latency.
+    fn time_delivery(&mut self, records: &[ParsedRecord], next_offset: i64) {
+        let first_new = self.delivered_up_to;
+        if next_offset <= first_new {
+            return;
+        }
+        self.delivered_up_to = next_offset;
+        let now = chrono::Utc::now();
+        let new = records.iter().filter(|r| r.offset >= first_new);
+        let step = records.len().div_ceil(DELIVERY_SAMPLES_PER_FETCH).max(1);
+        for record in new.step_by(step) {
+            if let Ok(event) = &record.parsed {
+                let micros = (now - event.ingested_at).num_microseconds().unwrap_or(0);
+                self.delivery.record(micros.max(0) as f64 / 1e6);
+            }
+        }
     }
 
     fn forget_judged(&mut self) {

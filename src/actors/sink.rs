@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! Batch(Arc<ParsedBatch>) ──► skip what this sink already applied (offset dedupe)
-//!                          ──► buffer until batch_size records or linger
+//!                          ──► buffer until batch_size records or linger (linger 0:
+//!                              until the mailbox holds no earlier batch)
 //!                          ──► flush: dead letters first (durable), then
 //!                              writer.write(records + next offsets) in one atomic step,
 //!                              retried with backoff while transient
@@ -296,10 +297,17 @@ impl<W: SinkWriter> Actor for SinkActor<W> {
                 } else if !state.linger_armed && !state.buffer.is_empty() {
                     state.linger_armed = true;
                     let generation = state.generation;
-                    // The timer task ends by itself after one send; a stale one is ignored.
-                    drop(myself.send_after(state.settings.linger, move || {
-                        SinkMessage::Linger(generation)
-                    }));
+                    if state.settings.linger.is_zero() {
+                        // No timer: the flush queues behind the messages already in the
+                        // mailbox, so the batches that arrived during the last write
+                        // share the next one, and a lone batch is written at once.
+                        myself.cast(SinkMessage::Linger(generation))?;
+                    } else {
+                        // The timer task ends by itself after one send; a stale one is ignored.
+                        drop(myself.send_after(state.settings.linger, move || {
+                            SinkMessage::Linger(generation)
+                        }));
+                    }
                 }
             }
             SinkMessage::ResumeOffset { partition, reply } => {
@@ -788,6 +796,10 @@ mod tests {
         writes: Vec<(Vec<i64>, Vec<OffsetCommit>)>,
         /// Answered (once) instead of writing.
         next_error: Option<SinkError>,
+        /// Writes begun.
+        started: usize,
+        /// When set, a write waits for a permit of it.
+        gate: Option<Arc<tokio::sync::Semaphore>>,
     }
 
     struct FakeWriter(Arc<Mutex<Log>>);
@@ -802,6 +814,14 @@ mod tests {
         }
 
         async fn write(&mut self, batch: &WriteBatch<'_>) -> Result<(), SinkError> {
+            let gate = {
+                let mut log = self.0.lock().unwrap();
+                log.started += 1;
+                log.gate.clone()
+            };
+            if let Some(gate) = gate {
+                drop(gate.acquire().await);
+            }
             let mut log = self.0.lock().unwrap();
             if let Some(e) = log.next_error.take() {
                 return Err(e);
@@ -885,6 +905,10 @@ mod tests {
     }
 
     async fn rig(batch_size: usize) -> Rig {
+        rig_lingering(batch_size, Duration::from_millis(20)).await
+    }
+
+    async fn rig_lingering(batch_size: usize, linger: Duration) -> Rig {
         let log = Arc::new(Mutex::new(Log::default()));
         let (reader, acks) = forward::<SinkAck>().await;
         let (owner, fenced) = forward::<PartitionFenced>().await;
@@ -897,7 +921,7 @@ mod tests {
                 topic: Arc::from("t"),
                 settings: SinkSettings {
                     batch_size,
-                    linger: Duration::from_millis(20),
+                    linger,
                     retry_initial_backoff: Duration::from_millis(1),
                     retry_max_backoff: Duration::from_millis(5),
                 },
@@ -971,6 +995,45 @@ mod tests {
                 epoch: Some(7)
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn without_linger_the_batches_that_arrive_during_a_write_share_the_next() {
+        let mut rig = rig_lingering(100, Duration::ZERO).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        rig.log.lock().unwrap().gate = Some(Arc::clone(&gate));
+        claim(&rig.sink, 0, 1).await;
+        let send = |offsets| {
+            rig.sink
+                .cast(SinkMessage::Batch {
+                    batch: batch(0, offsets),
+                    reader: rig.reader.get_derived(),
+                })
+                .unwrap();
+        };
+        // The first batch finds the sink idle: its write begins, held open by the gate.
+        send(0..2);
+        let started = Instant::now();
+        while rig.log.lock().unwrap().started == 0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "no write began");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Two more arrive while that write is held open: they share the next write.
+        send(2..4);
+        send(4..6);
+        gate.add_permits(10);
+        for expected in [2, 4, 6] {
+            assert_eq!(next(&mut rig.acks).await.next_offset, expected);
+        }
+        let writes: Vec<Vec<i64>> = rig
+            .log
+            .lock()
+            .unwrap()
+            .writes
+            .iter()
+            .map(|(offsets, _)| offsets.clone())
+            .collect();
+        assert_eq!(writes, [vec![0, 1], vec![2, 3, 4, 5]]);
     }
 
     #[tokio::test]

@@ -145,6 +145,14 @@ pub fn process_ticks(pid: u32) -> u64 {
     Stat::read(pid).map_or(0, |s| s.cpu_ticks)
 }
 
+/// Cores kept busy over `wall_seconds` by `ticks` of CPU.
+pub fn cores_busy(ticks: u64, wall_seconds: f64) -> f64 {
+    if wall_seconds <= 0.0 {
+        return 0.0;
+    }
+    ticks as f64 / USER_HZ / wall_seconds
+}
+
 /// `/proc`'s CPU times are in clock ticks of USER_HZ, which Linux fixes at 100 on every
 /// architecture this builds for (`getconf CLK_TCK`); reading it would take `unsafe`
 /// `sysconf`, which the crate denies.

@@ -14,7 +14,7 @@
 //! time), reported next to the percentiles. The client's send time stands for the
 //! server's accept; on loopback they differ by microseconds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::BenchError;
 use super::report::{LatencyReport, Percentiles};
-use super::{BenchArgs, Scratch, bench_event, throughput};
+use super::{BenchArgs, Scratch, bench_event, cpu, scrape, throughput};
 use crate::config::Mode;
 
 /// How often readiness is asked while the daemon starts, and for how long at most.
@@ -50,14 +50,20 @@ pub(super) async fn run(scratch: &Scratch, args: &BenchArgs) -> Result<LatencyRe
         .map_err(|e| BenchError::Failed(format!("http client: {e}")))?;
     let result = async {
         wait_ready(&client, &base).await?;
-        drive(scratch, args, &client, &base).await
+        let before = scrape::snapshot(&client, &base).await?;
+        let busy = Busy::start(scratch, child.id().unwrap_or(0));
+        let mut report = drive(scratch, args, &client, &base).await?;
+        report.cores_busy = busy.finish();
+        let after = scrape::snapshot(&client, &base).await?;
+        report.breakdown = before.breakdown(&after, report.mean_ms);
+        Ok(report)
     }
     .await;
     throughput::stop(child).await;
     result
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<(), BenchError> {
+pub(super) async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<(), BenchError> {
     let started = Instant::now();
     while started.elapsed() < READY_TIMEOUT {
         let ready = client.get(format!("{base}/ready")).send().await;
@@ -122,6 +128,8 @@ async fn drive(
         .map_err(|e| BenchError::Failed(format!("latency watcher: {e}")))??;
     let mut samples = watched.samples;
     samples.sort_unstable();
+    let total: Duration = samples.iter().sum();
+    let mean_ms = total.as_secs_f64() * 1e3 / samples.len().max(1) as f64;
     Ok(LatencyReport {
         target_rate: args.latency_rate,
         achieved_rate: count as f64 / send_seconds.max(f64::MIN_POSITIVE),
@@ -132,11 +140,15 @@ async fn drive(
         http_percentiles_ms: Percentiles::of(&answers),
         poll_interval_ms: args.poll_interval.as_secs_f64() * 1e3,
         mean_poll_cycle_ms: watched.mean_cycle.as_secs_f64() * 1e3,
+        mean_ms,
+        breakdown: Default::default(),
+        cores_busy: Default::default(),
     })
 }
 
-/// The request body: `bench_event`'s mix, timed now (so today's boards are hit).
-fn submission(i: usize, players: usize, games: usize) -> Vec<u8> {
+/// The request body of the `i`-th event: `bench_event`'s mix, timed now (so today's
+/// boards are hit). The ingest phase sends the same bodies.
+pub(super) fn submission(i: usize, players: usize, games: usize) -> Vec<u8> {
     let event = bench_event(i, players, games);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     format!(
@@ -217,8 +229,50 @@ async fn watch(
     })
 }
 
+/// CPU of every process on the events' way (the daemon, the stores, this bench's own
+/// load client) over the phase, to read as cores busy: at a rate the machine cannot
+/// carry, it says who holds the cores.
+struct Busy {
+    stores: cpu::Stores,
+    stores_before: cpu::Snapshot,
+    daemon: (u32, u64),
+    client_before: u64,
+    started: Instant,
+}
+
+impl Busy {
+    fn start(scratch: &Scratch, daemon_pid: u32) -> Self {
+        let stores = throughput::stores(scratch);
+        Self {
+            stores_before: stores.snapshot(),
+            stores,
+            daemon: (daemon_pid, cpu::process_ticks(daemon_pid)),
+            client_before: cpu::process_ticks(std::process::id()),
+            started: Instant::now(),
+        }
+    }
+
+    /// Process → cores busy.
+    fn finish(self) -> BTreeMap<String, f64> {
+        let wall = self.started.elapsed().as_secs_f64();
+        let (pid, daemon_before) = self.daemon;
+        let daemon = cpu::process_ticks(pid).saturating_sub(daemon_before);
+        let stores_after = self.stores.snapshot();
+        let stores = cpu::CpuReport::of(0, &self.stores_before, &stores_after, 0, wall);
+        let client = cpu::process_ticks(std::process::id()).saturating_sub(self.client_before);
+        let mut busy: BTreeMap<String, f64> = stores
+            .store_cpu_seconds
+            .into_iter()
+            .map(|(store, seconds)| (store, seconds / wall.max(f64::MIN_POSITIVE)))
+            .collect();
+        busy.insert("daemon".to_owned(), cpu::cores_busy(daemon, wall));
+        busy.insert("bench client".to_owned(), cpu::cores_busy(client, wall));
+        busy
+    }
+}
+
 /// A free loopback port for the child's HTTP server.
-fn free_port() -> Result<u16, BenchError> {
+pub(super) fn free_port() -> Result<u16, BenchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -19,9 +19,12 @@
 //! thousand events, every phase) is `tests/it/bench_smoke.rs`.
 
 pub mod cpu;
+pub mod ingest;
 pub mod latency;
 pub mod limits;
+pub mod pg_activity;
 pub mod report;
+pub mod scrape;
 pub mod throughput;
 pub mod workload;
 
@@ -83,6 +86,19 @@ pub struct BenchArgs {
     /// Latency phase: most requests in flight at once.
     #[arg(long, default_value_t = 256)]
     pub latency_concurrency: usize,
+    /// Ingest phase: how long each closed-loop run sends for (0 skips the phase): the
+    /// constant endpoint and single-event POSTs in turn, then the batch endpoint.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ingest_duration: Duration,
+    /// Ingest phase: connections of the constant and single-event runs.
+    #[arg(long, default_value_t = 64)]
+    pub ingest_connections: usize,
+    /// Ingest phase: rounds of (constant endpoint, single-event POSTs).
+    #[arg(long, default_value_t = 2)]
+    pub ingest_rounds: usize,
+    /// Ingest phase: connections of the batch runs (1,000 events a request).
+    #[arg(long, default_value_t = 4)]
+    pub batch_connections: usize,
     /// Latency phase: how often `events` is polled for the rows sent (the resolution
     /// of the latency figures).
     #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
@@ -133,11 +149,18 @@ pub async fn run(config: &Config, args: &BenchArgs) -> Result<Exit, BenchError> 
     }
     let mut measured = Vec::with_capacity(workloads.len());
     let mut latency = None;
+    let mut ingested = None;
     for (n, players) in workloads.iter().enumerate() {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let scratch = Scratch::create(config, &id, args.partitions).await?;
         let with_latency = n == 0 && !args.latency_duration.is_zero();
-        let result = measure(&scratch, args, players, with_latency).await;
+        let mut result = measure(&scratch, args, players, with_latency).await;
+        if n == 0 && !args.ingest_duration.is_zero() && result.is_ok() {
+            match ingest::run(&scratch, args).await {
+                Ok(report) => ingested = Some(report),
+                Err(e) => result = Err(e),
+            }
+        }
         if !args.keep {
             scratch.remove(config).await;
         }
@@ -159,6 +182,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> Result<Exit, BenchError> 
         skewed: measured.next(),
         tracing: report::TracingSetup::from_env(config, args.traceparent_sampled),
         latency,
+        ingest: ingested,
     };
     report::print_table(&report);
     if let Some(path) = &args.json {
@@ -375,10 +399,14 @@ async fn measure(
         ratio_to_raw_fetch: pipeline_rate / raw_fetch,
         daemon_peak_rss_mb: run.peak_rss_mb,
         cpu: run.cpu,
+        pg_activity: run.pg_activity,
         rows,
     };
     Ok((workload, latency))
 }
+
+/// Events after which the generated times start over from the base (7 ms apart: 1.9 h).
+const TIME_SPREAD_EVENTS: usize = 1_000_000;
 
 /// The time the generated events start from, fixed once per run.
 static BENCH_BASE_TIME: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> =
@@ -424,13 +452,17 @@ pub fn bench_event_for(i: usize, players: &Players, games: usize) -> Event {
         let hour = two_hours_ago.timestamp() - two_hours_ago.timestamp().rem_euclid(3600);
         chrono::DateTime::<chrono::Utc>::from_timestamp(hour, 0).unwrap_or(two_hours_ago)
     });
+    // Every millionth event starts over at the base, so that any count stays within the
+    // two hours: Apache Kafka refuses a record timestamped more than an hour ahead
+    // (`log.message.timestamp.after.max.ms`), which 5M events 7 ms apart would be.
+    let spread_ms = (i % TIME_SPREAD_EVENTS) as i64 * 7;
     Event {
         event_id: uuid::Uuid::new_v4(),
         event_type,
         player_id: format!("player-{}", players.pick(i, h)),
         game_id: format!("game-{}", (h >> 40) as usize % games.max(1)),
-        timestamp: base + chrono::Duration::milliseconds(i as i64 * 7),
-        ingested_at: base + chrono::Duration::milliseconds(i as i64 * 7 + 3),
+        timestamp: base + chrono::Duration::milliseconds(spread_ms),
+        ingested_at: base + chrono::Duration::milliseconds(spread_ms + 3),
         data,
         score,
     }

@@ -67,6 +67,8 @@ pub struct BenchReport {
     pub tracing: TracingSetup,
     /// None with `--latency-duration 0`.
     pub latency: Option<LatencyReport>,
+    /// None with `--ingest-duration 0`.
+    pub ingest: Option<super::ingest::IngestReport>,
 }
 
 /// The throughput phase of one workload, next to the limits measured on its own rows.
@@ -101,6 +103,8 @@ pub struct WorkloadReport {
     pub daemon_peak_rss_mb: f64,
     /// CPU of the daemon and of each store's processes over the pipeline phase.
     pub cpu: CpuReport,
+    /// PostgreSQL's busy backends by statement during the pipeline.
+    pub pg_activity: super::pg_activity::PgActivity,
     /// Rows in the scratch tables at the end (pipeline and, for the first workload,
     /// latency phase).
     pub rows: RowCounts,
@@ -117,6 +121,7 @@ pub struct LatencyReport {
     pub samples: usize,
     /// From the request to the row visible in `events`.
     pub percentiles_ms: Percentiles,
+    pub mean_ms: f64,
     /// From the request to its 2xx answer (ingestion alone: validation and the broker's
     /// acknowledgement), for the accepted requests: the rest of `percentiles_ms` is the
     /// consumer side.
@@ -124,6 +129,34 @@ pub struct LatencyReport {
     pub poll_interval_ms: f64,
     /// The resolution of a sample: mean time between two polls.
     pub mean_poll_cycle_ms: f64,
+    /// Where the mean of `percentiles_ms` went, from the daemon's own histograms.
+    pub breakdown: LatencyBreakdown,
+    /// Cores kept busy during the phase, per process: the daemon, each store, and this
+    /// bench's own load client.
+    pub cores_busy: BTreeMap<String, f64>,
+}
+
+/// An accepted event's mean way from the request to its row seen by the bench, in ms,
+/// stage by stage (the stages add up to `total_ms`). Means over the phase, from the
+/// `_sum` and `_count` of the daemon's histograms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencyBreakdown {
+    /// Accept to the partition reader's fetch returning the record: validation, the
+    /// producer's batching, the produce round trip and the broker's answer to the
+    /// waiting fetch (`gamestream_reader_delivery_latency_seconds`).
+    pub accept_to_fetch_ms: f64,
+    /// Fetched to the logger's write beginning: the hand-off to the sink and its linger
+    /// or queue behind an earlier write.
+    pub sink_batching_ms: f64,
+    /// The logger's COPY and offset commit (`gamestream_sink_write_duration_seconds`).
+    pub write_and_commit_ms: f64,
+    /// Committed to the bench's poll seeing the row: the measurement's own resolution.
+    pub commit_to_seen_ms: f64,
+    /// The sum of the stages above.
+    pub total_ms: f64,
+    /// Beside the stages: accept to the 2xx answer, which waits for the broker's
+    /// acknowledgement (`http_request_duration_seconds` of `POST /api/v1/events`).
+    pub http_answer_ms: f64,
 }
 
 /// Nearest-rank percentiles in milliseconds (0 for no samples).
@@ -227,16 +260,22 @@ pub fn print_table(r: &BenchReport) {
     row("CPU µs/event: daemon", &|w| {
         format!("{:.2}", w.cpu.daemon_us_per_event)
     });
-    let stores: std::collections::BTreeSet<&String> = workloads
-        .iter()
-        .flat_map(|w| w.cpu.store_us_per_event.keys())
-        .collect();
-    for store in stores {
-        row(&format!("CPU µs/event: {store}"), &|w| {
-            let us = w.cpu.store_us_per_event.get(store).copied().unwrap_or(0.0);
-            format!("{us:.2}")
-        });
-    }
+    // One row per key of a per-workload map (a key missing in a workload shows 0).
+    let keyed_rows = |label: &str, map: &dyn Fn(&WorkloadReport) -> &BTreeMap<String, f64>| {
+        let keys: std::collections::BTreeSet<&String> =
+            workloads.iter().flat_map(|w| map(w).keys()).collect();
+        for key in keys {
+            row(&format!("{label}{key}"), &|w| {
+                format!("{:.2}", map(w).get(key).copied().unwrap_or(0.0))
+            });
+        }
+    };
+    keyed_rows("CPU µs/event: ", &|w| &w.cpu.store_us_per_event);
+    row("Postgres busy backends (mean), all", &|w| {
+        format!("{:.2}", w.pg_activity.total_busy())
+    });
+    keyed_rows("  ", &|w| &w.pg_activity.busy_backends);
+    keyed_rows("  busy on: ", &|w| &w.pg_activity.busy_by_wait);
     row("pipeline wall (s)", &|w| {
         format!("{:.1}", w.cpu.wall_seconds)
     });
@@ -265,6 +304,70 @@ pub fn print_table(r: &BenchReport) {
             "latency: poll interval/cycle (ms)",
             format!("{:.1}/{:.1}", l.poll_interval_ms, l.mean_poll_cycle_ms),
         );
+        let b = l.breakdown;
+        line(
+            "latency mean, where it went (ms)",
+            format!("{:.1}", b.total_ms),
+        );
+        for (stage, ms) in [
+            (
+                "accept → reader's fetch (producer, broker)",
+                b.accept_to_fetch_ms,
+            ),
+            ("fetch → logger write begins", b.sink_batching_ms),
+            ("logger COPY + offset commit", b.write_and_commit_ms),
+            ("commit → seen by the bench's poll", b.commit_to_seen_ms),
+        ] {
+            line(&format!("  {stage}"), format!("{ms:.1}"));
+        }
+        line(
+            "  (beside them: accept → HTTP answer)",
+            format!("{:.1}", b.http_answer_ms),
+        );
+        line(
+            "latency phase: cores busy, all processes",
+            format!("{:.2}", l.cores_busy.values().sum::<f64>()),
+        );
+        for (process, cores) in &l.cores_busy {
+            line(&format!("  {process}"), format!("{cores:.2}"));
+        }
+    }
+    if let Some(i) = &r.ingest {
+        let line = |name: &str, value: String| println!("{name:<48} {value:>16}");
+        for (n, round) in i.rounds.iter().enumerate() {
+            line(
+                &format!("ingest round {}: constant/single (req/s)", n + 1),
+                format!(
+                    "{:.0}/{:.0}",
+                    round.constant_requests_per_sec, round.single_requests_per_sec
+                ),
+            );
+            line(
+                &format!("ingest round {}: ratio to constant", n + 1),
+                format!("{:.2}", round.ratio),
+            );
+        }
+        line(
+            &format!("ingest: mean ratio ({} connections)", i.connections),
+            format!("{:.2}", i.mean_ratio),
+        );
+        let p = i.single_percentiles_ms;
+        line(
+            "ingest: single POST p50/p99 (ms)",
+            format!("{:.1}/{:.1}", p.p50, p.p99),
+        );
+        line(
+            &format!(
+                "ingest: batch, {} connections (events/s)",
+                i.batch_connections
+            ),
+            format!("{:.0}", i.batch_events_per_sec),
+        );
+        line(
+            "ingest: batch gzip (events/s)",
+            format!("{:.0}", i.batch_gzip_events_per_sec),
+        );
+        line("ingest: non-2xx answers", i.failed.to_string());
     }
 }
 

@@ -16,6 +16,7 @@ use rskafka::client::partition::{Compression, UnknownTopicHandling};
 
 use super::BenchError;
 use super::cpu::{self, CpuReport, Stores};
+use super::pg_activity::{self, PgActivity};
 use super::{BenchArgs, Scratch};
 use crate::catalogue::{self, Store};
 use crate::config::Mode;
@@ -40,6 +41,8 @@ pub(super) struct PipelineRun {
     pub peak_rss_mb: f64,
     /// The daemon's and the stores' CPU from its start until the last sink finished.
     pub cpu: CpuReport,
+    /// PostgreSQL's busy backends by statement over the same span.
+    pub pg_activity: PgActivity,
 }
 
 /// Produces `events` to the scratch raw topic, keyed and partitioned as our producer does;
@@ -170,6 +173,8 @@ pub(super) async fn run_pipeline(
     let started = Instant::now();
     let mut child = daemon(scratch, Mode::Consume, 0)?;
     let pid = child.id().unwrap_or(0);
+    let sampler =
+        pg_activity::Sampler::start(scratch.pg.clone(), scratch.config.postgres.database.clone());
     let mut done: BTreeMap<String, f64> = BTreeMap::new();
     let mut committed: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     let mut peak_rss_kb = 0_u64;
@@ -210,6 +215,7 @@ pub(super) async fn run_pipeline(
     let wall = started.elapsed().as_secs_f64();
     let daemon_ticks = cpu::process_ticks(pid);
     let stores_after = stores.snapshot();
+    let pg_activity = sampler.finish().await;
     stop(child).await;
     let events = ends.iter().map(|(_, end)| end).sum::<i64>();
     let cpu = CpuReport::of(
@@ -228,12 +234,13 @@ pub(super) async fn run_pipeline(
         end_offsets: events,
         peak_rss_mb: peak_rss_kb as f64 / 1024.0,
         cpu,
+        pg_activity,
     })
 }
 
 /// The stores whose processes run on this machine, found by the ports the daemon
 /// connects to.
-fn stores(scratch: &Scratch) -> Stores {
+pub(super) fn stores(scratch: &Scratch) -> Stores {
     let config = &scratch.config;
     let mut ports = vec![
         ("postgres", config.postgres.port),

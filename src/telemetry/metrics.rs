@@ -127,6 +127,11 @@ pub fn register_metrics() {
         "From an event's ingested_at (HTTP accept) to the sink's commit of it, sampled per batch."
     );
     describe_histogram!(
+        "gamestream_reader_delivery_latency_seconds",
+        metrics::Unit::Seconds,
+        "From an event's ingested_at (HTTP accept) to its first fetch by a partition reader, sampled per fetch."
+    );
+    describe_histogram!(
         "gamestream_event_freshness_seconds",
         metrics::Unit::Seconds,
         "From an event's own timestamp to the sink's commit of it, sampled per batch."
@@ -242,7 +247,8 @@ pub fn register_metrics() {
 /// Buckets of the end-to-end latency and freshness histograms: milliseconds to an hour
 /// (a backlog being drained is minutes old).
 const LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
 ];
 
 /// The process-wide Prometheus recorder, installed on first use.

@@ -1,7 +1,9 @@
 //! `gamestream bench` in smoke mode (a few thousand events, every phase, both
 //! workloads) on the local stack, checking counts, never times: every sink reached the
 //! end offsets, every accepted latency event was seen in Postgres, the tables hold
-//! exactly what was sent, and the CPU of the daemon and of each store was measured. Plus the COPY-limit table's shape against the real `events` table.
+//! exactly what was sent, the CPU of the daemon and of each store was measured, the
+//! latency's stages add up to its mean, and the ingest phase got only 2xx answers. Plus
+//! the COPY-limit table's shape against the real `events` table.
 //!
 //! ```text
 //! cargo nextest run --test it bench_smoke::
@@ -29,6 +31,8 @@ async fn smoke_run_counts_every_event_in_every_sink() {
         .args(["--skew", "--skew-players", "1000"])
         .args(["--latency-rate", &LATENCY_RATE.to_string()])
         .args(["--latency-duration", &format!("{LATENCY_SECONDS}s")])
+        .args(["--ingest-duration", "1s", "--ingest-rounds", "1"])
+        .args(["--ingest-connections", "4", "--batch-connections", "1"])
         .arg("--json")
         .arg(json.path())
         .output()
@@ -75,6 +79,55 @@ async fn smoke_run_counts_every_event_in_every_sink() {
         p["max"].as_f64().expect("max"),
     );
     assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{p}");
+    // Where the time went: the stages come from the daemon's histograms and add up to
+    // the mean; the processes that carried the phase were measured.
+    let stage = |name: &str| latency["breakdown"][name].as_f64().expect(name);
+    assert!(stage("accept_to_fetch_ms") > 0.0, "{latency}");
+    assert!(stage("write_and_commit_ms") > 0.0, "{latency}");
+    assert!(stage("http_answer_ms") > 0.0, "{latency}");
+    let stages = [
+        "accept_to_fetch_ms",
+        "sink_batching_ms",
+        "write_and_commit_ms",
+        "commit_to_seen_ms",
+    ];
+    let sum: f64 = stages.iter().map(|s| stage(s)).sum();
+    assert!((sum - stage("total_ms")).abs() < 1e-6, "{latency}");
+    for process in ["daemon", "bench client", "postgres", "kafka"] {
+        assert!(
+            latency["cores_busy"][process]
+                .as_f64()
+                .is_some_and(|c| c > 0.0),
+            "{process}: {latency}"
+        );
+    }
+
+    // The ingest phase: both endpoints answered, every answer 2xx.
+    let ingest = &report["ingest"];
+    assert_eq!(ingest["failed"], 0, "{ingest}");
+    assert_eq!(
+        ingest["rounds"].as_array().map(Vec::len),
+        Some(1),
+        "{ingest}"
+    );
+    let round = &ingest["rounds"][0];
+    for figure in [
+        "constant_requests_per_sec",
+        "single_requests_per_sec",
+        "ratio",
+    ] {
+        assert!(
+            round[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {ingest}"
+        );
+    }
+    for figure in ["batch_events_per_sec", "batch_gzip_events_per_sec"] {
+        assert!(
+            ingest[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {ingest}"
+        );
+    }
+    assert!(stdout.contains("ingest: mean ratio"), "{stdout}");
 
     let total = EVENTS as i64 + sent as i64;
     assert_eq!(report["rows"]["events"], total, "one row per event");
@@ -110,6 +163,12 @@ async fn smoke_run_counts_every_event_in_every_sink() {
 /// The daemon's CPU per event, and the stack's stores found by their ports (the stack
 /// runs on this machine).
 fn assert_cpu_measured(workload: &serde_json::Value) {
+    assert!(
+        workload["pg_activity"]["polls"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "PostgreSQL's activity was sampled: {workload}"
+    );
     let cpu = &workload["cpu"];
     assert!(
         cpu["daemon_us_per_event"]
