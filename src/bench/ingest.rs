@@ -17,9 +17,7 @@
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use super::report::Percentiles;
+use super::report::{IngestReport, IngestRound, Percentiles};
 use super::{BenchArgs, BenchError, Scratch, latency, throughput};
 use crate::config::Mode;
 
@@ -30,32 +28,6 @@ const BODIES: usize = 1024;
 /// Sending before the first measured run, so the broker's and the server's first-use
 /// costs (connections, JIT, allocations) are not in it.
 const WARM_UP: Duration = Duration::from_secs(3);
-
-/// The ingest phase's figures.
-#[derive(Debug, Clone, Serialize)]
-pub struct IngestReport {
-    pub connections: usize,
-    pub seconds_per_run: f64,
-    /// One per round: the constant endpoint and `POST /api/v1/events`, back to back.
-    pub rounds: Vec<IngestRound>,
-    /// Mean of the rounds' ratios.
-    pub mean_ratio: f64,
-    /// Latency of the single-event requests over every round.
-    pub single_percentiles_ms: Percentiles,
-    pub batch_connections: usize,
-    pub batch_events_per_sec: f64,
-    pub batch_gzip_events_per_sec: f64,
-    /// Answers other than 2xx, over every run (a run with any is not a valid figure).
-    pub failed: u64,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct IngestRound {
-    pub constant_requests_per_sec: f64,
-    pub single_requests_per_sec: f64,
-    /// Single-event requests/s over the constant endpoint's.
-    pub ratio: f64,
-}
 
 /// One closed-loop run's outcome.
 struct Run {

@@ -68,7 +68,7 @@ pub struct BenchReport {
     /// None with `--latency-duration 0`.
     pub latency: Option<LatencyReport>,
     /// None with `--ingest-duration 0`.
-    pub ingest: Option<super::ingest::IngestReport>,
+    pub ingest: Option<IngestReport>,
 }
 
 /// The throughput phase of one workload, next to the limits measured on its own rows.
@@ -157,6 +157,32 @@ pub struct LatencyBreakdown {
     /// Beside the stages: accept to the 2xx answer, which waits for the broker's
     /// acknowledgement (`http_request_duration_seconds` of `POST /api/v1/events`).
     pub http_answer_ms: f64,
+}
+
+/// The ingest phase's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestReport {
+    pub connections: usize,
+    pub seconds_per_run: f64,
+    /// One per round: the constant endpoint and `POST /api/v1/events`, back to back.
+    pub rounds: Vec<IngestRound>,
+    /// Mean of the rounds' ratios.
+    pub mean_ratio: f64,
+    /// Latency of the single-event requests over every round.
+    pub single_percentiles_ms: Percentiles,
+    pub batch_connections: usize,
+    pub batch_events_per_sec: f64,
+    pub batch_gzip_events_per_sec: f64,
+    /// Answers other than 2xx, over every run (a run with any is not a valid figure).
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct IngestRound {
+    pub constant_requests_per_sec: f64,
+    pub single_requests_per_sec: f64,
+    /// Single-event requests/s over the constant endpoint's.
+    pub ratio: f64,
 }
 
 /// Nearest-rank percentiles in milliseconds (0 for no samples).
