@@ -33,12 +33,14 @@ use gamestream::actors::sink::{
 };
 use gamestream::bench::bench_event;
 use gamestream::catalogue::{SinkSpec, Store};
-use gamestream::config::{self, Config, Sources};
+use gamestream::config::Config;
 use gamestream::kafka;
 use gamestream::retry::Backoff;
 use gamestream::sinks::SinkError;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
+
+mod support;
 
 const EVENTS: usize = 30_000;
 const PARTITIONS: i32 = 3;
@@ -133,20 +135,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Result<Fixture, String> {
-    let config =
-        config::load(&Sources::from_process_env(None, Vec::new())).map_err(|e| e.to_string())?;
-    let kafka = Arc::new(
-        kafka::connect(&config.kafka)
-            .await
-            .map_err(|e| e.to_string())?,
-    );
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let topic = format!("bench-fanout-{}", &id[..10]);
-    let controller = kafka.controller_client().map_err(|e| e.to_string())?;
-    controller
-        .create_topic(&topic, PARTITIONS, 1, 10_000)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (config, kafka, topic) = support::scratch_topic("fanout", PARTITIONS).await?;
     let mut by_partition: Vec<Vec<rskafka::record::Record>> =
         (0..PARTITIONS).map(|_| Vec::new()).collect();
     for i in 0..EVENTS {
@@ -279,18 +268,9 @@ async fn drain(f: &Fixture, batch_size: usize, credit: usize) -> Duration {
 }
 
 fn fanout(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let fixture = match runtime.block_on(fixture()) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!(
-                "fanout: cannot set up ({e}); start the local stack and eval its env. Skipped."
-            );
-            return;
-        }
+    let runtime = support::runtime();
+    let Some(fixture) = support::set_up("fanout", &runtime, fixture()) else {
+        return;
     };
     let mut group = c.benchmark_group("fanout");
     group.throughput(Throughput::Elements(EVENTS as u64));

@@ -26,10 +26,12 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gamestream::bench::bench_event;
-use gamestream::config::{self, Config, Sources};
+use gamestream::config::Config;
 use gamestream::event::Event;
 use gamestream::kafka::{self, KafkaProducer, ProducerTasks};
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
+
+mod support;
 
 const PARTITIONS: i32 = 3;
 /// Distinct events cycled through (their ids repeat; the broker does not mind).
@@ -43,21 +45,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Result<Fixture, String> {
-    let config =
-        config::load(&Sources::from_process_env(None, Vec::new())).map_err(|e| e.to_string())?;
-    let kafka = Arc::new(
-        kafka::connect(&config.kafka)
-            .await
-            .map_err(|e| e.to_string())?,
-    );
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let topic = format!("bench-producer-{}", &id[..10]);
-    kafka
-        .controller_client()
-        .map_err(|e| e.to_string())?
-        .create_topic(&topic, PARTITIONS, 1, 10_000)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (config, kafka, topic) = support::scratch_topic("producer", PARTITIONS).await?;
     let events = (0..EVENTS).map(|i| bench_event(i, 20_000, 100)).collect();
     Ok(Fixture {
         config,
@@ -82,18 +70,9 @@ async fn producer(f: &Fixture, linger: Duration) -> (KafkaProducer, ProducerTask
 }
 
 fn producer_benches(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let fixture = match runtime.block_on(fixture()) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!(
-                "producer: cannot set up ({e}); start the local stack and eval its env. Skipped."
-            );
-            return;
-        }
+    let runtime = support::runtime();
+    let Some(fixture) = support::set_up("producer", &runtime, fixture()) else {
+        return;
     };
     let f = &fixture;
     let mut group = c.benchmark_group("producer");

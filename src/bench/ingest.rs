@@ -15,7 +15,10 @@
 //! such as wrk, `benches/http_ingest.sh`, gets higher rates from both).
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use super::report::{IngestReport, IngestRound, Percentiles};
 use super::{BenchArgs, BenchError, Scratch, latency, throughput};
@@ -36,12 +39,26 @@ struct Run {
     latencies: Vec<Duration>,
 }
 
-/// One request shape of a run.
+/// What one run sends: parsed once, so a request costs the client no formatting,
+/// parsing or body copy of its own (the client shares the cores with the server).
 #[derive(Clone)]
-enum Request {
-    Constant,
-    Single(std::sync::Arc<Vec<Vec<u8>>>),
-    Batch { body: Vec<u8>, gzip: bool },
+struct Request {
+    url: reqwest::Url,
+    /// POST bodies, one per request in turn; none: GET.
+    bodies: Arc<[Bytes]>,
+    gzip: bool,
+}
+
+impl Request {
+    fn new(base: &str, path: &str, bodies: Vec<Vec<u8>>, gzip: bool) -> Result<Self, BenchError> {
+        let url = reqwest::Url::parse(&format!("{base}{path}"))
+            .map_err(|e| BenchError::Failed(format!("{base}{path}: {e}")))?;
+        Ok(Self {
+            url,
+            bodies: bodies.into_iter().map(Bytes::from).collect(),
+            gzip,
+        })
+    }
 }
 
 pub(super) async fn run(scratch: &Scratch, args: &BenchArgs) -> Result<IngestReport, BenchError> {
@@ -71,17 +88,16 @@ async fn measure(
     let bodies: Vec<Vec<u8>> = (0..BODIES)
         .map(|i| latency::submission(i, args.players, args.games))
         .collect();
-    let single = Request::Single(std::sync::Arc::new(bodies));
+    let single = Request::new(base, "/api/v1/events", bodies, false)?;
+    let constant = Request::new(base, "/health", Vec::new(), false)?;
     let (n, seconds) = (args.ingest_connections, args.ingest_duration);
     eprintln!("bench: ingest phase, {n} connections, {seconds:?} per run");
-    let mut failed = run_closed_loop(client, base, &single, n, WARM_UP)
-        .await?
-        .failed;
+    let mut failed = run_closed_loop(client, &single, n, WARM_UP).await?.failed;
     let mut rounds = Vec::new();
     let mut single_latencies = Vec::new();
     for _ in 0..args.ingest_rounds.max(1) {
-        let constant = run_closed_loop(client, base, &Request::Constant, n, seconds).await?;
-        let events = run_closed_loop(client, base, &single, n, seconds).await?;
+        let constant = run_closed_loop(client, &constant, n, seconds).await?;
+        let events = run_closed_loop(client, &single, n, seconds).await?;
         failed += constant.failed + events.failed;
         rounds.push(IngestRound {
             constant_requests_per_sec: constant.per_sec,
@@ -99,8 +115,8 @@ async fn measure(
         } else {
             batch_body.clone()
         };
-        let batch = Request::Batch { body, gzip };
-        let run = run_closed_loop(client, base, &batch, args.batch_connections, seconds).await?;
+        let batch = Request::new(base, "/api/v1/events/batch", vec![body], gzip)?;
+        let run = run_closed_loop(client, &batch, args.batch_connections, seconds).await?;
         failed += run.failed;
         *rate = run.per_sec * BATCH_EVENTS as f64;
     }
@@ -121,7 +137,6 @@ async fn measure(
 /// `connections` loops, each sending `request` and, once answered, the next, for `length`.
 async fn run_closed_loop(
     client: &reqwest::Client,
-    base: &str,
     request: &Request,
     connections: usize,
     length: Duration,
@@ -130,13 +145,13 @@ async fn run_closed_loop(
     let deadline = started + length;
     let mut loops = tokio::task::JoinSet::new();
     for connection in 0..connections.max(1) {
-        let (client, base, request) = (client.clone(), base.to_owned(), request.clone());
+        let (client, request) = (client.clone(), request.clone());
         loops.spawn(async move {
             let (mut ok, mut failed, mut latencies) = (0_u64, 0_u64, Vec::new());
             let mut i = connection;
             while Instant::now() < deadline {
                 let at = Instant::now();
-                let answered = send(&client, &base, &request, i).await;
+                let answered = send(&client, &request, i).await;
                 if answered {
                     ok += 1;
                     latencies.push(at.elapsed());
@@ -164,23 +179,18 @@ async fn run_closed_loop(
 }
 
 /// Sends one request; whether it was answered 2xx.
-async fn send(client: &reqwest::Client, base: &str, request: &Request, i: usize) -> bool {
-    let builder = match request {
-        Request::Constant => client.get(format!("{base}/health")),
-        Request::Single(bodies) => client
-            .post(format!("{base}/api/v1/events"))
+async fn send(client: &reqwest::Client, request: &Request, i: usize) -> bool {
+    let builder = if request.bodies.is_empty() {
+        client.get(request.url.clone())
+    } else {
+        let post = client
+            .post(request.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(bodies[i % bodies.len()].clone()),
-        Request::Batch { body, gzip } => {
-            let post = client
-                .post(format!("{base}/api/v1/events/batch"))
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-            if *gzip {
-                post.header(reqwest::header::CONTENT_ENCODING, "gzip")
-            } else {
-                post
-            }
+            .body(request.bodies[i % request.bodies.len()].clone());
+        if request.gzip {
+            post.header(reqwest::header::CONTENT_ENCODING, "gzip")
+        } else {
+            post
         }
     };
     match builder.send().await {

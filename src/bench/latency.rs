@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::BenchError;
-use super::report::{LatencyReport, Percentiles};
+use super::report::{LatencyBreakdown, LatencyReport, Percentiles};
 use super::{BenchArgs, Scratch, bench_event, cpu, scrape, throughput};
 use crate::config::Mode;
 
@@ -55,7 +55,7 @@ pub(super) async fn run(scratch: &Scratch, args: &BenchArgs) -> Result<LatencyRe
         let mut report = drive(scratch, args, &client, &base).await?;
         report.cores_busy = busy.finish();
         let after = scrape::snapshot(&client, &base).await?;
-        report.breakdown = before.breakdown(&after, report.mean_ms);
+        report.breakdown = before.breakdown(&after, report.breakdown.total_ms);
         Ok(report)
     }
     .await;
@@ -140,8 +140,11 @@ async fn drive(
         http_percentiles_ms: Percentiles::of(&answers),
         poll_interval_ms: args.poll_interval.as_secs_f64() * 1e3,
         mean_poll_cycle_ms: watched.mean_cycle.as_secs_f64() * 1e3,
-        mean_ms,
-        breakdown: Default::default(),
+        // The stages are filled in from the daemon's histograms once the phase is over.
+        breakdown: LatencyBreakdown {
+            total_ms: mean_ms,
+            ..Default::default()
+        },
         cores_busy: Default::default(),
     })
 }

@@ -121,7 +121,6 @@ pub struct LatencyReport {
     pub samples: usize,
     /// From the request to the row visible in `events`.
     pub percentiles_ms: Percentiles,
-    pub mean_ms: f64,
     /// From the request to its 2xx answer (ingestion alone: validation and the broker's
     /// acknowledgement), for the accepted requests: the rest of `percentiles_ms` is the
     /// consumer side.
